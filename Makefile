@@ -1,0 +1,30 @@
+# The README's commands. `make demo`: set up, then run the main job. `make test`: set up, then
+# run the tests. Set-up makes .venv (seeing the system's packages, so an installed torch —
+# e.g. a CUDA build on a GPU machine — is reused) and installs torch 2.13.0 CPU only when
+# no torch is importable. The +cpu pin can never resolve to a CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0+cpu
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml $(wildcard setup.py CMakeLists.txt)
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install --no-build-isolation -e ".[dev,triton,data]"
+	touch $@
+
+demo: setup
+	$(PY) -m nnformer_fast.demo
+
+test: setup
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

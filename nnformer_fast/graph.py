@@ -1,0 +1,379 @@
+"""Packed batches of DAGs and the sparse relation structures every kernel reads.
+
+A :class:`GraphBatch` holds ``B`` graphs of different sizes as one set of ``N`` nodes, the
+graph boundaries in ``ptr`` (like flash-attention's ``cu_seqlens``). It is built once per
+batch and shared by every layer:
+
+* the GIN adjacency ``A`` as CSR (row ``i`` lists the children of ``i``) and its transpose
+  (row ``i`` lists the parents of ``i``), used by ``bigin``;
+* the four attention relations of SPEC §1, built from a mask adjacency ``M`` (default ``A``),
+  each with self loops, as one relation-major CSR: row ``r * N + i`` lists ``N_r(i)``. Head
+  ``h`` reads relation ``h % 4``. ``rel_tperm[e]`` is the entry of the transposed pair of
+  entry ``e`` in the transposed relation, so a backward pass gathers instead of scattering.
+
+All index tensors are int64. Building costs a sort of the relation entries, no (N, N) or
+(B, L, L) intermediate.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["GraphBatch", "NUM_RELATIONS", "TRANSPOSED_RELATION"]
+
+NUM_RELATIONS = 4
+#: relation index of the transpose of each relation: fwd <-> bwd, sib and cop are symmetric.
+TRANSPOSED_RELATION = (1, 0, 2, 3)
+
+
+@dataclass
+class GraphBatch:
+    """``B`` DAGs packed into ``N`` nodes. Build with :meth:`from_dense`,
+    :meth:`from_edge_index` or :meth:`collate`; move with :meth:`to`.
+
+    Tensor fields (all int64, on one device):
+        ptr: (B+1,) node offsets of the graphs.
+        batch: (N,) graph id of each node.
+        adj_rowptr, adj_col: CSR of ``A`` (children); adj_row: (E,) row of each entry.
+        adjt_rowptr, adjt_col, adjt_row: CSR of ``Aᵀ`` (parents).
+        rel_rowptr: (4N+1,) row offsets of the relation CSR (row ``r*N + i``).
+        rel_col: (R,) neighbour ids; rel_row: (R,) node id of the row of each entry.
+        rel_tperm: (R,) index of the transposed entry in the transposed relation.
+        edge_index: (2, E) the edges of ``A`` (sorted); mask_edge_index: (2, E_M) the edges
+            of the mask adjacency, or ``None`` when the mask is ``A``.
+    Host fields: ``rel_offsets`` (5 ints: entries of relation r are
+    ``rel_offsets[r]:rel_offsets[r+1]``) and ``max_nodes``.
+    """
+
+    ptr: Tensor
+    batch: Tensor
+    adj_rowptr: Tensor
+    adj_col: Tensor
+    adj_row: Tensor
+    adjt_rowptr: Tensor
+    adjt_col: Tensor
+    adjt_row: Tensor
+    rel_rowptr: Tensor
+    rel_col: Tensor
+    rel_row: Tensor
+    rel_tperm: Tensor
+    edge_index: Tensor
+    mask_edge_index: Optional[Tensor]
+    rel_offsets: tuple
+    max_nodes: int
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_graphs(self) -> int:
+        return self.ptr.numel() - 1
+
+    @property
+    def num_nodes(self) -> int:
+        return self.batch.numel()
+
+    @property
+    def num_edges(self) -> int:
+        return self.adj_col.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.ptr.device
+
+    @property
+    def num_nodes_per_graph(self) -> Tensor:
+        """(B,) int64 node count of each graph."""
+        return self.ptr[1:] - self.ptr[:-1]
+
+    def out_degree(self) -> Tensor:
+        """(N,) int64 number of children of each node in ``A``."""
+        return self.adj_rowptr[1:] - self.adj_rowptr[:-1]
+
+    def relation(self, r: int) -> tuple[Tensor, Tensor]:
+        """(rows, cols) of relation ``r``: two (R_r,) int64 tensors sorted by (row, col)."""
+        s, e = self.rel_offsets[r], self.rel_offsets[r + 1]
+        return self.rel_row[s:e], self.rel_col[s:e]
+
+    # ------------------------------------------------------------------ movement
+    def _map_tensors(self, fn) -> "GraphBatch":
+        changes = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                changes[f.name] = fn(value)
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device, non_blocking: bool = False) -> "GraphBatch":
+        """A copy on ``device`` (all index tensors moved together)."""
+        return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "GraphBatch":
+        """A copy in pinned host memory, for ``to(cuda, non_blocking=True)``."""
+        return self._map_tensors(lambda t: t.pin_memory())
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_edge_index(
+        cls,
+        edge_index: Tensor,
+        num_nodes: Sequence[int] | Tensor,
+        *,
+        mask_edge_index: Optional[Tensor] = None,
+        validate: bool = True,
+    ) -> "GraphBatch":
+        """Build from packed edge lists (PyG convention).
+
+        Args:
+            edge_index: (2, E) int64, global node ids; ``edge_index[:, e] = (i, j)`` is the
+                edge i -> j of the GIN adjacency ``A``. Duplicate edges count once.
+            num_nodes: (B,) node count of each graph; graph ``b`` owns the ids
+                ``sum(num_nodes[:b]) ... sum(num_nodes[:b+1]) - 1``.
+            mask_edge_index: (2, E_M) int64 edges of the attention mask adjacency (may hold
+                self loops and cycles, e.g. global tokens); default ``A``.
+            validate: check ids, graph membership, self loops and cycles of ``A``.
+        """
+        num_nodes = torch.as_tensor(num_nodes, dtype=torch.int64)
+        device = edge_index.device if isinstance(edge_index, Tensor) else torch.device("cpu")
+        edge_index = torch.as_tensor(edge_index, dtype=torch.int64, device=device)
+        if num_nodes.dim() != 1 or num_nodes.numel() == 0:
+            raise ValueError("GraphBatch: empty batch (num_nodes must list at least one graph)")
+        empty = (num_nodes <= 0).nonzero().flatten()
+        if empty.numel():
+            raise ValueError(f"GraphBatch: graph {int(empty[0])} has {int(num_nodes[empty[0]])} nodes; "
+                             "every graph needs at least one node")
+        num_nodes = num_nodes.to(device)
+        ptr = torch.zeros(num_nodes.numel() + 1, dtype=torch.int64, device=device)
+        torch.cumsum(num_nodes, 0, out=ptr[1:])
+        n = int(ptr[-1])
+        batch = torch.repeat_interleave(torch.arange(num_nodes.numel(), device=device), num_nodes)
+        if mask_edge_index is not None:
+            if not isinstance(mask_edge_index, Tensor) or mask_edge_index.device != device:
+                raise ValueError("GraphBatch: edge_index and mask_edge_index must be tensors on one device")
+            mask_edge_index = mask_edge_index.to(torch.int64)
+        if validate:
+            _check_edges(edge_index, n, batch, "edge_index")
+            _check_no_self_loops(edge_index, batch)
+            _check_acyclic(edge_index, n, batch)
+            if mask_edge_index is not None:
+                _check_edges(mask_edge_index, n, batch, "mask_edge_index")
+        return cls._build(ptr, batch, edge_index, mask_edge_index)
+
+    @classmethod
+    def from_dense(
+        cls,
+        adj: Tensor,
+        mask: Optional[Tensor] = None,
+        num_vertices: Optional[Tensor] = None,
+        *,
+        validate: bool = True,
+    ) -> "GraphBatch":
+        """Build from padded dense adjacencies.
+
+        Args:
+            adj: (B, L, L) any dtype, nonzero = edge i -> j of the GIN adjacency ``A``.
+            mask: (B, L, L) attention mask adjacency (default ``adj``); may hold self loops
+                and cycles (global tokens).
+            num_vertices: (B,) ints; nodes ``>= num_vertices[b]`` are padding and dropped
+                together with their edges. Default: every node is real.
+        """
+        if not isinstance(adj, Tensor) or adj.dim() != 3 or adj.shape[1] != adj.shape[2]:
+            raise ValueError(f"GraphBatch.from_dense: adj must be a (B, L, L) tensor, got "
+                             f"{tuple(adj.shape) if isinstance(adj, Tensor) else type(adj).__name__}")
+        b, l, _ = adj.shape
+        if b == 0:
+            raise ValueError("GraphBatch.from_dense: empty batch (B = 0)")
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.shape != adj.shape:
+                raise ValueError(f"GraphBatch.from_dense: mask must have the shape of adj {tuple(adj.shape)}, "
+                                 f"got {tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
+            if mask.device != adj.device:
+                raise ValueError(f"GraphBatch.from_dense: adj is on {adj.device} but mask on {mask.device}")
+        if num_vertices is None:
+            num_vertices = torch.full((b,), l, dtype=torch.int64, device=adj.device)
+        else:
+            num_vertices = torch.as_tensor(num_vertices, dtype=torch.int64).to(adj.device)
+            if num_vertices.shape != (b,):
+                raise ValueError(f"GraphBatch.from_dense: num_vertices must have shape ({b},), "
+                                 f"got {tuple(num_vertices.shape)}")
+            bad = ((num_vertices < 1) | (num_vertices > l)).nonzero().flatten()
+            if bad.numel():
+                g = int(bad[0])
+                raise ValueError(f"GraphBatch.from_dense: graph {g} has num_vertices={int(num_vertices[g])}, "
+                                 f"outside [1, {l}]")
+        for name, t in (("adj", adj), ("mask", mask)):
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                g = int((~torch.isfinite(t)).flatten(1).any(1).nonzero()[0])
+                raise ValueError(f"GraphBatch.from_dense: {name} of graph {g} holds NaN or inf")
+        offsets = torch.cumsum(num_vertices, 0) - num_vertices
+        edge_index = _dense_to_edges(adj, num_vertices, offsets)
+        mask_edge_index = None if mask is None else _dense_to_edges(mask, num_vertices, offsets)
+        ptr = torch.cat([offsets, offsets[-1:] + num_vertices[-1:]])
+        batch = torch.repeat_interleave(torch.arange(b, device=adj.device), num_vertices)
+        if validate:
+            _check_no_self_loops(edge_index, batch)
+            _check_acyclic(edge_index, int(ptr[-1]), batch)
+        return cls._build(ptr, batch, edge_index, mask_edge_index)
+
+    @classmethod
+    def collate(cls, graphs: Sequence["GraphBatch"]) -> "GraphBatch":
+        """Concatenate batches (already validated) into one; graph order is kept."""
+        if len(graphs) == 0:
+            raise ValueError("GraphBatch.collate: empty list of graphs")
+        devices = {g.device for g in graphs}
+        if len(devices) > 1:
+            raise ValueError(f"GraphBatch.collate: graphs on different devices {sorted(map(str, devices))}")
+        node_offsets = torch.tensor([0] + [g.num_nodes for g in graphs]).cumsum(0).tolist()
+        edges = torch.cat([g.edge_index + o for g, o in zip(graphs, node_offsets)], 1)
+        has_mask = [g.mask_edge_index is not None for g in graphs]
+        mask_edges = None
+        if any(has_mask):
+            mask_edges = torch.cat([(g.mask_edge_index if g.mask_edge_index is not None else g.edge_index) + o
+                                    for g, o in zip(graphs, node_offsets)], 1)
+        sizes = torch.cat([g.num_nodes_per_graph for g in graphs])
+        ptr = torch.zeros(sizes.numel() + 1, dtype=torch.int64, device=sizes.device)
+        torch.cumsum(sizes, 0, out=ptr[1:])
+        batch = torch.repeat_interleave(torch.arange(sizes.numel(), device=sizes.device), sizes)
+        return cls._build(ptr, batch, edges, mask_edges)
+
+    @classmethod
+    def _build(cls, ptr: Tensor, batch: Tensor, edge_index: Tensor,
+               mask_edge_index: Optional[Tensor]) -> "GraphBatch":
+        n = batch.numel()
+        src, dst = _unique_edges(edge_index[0], edge_index[1], n)
+        edge_index = torch.stack([src, dst])
+        adj_rowptr = _rowptr(src, n)
+        dst_t, src_t = _unique_edges(dst, src, n)
+        adjt_rowptr = _rowptr(dst_t, n)
+        if mask_edge_index is None:
+            m_src, m_dst = src, dst
+        else:
+            m_src, m_dst = _unique_edges(mask_edge_index[0], mask_edge_index[1], n)
+            mask_edge_index = torch.stack([m_src, m_dst])
+        rel_rows, rel_cols, rel_tperm, offsets = _relations(m_src, m_dst, n)
+        rel_rowptr = _rowptr(torch.cat([rows + r * n for r, rows in enumerate(rel_rows)]), NUM_RELATIONS * n)
+        sizes = ptr[1:] - ptr[:-1]
+        return cls(
+            ptr=ptr, batch=batch,
+            adj_rowptr=adj_rowptr, adj_col=dst, adj_row=src,
+            adjt_rowptr=adjt_rowptr, adjt_col=src_t, adjt_row=dst_t,
+            rel_rowptr=rel_rowptr, rel_col=torch.cat(rel_cols), rel_row=torch.cat(rel_rows),
+            rel_tperm=rel_tperm, edge_index=edge_index, mask_edge_index=mask_edge_index,
+            rel_offsets=tuple(offsets), max_nodes=int(sizes.max()),
+        )
+
+
+# ---------------------------------------------------------------------- building blocks
+def _rowptr(sorted_rows: Tensor, n: int) -> Tensor:
+    """(n+1,) CSR row offsets of row ids sorted ascending."""
+    return torch.searchsorted(sorted_rows, torch.arange(n + 1, device=sorted_rows.device))
+
+
+def _unique_edges(src: Tensor, dst: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Deduplicated edges sorted by (src, dst)."""
+    key = torch.unique(src * n + dst)
+    return key // n, key % n
+
+
+def _expand_pairs(src: Tensor, dst: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """All pairs (a, b) of children of a common node, for edges sorted by ``src``.
+
+    Returns the boolean product ``MᵀM`` as an entry list with duplicates; its size is
+    ``sum(out_degree²)``, linear in the relation entries it produces up to duplicates.
+    """
+    rowptr = _rowptr(src, n)
+    deg = rowptr[1:] - rowptr[:-1]
+    counts = deg[src]  # each edge (p, a) pairs with every child b of p
+    edge_of = torch.repeat_interleave(torch.arange(src.numel(), device=src.device), counts)
+    start = torch.cumsum(counts, 0) - counts
+    within = torch.arange(edge_of.numel(), device=src.device) - start[edge_of]
+    a = dst[edge_of]
+    b = dst[rowptr[src[edge_of]] + within]
+    return a, b
+
+
+def _relations(src: Tensor, dst: Tensor, n: int):
+    """The four relations of SPEC §1 (with self loops) from mask edges sorted by (src, dst).
+
+    Returns per-relation (rows, cols) sorted by (row, col), the transposed-entry permutation
+    over the concatenated entries, and the 5 entry offsets.
+    """
+    loops = torch.arange(n, device=src.device)
+    dst_sorted_src, dst_sorted_dst = _unique_edges(dst, src, n)  # Mᵀ, sorted by its rows
+    candidates = [
+        (src, dst),
+        (dst_sorted_src, dst_sorted_dst),
+        _expand_pairs(src, dst, n),
+        _expand_pairs(dst_sorted_src, dst_sorted_dst, n),
+    ]
+    keys = [torch.unique(torch.cat([a * n + b, loops * n + loops])) for a, b in candidates]
+    offsets = [0]
+    for k in keys:
+        offsets.append(offsets[-1] + k.numel())
+    tperm = []
+    for r, k in enumerate(keys):
+        rt = TRANSPOSED_RELATION[r]
+        transposed_key = (k % n) * n + k // n
+        tperm.append(torch.searchsorted(keys[rt], transposed_key) + offsets[rt])
+    rows = [k // n for k in keys]
+    cols = [k % n for k in keys]
+    return rows, cols, torch.cat(tperm), offsets
+
+
+def _dense_to_edges(adj: Tensor, num_vertices: Tensor, offsets: Tensor) -> Tensor:
+    """(2, E) global edge ids of the nonzero entries of (B, L, L) ``adj`` inside each graph."""
+    g, i, j = (adj != 0).nonzero(as_tuple=True)
+    keep = (i < num_vertices[g]) & (j < num_vertices[g])
+    g, i, j = g[keep], i[keep], j[keep]
+    return torch.stack([offsets[g] + i, offsets[g] + j])
+
+
+# ---------------------------------------------------------------------- validation
+def _check_edges(edge_index: Tensor, n: int, batch: Tensor, name: str) -> None:
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"GraphBatch: {name} must have shape (2, E), got {tuple(edge_index.shape)}")
+    if edge_index.numel() == 0:
+        return
+    bad = ((edge_index < 0) | (edge_index >= n)).any(0).nonzero().flatten()
+    if bad.numel():
+        e = int(bad[0])
+        raise ValueError(f"GraphBatch: {name} edge {e} = {edge_index[:, e].tolist()} has a node id "
+                         f"outside [0, {n})")
+    cross = (batch[edge_index[0]] != batch[edge_index[1]]).nonzero().flatten()
+    if cross.numel():
+        e = int(cross[0])
+        i, j = edge_index[:, e].tolist()
+        raise ValueError(f"GraphBatch: {name} edge {e} = ({i}, {j}) joins graph {int(batch[i])} "
+                         f"and graph {int(batch[j])}")
+
+
+def _check_no_self_loops(edge_index: Tensor, batch: Tensor) -> None:
+    loops = (edge_index[0] == edge_index[1]).nonzero().flatten()
+    if loops.numel():
+        i = int(edge_index[0, loops[0]])
+        raise ValueError(f"GraphBatch: graph {int(batch[i])} has a self loop on node {i} in its "
+                         "adjacency (A must be a DAG)")
+
+
+def _check_acyclic(edge_index: Tensor, n: int, batch: Tensor) -> None:
+    """Raise on a cycle. Edges from lower to higher ids (topological numbering) are
+    acyclic by construction; otherwise peel sources level by level (Kahn)."""
+    src, dst = edge_index[0].cpu(), edge_index[1].cpu()
+    if bool((src < dst).all()):
+        return
+    indeg = torch.bincount(dst, minlength=n)
+    alive_edges = torch.ones(src.numel(), dtype=torch.bool)
+    removed = torch.zeros(n, dtype=torch.bool)
+    frontier = (indeg == 0).nonzero().flatten()
+    while frontier.numel():
+        removed[frontier] = True
+        leaving = alive_edges & removed[src]
+        alive_edges &= ~leaving
+        indeg -= torch.bincount(dst[leaving], minlength=n)
+        frontier = ((indeg == 0) & ~removed).nonzero().flatten()
+    if not bool(removed.all()):
+        node = int((~removed).nonzero()[0])
+        raise ValueError(f"GraphBatch: graph {int(batch[node])} has a cycle (node {node} lies on or "
+                         "after one); the adjacency must be a DAG")

@@ -1,0 +1,162 @@
+"""The NN-Former accuracy predictor (SPEC §4): a drop-in for the reference model."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..graph import GraphBatch
+from .blocks import AttentionBlock, BiGINMlp, DAGAttention, FeedForwardBlock
+
+__all__ = ["NNFormer"]
+
+# rel_pos values the reference reserves for distances: they do not open the attention mask.
+_DISTANCE_CODES = (2, 8)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, dim: int, n_head: int, hidden: int, act: str, dropout: float, drop_path: float):
+        super().__init__()
+        attn = DAGAttention(dim, n_head, bias=False, attn_drop=dropout, proj_drop=dropout)
+        mlp = BiGINMlp(dim, hidden, act=act, bias=False, drop=dropout)
+        self.self_attn = AttentionBlock(dim, attn, drop_path=drop_path, layer_scale=None)
+        self.feed_forward = FeedForwardBlock(dim, mlp, drop_path=drop_path, layer_scale=None)
+
+    def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
+        return self.feed_forward(self.self_attn(x, graph), graph)
+
+
+class Encoder(nn.Module):
+    def __init__(self, depth: int, dim: int, n_head: int, hidden: int, act: str, dropout: float,
+                 droppath: float):
+        super().__init__()
+        rates = torch.linspace(0, droppath, depth).tolist() if depth > 1 else [0.0] * depth
+        self.layers = nn.ModuleList(EncoderLayer(dim, n_head, hidden, act, dropout, r) for r in rates)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, graph)
+        return self.norm(x)
+
+
+class RegressionHead(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.layer = nn.Linear(dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x) + 0.5
+
+
+class NNFormer(nn.Module):
+    """NN-Former accuracy predictor; constructor, inputs and state_dict keys of the reference.
+
+    ``forward(sample, static_feats=None)`` takes the padded dict of SPEC §4 — ``code``
+    (B, L, in_chans) float, ``code_depth`` (B, 1, in_chans) float, ``code_rel_pos`` (B, L, L)
+    int, ``code_adj`` (B, L, L) float, optionally ``num_vertices`` (B,) int for mixed-size
+    padded batches — and returns (B, 1). Internally the tokens are packed (no padding) and
+    attention runs on the sparse relations of a :class:`GraphBatch`.
+    """
+
+    def __init__(self, depths: Sequence[int] = (12,), in_chans: int = 32, dim: int = 192, n_head: int = 4,
+                 mlp_ratio: float = 4.0, act_layer: str = "relu", dropout: float = 0.1, droppath: float = 0.0,
+                 avg_tokens: bool = False, class_token: bool = True, depth_embed: bool = True,
+                 dataset: str = "nasbench"):
+        super().__init__()
+        self.in_chans, self.dim, self.dataset = in_chans, dim, dataset
+        self.avg_tokens, self.class_token, self.use_depth_embed = avg_tokens, class_token, depth_embed
+        self.op_embed = nn.Linear(in_chans, dim, bias=False)
+        self.depth_embed = nn.Linear(in_chans, dim, bias=False) if depth_embed else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.norm = nn.LayerNorm(dim)
+        self.encoder = Encoder(depths[0], dim, n_head, int(dim * mlp_ratio), act_layer, dropout, droppath)
+        self.head = RegressionHead(dim)
+        self.apply(_init_weights)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, sample: dict, static_feats: Optional[Tensor] = None) -> Tensor:
+        x, graph, num_vertices = self.embed(sample)
+        x = self.encoder(x, graph)
+        return self.head(self.readout(x, graph, num_vertices))
+
+    def embed(self, sample: dict) -> tuple[Tensor, GraphBatch, Tensor]:
+        """Packed, normalised tokens (N, dim), their graph, and the node count per cell (B,)."""
+        code, rel_pos, adj = _check_sample(sample, self.in_chans)
+        b, l, _ = code.shape
+        device = code.device
+        num_vertices = sample.get("num_vertices")
+        if num_vertices is None:
+            num_vertices = torch.full((b,), l, dtype=torch.int64, device=device)
+        else:
+            num_vertices = torch.as_tensor(num_vertices, dtype=torch.int64, device=device)
+        front, back = int(self.class_token), int(self.use_depth_embed)
+        t = front + l + back
+        pos = torch.arange(t, device=device)
+        node = (pos >= front) & (pos[None, :] < front + num_vertices[:, None])  # (B, T)
+        is_depth = (pos[None, :] == front + num_vertices[:, None]) & bool(back)
+        is_global = is_depth | ((pos == 0) & bool(front))[None, :]
+        valid = node | is_global
+
+        parts = [self.cls_token.expand(b, 1, self.dim)] if front else []
+        parts += [self.op_embed(code)]
+        if back:
+            parts += [code.new_zeros(b, 1, self.dim)]
+        tokens = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        if back:
+            tokens = torch.where(is_depth[..., None], self.depth_embed(sample["code_depth"]), tokens)
+
+        pad = (front, back, front, back)
+        inner_pair = node[:, :, None] & node[:, None, :]
+        opens = (rel_pos != 0) & ~((rel_pos >= _DISTANCE_CODES[0]) & (rel_pos <= _DISTANCE_CODES[1]))
+        mask = (F.pad(opens, pad) & inner_pair) | (is_global[:, :, None] & valid[:, None, :]) \
+            | (valid[:, :, None] & is_global[:, None, :])
+        gin_adj = F.pad(adj != 0, pad) & inner_pair
+        graph = GraphBatch.from_dense(gin_adj, mask=mask, num_vertices=valid.sum(1))
+        return self.norm(tokens[valid]), graph, num_vertices
+
+    def readout(self, x: Tensor, graph: GraphBatch, num_vertices: Tensor) -> Tensor:
+        """(B, dim): the class token, or with ``avg_tokens`` the mean over the cell's nodes."""
+        start = graph.ptr[:-1]
+        if not self.avg_tokens:
+            return x[start]
+        front = int(self.class_token)
+        node_of = torch.arange(x.shape[0], device=x.device) - start[graph.batch]
+        is_node = (node_of >= front) & (node_of < front + num_vertices[graph.batch])
+        sums = x.new_zeros(graph.num_graphs, x.shape[1]).index_add_(0, graph.batch[is_node], x[is_node])
+        return sums / num_vertices[:, None].to(x.dtype)
+
+
+def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
+    for key in ("code", "code_depth", "code_rel_pos", "code_adj"):
+        if key not in sample:
+            raise KeyError(f"NNFormer: sample lacks {key!r}")
+    code, rel_pos, adj = sample["code"], sample["code_rel_pos"], sample["code_adj"]
+    if code.dim() != 3 or code.shape[-1] != in_chans:
+        raise ValueError(f"NNFormer: code must be (B, L, {in_chans}), got {tuple(code.shape)}")
+    b, l, _ = code.shape
+    if sample["code_depth"].shape != (b, 1, in_chans):
+        raise ValueError(f"NNFormer: code_depth must be ({b}, 1, {in_chans}), got {tuple(sample['code_depth'].shape)}")
+    for name, t in (("code_rel_pos", rel_pos), ("code_adj", adj)):
+        if t.shape != (b, l, l):
+            raise ValueError(f"NNFormer: {name} must be ({b}, {l}, {l}), got {tuple(t.shape)}")
+        if t.device != code.device:
+            raise ValueError(f"NNFormer: {name} is on {t.device} but code on {code.device}")
+    for name in ("code", "code_depth"):
+        bad = ~torch.isfinite(sample[name]).flatten(1).all(1)
+        if bool(bad.any()):
+            raise ValueError(f"NNFormer: {name} of sample {int(bad.nonzero()[0])} holds NaN or inf")
+    return code, rel_pos, adj
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

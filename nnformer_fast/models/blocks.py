@@ -1,0 +1,114 @@
+"""Blocks shared by the accuracy and the latency model; parameter names follow the reference."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..graph import GraphBatch
+from ..ops import bigin, dag_attention
+
+__all__ = ["DAGAttention", "BiGINMlp", "LayerScale", "DropPath", "AttentionBlock", "FeedForwardBlock"]
+
+
+class DAGAttention(nn.Module):
+    """Multi-head attention masked to the four DAG relations.
+
+    x: (N, dim) → (N, dim). ``qkv``: Linear(dim, 3·dim), ``proj``: Linear(dim, dim); with
+    ``degree_gating`` the input is first scaled by ``sigmoid(lin_d(out_degree))``.
+    """
+
+    def __init__(self, dim: int, n_head: int, *, bias: bool, attn_drop: float, proj_drop: float,
+                 degree_gating: bool = False):
+        super().__init__()
+        if dim % n_head or n_head % 4:
+            raise ValueError(f"dim ({dim}) must be divisible by n_head ({n_head}), a multiple of 4")
+        self.n_head = n_head
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.lin_d = nn.Linear(1, dim) if degree_gating else None
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
+        if self.lin_d is not None:
+            degree = graph.out_degree().to(x.dtype)[:, None]
+            x = x * torch.sigmoid(self.lin_d(degree))
+        n, dim = x.shape
+        q, k, v = self.qkv(x).view(n, 3, self.n_head, dim // self.n_head).unbind(1)
+        p = self.attn_drop if self.training else 0.0
+        out = dag_attention(q, k, v, graph, dropout_p=p)
+        return self.proj_drop(self.proj(out.reshape(n, dim)))
+
+
+class BiGINMlp(nn.Module):
+    """Bidirectional-GIN feed-forward network (SPEC §3): x (N, dim) → (N, dim)."""
+
+    def __init__(self, dim: int, hidden: int, *, act: str, bias: bool, drop: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.gcn = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.act = act
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
+        y = bigin(self.fc1(x), self.gcn(x), graph, act=self.act)
+        return self.drop(self.fc2(self.drop(y)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale ``gamma`` (parameter name ``scale``)."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per graph: a graph's whole branch is dropped with probability ``p``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(graph.num_graphs, device=x.device) >= self.p
+        return x * (keep.to(x.dtype) / (1.0 - self.p))[graph.batch, None]
+
+
+class _ResidualBlock(nn.Module):
+    """``x + drop_path(layer_scale(inner(norm(x))))``; the inner module is set by subclasses."""
+
+    inner_name: str
+
+    def __init__(self, dim: int, inner: nn.Module, *, drop_path: float, layer_scale: Optional[float]):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        setattr(self, self.inner_name, inner)
+        self.layer_scale = LayerScale(dim, layer_scale) if layer_scale is not None else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
+        y = getattr(self, self.inner_name)(self.norm(x), graph)
+        if self.layer_scale is not None:
+            y = self.layer_scale(y)
+        return x + self.drop_path(y, graph)
+
+
+class AttentionBlock(_ResidualBlock):
+    """Pre-norm residual DAG attention; submodules ``norm``, ``attn``, ``layer_scale``."""
+
+    inner_name = "attn"
+
+
+class FeedForwardBlock(_ResidualBlock):
+    """Pre-norm residual BiGIN feed-forward; submodules ``norm``, ``mlp``, ``layer_scale``."""
+
+    inner_name = "mlp"

@@ -1,0 +1,88 @@
+"""The NN-Former latency predictor (SPEC §5) on packed batches of whole networks."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..graph import GraphBatch
+from .blocks import AttentionBlock, BiGINMlp, DAGAttention, FeedForwardBlock
+
+__all__ = ["NNFormerLatency", "STATIC_FEATURES"]
+
+STATIC_FEATURES = 40
+
+
+class PreReduction(nn.Module):
+    """Per-node readout ``0.01 * (mlp(LN(x)) + LN(x))``: (N, dim) → (N, dim)."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(2 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(x)
+        return 0.01 * (self.mlp(y) + y)
+
+
+class NNFormerLatency(nn.Module):
+    """Latency predictor for a packed batch of networks; parameter names of the reference.
+
+    ``forward(x, graph, static)``: x (N, in_features) node features, graph the
+    :class:`GraphBatch` of the B networks (its adjacency is both the attention mask and the
+    GIN adjacency), static (B, 40) static features → (B, 1) predicted latency in ms. Every
+    graph gets the output it would get alone.
+    """
+
+    def __init__(self, in_features: int = 192, dim: int = 512, n_layers: int = 2, n_head: int = 4,
+                 mlp_ratio: float = 4.0, act: str = "relu", dropout: float = 0.05,
+                 degree_gating: bool = False, layer_scale_init: float = 1e-4,
+                 static_features: int = STATIC_FEATURES):
+        super().__init__()
+        self.in_features, self.static_features = in_features, static_features
+        hidden = int(dim * mlp_ratio)
+        self.embedding = nn.Linear(in_features, dim)
+        self.gnn_layers = nn.ModuleList(
+            AttentionBlock(dim, DAGAttention(dim, n_head, bias=True, attn_drop=dropout, proj_drop=dropout,
+                                             degree_gating=degree_gating),
+                           drop_path=0.0, layer_scale=layer_scale_init)
+            for _ in range(n_layers))
+        self.FFN_layers = nn.ModuleList(
+            FeedForwardBlock(dim, BiGINMlp(dim, hidden, act=act, bias=True, drop=dropout),
+                             drop_path=0.0, layer_scale=layer_scale_init)
+            for _ in range(n_layers))
+        self.pre_reduction = PreReduction(dim, dropout)
+        self.norm_sf_linear = nn.Linear(static_features, dim)
+        self.norm_sf_drop = nn.Dropout(dropout)
+        self.predictor = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Dropout(dropout),
+                                       nn.Linear(dim, 1), nn.Softplus())
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, graph: GraphBatch, static: Tensor) -> Tensor:
+        _check_inputs(x, graph, static, self.in_features, self.static_features)
+        x = self.embedding(x)
+        for attn_block, ffn_block in zip(self.gnn_layers, self.FFN_layers):
+            x = ffn_block(attn_block(x, graph), graph)
+        nodes = self.pre_reduction(x)
+        pooled = nodes.new_zeros(graph.num_graphs, nodes.shape[1]).index_add_(0, graph.batch, nodes)
+        static_vec = torch.relu(self.norm_sf_drop(self.norm_sf_linear(static)))
+        return self.predictor(torch.cat([pooled.to(static_vec.dtype), static_vec], 1))
+
+
+def _check_inputs(x: Tensor, graph: GraphBatch, static: Tensor, in_features: int, static_features: int) -> None:
+    if x.dim() != 2 or x.shape != (graph.num_nodes, in_features):
+        raise ValueError(f"NNFormerLatency: x must be ({graph.num_nodes}, {in_features}), got {tuple(x.shape)}")
+    if static.shape != (graph.num_graphs, static_features):
+        raise ValueError(f"NNFormerLatency: static must be ({graph.num_graphs}, {static_features}), "
+                         f"got {tuple(static.shape)}")
+    for name, t in (("x", x), ("static", static)):
+        if t.device != graph.device:
+            raise ValueError(f"NNFormerLatency: {name} is on {t.device} but the graph on {graph.device}")
+        if not bool(torch.isfinite(t).all()):
+            row = int((~torch.isfinite(t)).any(1).nonzero()[0])
+            where = f"graph {int(graph.batch[row])}" if name == "x" else f"graph {row}"
+            raise ValueError(f"NNFormerLatency: {name} of {where} holds NaN or inf")

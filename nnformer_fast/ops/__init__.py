@@ -1,0 +1,59 @@
+"""Public ops: ``dag_attention`` and ``bigin``, dispatched to the best available backend.
+
+Backends: ``torch`` (always, :mod:`.reference`), ``native`` (the compiled extension) and
+``triton`` register themselves in :mod:`.backends` when they load.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..graph import GraphBatch
+from . import reference
+from .backends import Backend, backends, register, select
+from .checks import check_attention, check_bigin
+from .reference import ACTIVATIONS
+
+__all__ = ["dag_attention", "bigin", "backends", "ACTIVATIONS"]
+
+register(Backend("torch", ops={"dag_attention": reference.dag_attention, "bigin": reference.bigin}))
+
+
+def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
+                  scale: Optional[float] = None, seed: Optional[int] = None) -> Tensor:
+    """Sparse DAG-masked attention (SPEC §2).
+
+    Args:
+        q, k, v: (N, H, Dh) float16/bfloat16/float32/float64, H a multiple of 4. Head h
+            attends over relation h % 4 (children, parents, siblings, co-parents).
+        graph: the packed batch the N nodes belong to.
+        dropout_p: attention dropout on the normalised weights (pass 0 in eval mode).
+        scale: score scale, default 1/sqrt(Dh).
+        seed: dropout seed; default drawn from torch's generator. Every backend drops the
+            same weights for the same seed.
+    Returns:
+        (N, H, Dh) in the dtype of q.
+    """
+    check_attention(q, k, v, graph, dropout_p)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
+    fn = select("dag_attention", q, k, v).ops["dag_attention"]
+    return fn(q, k, v, graph, dropout_p=dropout_p, scale=scale, seed=seed)
+
+
+def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tensor:
+    """Fused bidirectional GIN aggregation (SPEC §3): ``act(h + [A·g1, Aᵀ·g2])``.
+
+    Args:
+        h: (N, M) output of fc1; g: (N, M) output of gcn; same float dtype, M even.
+        graph: its GIN adjacency drives the aggregation.
+        act: one of ``ACTIVATIONS``.
+    Returns:
+        (N, M) in the dtype of h.
+    """
+    check_bigin(h, g, graph)
+    if act not in ACTIVATIONS:
+        raise ValueError(f"bigin: unknown activation {act!r}; expected one of {ACTIVATIONS}")
+    return select("bigin", h, g).ops["bigin"](h, g, graph, act=act)

@@ -1,0 +1,80 @@
+"""Backend registry: which implementation runs each op.
+
+Every backend names the ops it implements and says, per call, why it cannot run
+(``unsupported``); an empty list means it can. ``select`` honours the environment variable
+``NNFORMER_FAST_BACKEND`` (``native``, ``triton`` or ``torch``) and otherwise takes the first
+backend in the device's preference order that can run. When a forced backend cannot run, the
+error lists every backend's reasons (xformers style).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from torch import Tensor
+
+__all__ = ["Backend", "register", "backends", "select", "ENV_VAR"]
+
+ENV_VAR = "NNFORMER_FAST_BACKEND"
+
+
+@dataclass
+class Backend:
+    """One implementation of the ops.
+
+    ops: op name -> callable with the signature of the public op (after checks).
+    load_error: why the backend is unusable on this install (None when it loaded).
+    unsupported: ``(op, *tensors) -> list[str]`` reasons it cannot run these inputs.
+    preferred_on: device types on which automatic selection may pick it.
+    """
+
+    name: str
+    ops: dict[str, Callable] = field(default_factory=dict)
+    load_error: Optional[str] = None
+    unsupported: Callable[..., list] = lambda op, *tensors: []
+    preferred_on: tuple = ("cpu", "cuda")
+
+    def reasons(self, op: str, *tensors: Tensor) -> list:
+        if self.load_error is not None:
+            return [self.load_error]
+        if op not in self.ops:
+            return [f"does not implement {op}"]
+        return list(self.unsupported(op, *tensors))
+
+
+_REGISTRY: dict[str, Backend] = {}
+# Automatic choice per device type; a backend missing from the registry is skipped.
+_PREFERENCE = {"cpu": ("native", "torch"), "cuda": ("native", "triton", "torch")}
+
+
+def register(backend: Backend) -> None:
+    """Add or replace a backend (kernel modules call this when they import)."""
+    _REGISTRY[backend.name] = backend
+
+
+def backends() -> dict:
+    """Name -> None when the backend loaded, else the reason it did not."""
+    return {name: b.load_error for name, b in _REGISTRY.items()}
+
+
+def select(op: str, *tensors: Tensor) -> Backend:
+    """The backend that runs ``op`` on ``tensors`` (see module docstring)."""
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced:
+        backend = _REGISTRY.get(forced)
+        if backend is None:
+            raise ValueError(f"{ENV_VAR}={forced!r}: unknown backend; known: {sorted(_REGISTRY)}")
+        if not backend.reasons(op, *tensors):
+            return backend
+        raise RuntimeError(f"{ENV_VAR}={forced!r} cannot run {op}:\n" + _explain(op, tensors))
+    device_type = tensors[0].device.type
+    for name in _PREFERENCE.get(device_type, ("torch",)):
+        backend = _REGISTRY.get(name)
+        if backend is not None and device_type in backend.preferred_on and not backend.reasons(op, *tensors):
+            return backend
+    raise RuntimeError(f"no backend can run {op} on {device_type}:\n" + _explain(op, tensors))
+
+
+def _explain(op: str, tensors) -> str:
+    return "\n".join(f"  {name}: {'; '.join(b.reasons(op, *tensors)) or 'ok'}" for name, b in _REGISTRY.items())

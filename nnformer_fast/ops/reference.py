@@ -1,0 +1,103 @@
+"""Plain-PyTorch ``dag_attention`` and ``bigin`` written from SPEC §2–3.
+
+The CPU fallback and the oracle every kernel backend is tested against. Time and memory are
+linear in the relation entries (gather, segment softmax, ``index_add``); no (N, N) tensor.
+Low-precision inputs are computed in float32 and returned in the input dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..graph import NUM_RELATIONS, GraphBatch
+
+__all__ = ["dag_attention", "bigin", "activation", "dropout_keep_mask", "ACTIVATIONS"]
+
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "square_relu")
+_MASK32 = 0xFFFFFFFF
+
+
+def activation(x: Tensor, act: str) -> Tensor:
+    """The channel-mixer activation of SPEC §3 (leaky slope 0.01, exact gelu)."""
+    if act == "relu":
+        return F.relu(x)
+    if act == "leaky_relu":
+        return F.leaky_relu(x, 0.01)
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "square_relu":
+        return x * F.relu(x)
+    raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
+
+
+def _hash32(x: Tensor) -> Tensor:
+    """lowbias32 integer hash on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def dropout_keep_mask(seed: int, entry: Tensor, head: Tensor, num_heads: int, p: float) -> Tensor:
+    """Counter-based attention-dropout mask shared by every backend.
+
+    An attention weight (relation entry ``entry``, head ``head``) is kept when
+    ``hash32((entry * H + head) ^ hash32(seed)) >> 8 >= p * 2**24``, so a kernel can
+    recompute the same mask in its backward pass and all backends drop the same weights.
+    ``entry``: (R, 1) int64, ``head``: (1, h) int64 → (R, h) bool.
+    """
+    salt = _hash32(torch.tensor(seed & _MASK32, dtype=torch.int64))
+    x = ((entry * num_heads + head) & _MASK32) ^ salt
+    return (_hash32(x) >> 8) >= int(p * (1 << 24))
+
+
+def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
+                  scale: Optional[float] = None, seed: int = 0) -> Tensor:
+    """DAG-masked attention (SPEC §2).
+
+    q, k, v: (N, H, Dh) float16/bfloat16/float32/float64, H a multiple of 4; head h attends
+    over relation h % 4 of ``graph``. Returns (N, H, Dh) in the dtype of q.
+    """
+    n, h, dh = q.shape
+    scale = 1.0 / math.sqrt(dh) if scale is None else scale
+    compute = torch.promote_types(q.dtype, torch.float32)
+    qc, kc, vc = q.to(compute), k.to(compute), v.to(compute)
+    heads_per_rel = h // NUM_RELATIONS
+    outs = []
+    for r in range(NUM_RELATIONS):
+        rows, cols = graph.relation(r)
+        qr, kr, vr = qc[:, r::NUM_RELATIONS], kc[:, r::NUM_RELATIONS], vc[:, r::NUM_RELATIONS]
+        scores = (qr[rows] * kr[cols]).sum(-1) * scale  # (R_r, H/4)
+        row_max = torch.full((n, heads_per_rel), float("-inf"), dtype=compute, device=q.device)
+        row_max = row_max.scatter_reduce(0, rows[:, None].expand_as(scores), scores.detach(), "amax")
+        weights = torch.exp(scores - row_max[rows])
+        denom = torch.zeros_like(row_max).index_add_(0, rows, weights)
+        weights = weights / denom[rows]
+        if dropout_p > 0.0:
+            entry = torch.arange(graph.rel_offsets[r], graph.rel_offsets[r + 1], device=q.device)[:, None]
+            head = torch.arange(r, h, NUM_RELATIONS, device=q.device)[None, :]
+            keep = dropout_keep_mask(seed, entry, head, h, dropout_p)
+            weights = weights * keep / (1.0 - dropout_p)
+        out = torch.zeros(n, heads_per_rel, dh, dtype=compute, device=q.device)
+        outs.append(out.index_add_(0, rows, weights[..., None] * vr[cols]))
+    # head h = g * 4 + r  <->  stacked index (g, r)
+    return torch.stack(outs, dim=2).reshape(n, h, dh).to(q.dtype)
+
+
+def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tensor:
+    """Fused bidirectional GIN aggregation (SPEC §3): ``act(h + [A·g1, Aᵀ·g2])``.
+
+    h, g: (N, M) float16/bfloat16/float32/float64, M even; row i adds the sum of g1 over its
+    children and of g2 over its parents. Returns (N, M) in the dtype of h.
+    """
+    half = g.shape[1] // 2
+    compute = torch.promote_types(h.dtype, torch.float32)
+    g1, g2 = g[:, :half].to(compute), g[:, half:].to(compute)
+    from_children = torch.zeros_like(g1).index_add_(0, graph.adj_row, g1[graph.adj_col])
+    from_parents = torch.zeros_like(g2).index_add_(0, graph.adjt_row, g2[graph.adjt_col])
+    return activation(h.to(compute) + torch.cat([from_children, from_parents], 1), act).to(h.dtype)
