@@ -1,0 +1,158 @@
+"""GraphBatch: construction, relations against dense products, movement, bad input."""
+import pytest
+import torch
+
+from nnformer_fast import GraphBatch
+from nnformer_fast.graph import TRANSPOSED_RELATION
+from nnformer_fast.testing import FAMILIES, random_batch
+
+
+def dense_relations_of(graph: GraphBatch) -> torch.Tensor:
+    """(4, N, N) relations straight from SPEC §1, from the batch's mask edges (small N only)."""
+    n = graph.num_nodes
+    m = torch.zeros(n, n)
+    edges = graph.mask_edge_index if graph.mask_edge_index is not None else graph.edge_index
+    m[edges[0], edges[1]] = 1
+    eye = torch.eye(n)
+    return torch.stack([m + eye, m.T + eye, m.T @ m + eye, m @ m.T + eye]) > 0
+
+
+def relations_from_csr(graph: GraphBatch) -> torch.Tensor:
+    n = graph.num_nodes
+    out = torch.zeros(4, n, n, dtype=torch.bool)
+    for r in range(4):
+        rows, cols = graph.relation(r)
+        out[r, rows, cols] = True
+        # the CSR row pointers agree with the entry lists
+        ptr = graph.rel_rowptr[r * n: (r + 1) * n + 1]
+        assert torch.equal(torch.repeat_interleave(torch.arange(n), ptr.diff()), rows)
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_relations_match_dense_products(family):
+    graph = FAMILIES[family]()
+    assert torch.equal(relations_from_csr(graph), dense_relations_of(graph))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_transposed_entry_permutation(family):
+    graph = FAMILIES[family]()
+    for r in range(4):
+        s, e = graph.rel_offsets[r], graph.rel_offsets[r + 1]
+        t = graph.rel_tperm[s:e]
+        rt = TRANSPOSED_RELATION[r]
+        assert bool(((t >= graph.rel_offsets[rt]) & (t < graph.rel_offsets[rt + 1])).all())
+        assert torch.equal(graph.rel_row[t], graph.rel_col[s:e])
+        assert torch.equal(graph.rel_col[t], graph.rel_row[s:e])
+
+
+def test_adjacency_csr_and_transpose():
+    edges = torch.tensor([[0, 0, 1, 2, 4], [1, 2, 3, 3, 5]])
+    graph = GraphBatch.from_edge_index(edges, [4, 2])
+    assert graph.ptr.tolist() == [0, 4, 6]
+    assert graph.batch.tolist() == [0, 0, 0, 0, 1, 1]
+    assert graph.adj_rowptr.tolist() == [0, 2, 3, 4, 4, 5, 5]
+    assert graph.adj_col.tolist() == [1, 2, 3, 3, 5]
+    assert graph.adjt_rowptr.tolist() == [0, 0, 1, 2, 4, 4, 5]
+    assert graph.adjt_col.tolist() == [0, 0, 1, 2, 4]
+    assert graph.out_degree().tolist() == [2, 1, 1, 0, 1, 0]
+
+
+def test_from_dense_drops_padding_and_matches_edge_index():
+    adj = torch.zeros(2, 4, 4)
+    adj[0, 0, 1] = adj[0, 1, 2] = adj[0, 2, 3] = 1
+    adj[1, 0, 1] = 1
+    adj[1, 2, 3] = 1  # beyond num_vertices of graph 1: padding, must vanish
+    dense = GraphBatch.from_dense(adj, num_vertices=torch.tensor([4, 2]))
+    packed = GraphBatch.from_edge_index(torch.tensor([[0, 1, 2, 4], [1, 2, 3, 5]]), [4, 2])
+    for field in ("ptr", "adj_rowptr", "adj_col", "rel_rowptr", "rel_col", "rel_tperm"):
+        assert torch.equal(getattr(dense, field), getattr(packed, field)), field
+
+
+def test_duplicate_edges_count_once():
+    graph = GraphBatch.from_edge_index(torch.tensor([[0, 0, 1], [1, 1, 2]]), [3])
+    assert graph.adj_col.tolist() == [1, 2]
+
+
+def test_collate_equals_building_at_once():
+    a = random_batch([5, 9], seed=1)
+    b = random_batch([3], seed=2, global_token=True)
+    both = GraphBatch.collate([a, b])
+    assert both.num_graphs == 3 and both.num_nodes == 17
+    assert torch.equal(relations_from_csr(both), dense_relations_of(both))
+    assert both.ptr.tolist() == [0, 5, 14, 17]
+
+
+def test_global_token_makes_sibling_relations_dense_only_in_its_graph():
+    graph = random_batch([6, 5], global_token=True)
+    rel = relations_from_csr(graph)
+    assert bool(rel[2, :6, :6].all()) and bool(rel[3, :6, :6].all())
+    assert not bool(rel[2, :6, 6:].any())
+
+
+def test_linear_size_without_global_tokens():
+    # a long chain: every relation has at most 3 entries per row
+    n = 20_000
+    graph = GraphBatch.from_edge_index(torch.stack([torch.arange(n - 1), torch.arange(1, n)]), [n])
+    assert graph.rel_col.numel() <= 4 * 3 * n
+
+
+def test_to_and_pin_memory_keep_content():
+    graph = random_batch([4, 6])
+    moved = graph.to("cpu")
+    assert torch.equal(moved.rel_col, graph.rel_col) and moved.rel_offsets == graph.rel_offsets
+    if torch.cuda.is_available():
+        assert graph.pin_memory().ptr.is_pinned()
+
+
+@pytest.mark.parametrize("edges, sizes, message", [
+    (torch.tensor([[0, 1, 2], [1, 2, 0]]), [3], "graph 0 has a cycle"),
+    (torch.tensor([[0, 3, 4], [1, 4, 3]]), [2, 3], "graph 1 has a cycle"),
+    (torch.tensor([[1], [1]]), [3], "self loop on node 1"),
+    (torch.tensor([[0], [7]]), [3], "outside"),
+    (torch.tensor([[-1], [0]]), [3], "outside"),
+    (torch.tensor([[0], [3]]), [2, 2], "joins graph 0 and graph 1"),
+    (torch.zeros(2, 0, dtype=torch.int64), [2, 0], "graph 1 has 0 nodes"),
+    (torch.zeros(2, 0, dtype=torch.int64), [], "empty batch"),
+    (torch.zeros(3, 1, dtype=torch.int64), [2], r"shape \(2, E\)"),
+])
+def test_bad_edge_index_raises(edges, sizes, message):
+    with pytest.raises(ValueError, match=message):
+        GraphBatch.from_edge_index(edges, sizes)
+
+
+def test_bad_dense_input_raises():
+    adj = torch.zeros(2, 3, 3)
+    with pytest.raises(ValueError, match=r"\(B, L, L\)"):
+        GraphBatch.from_dense(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="empty batch"):
+        GraphBatch.from_dense(torch.zeros(0, 3, 3))
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        GraphBatch.from_dense(adj, mask=torch.zeros(2, 4, 4))
+    with pytest.raises(ValueError, match="graph 1 has num_vertices=0"):
+        GraphBatch.from_dense(adj, num_vertices=torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match="num_vertices=4"):
+        GraphBatch.from_dense(adj, num_vertices=torch.tensor([3, 4]))
+    bad = adj.clone()
+    bad[1, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="adj of graph 1 holds NaN"):
+        GraphBatch.from_dense(bad)
+    cyc = adj.clone()
+    cyc[1, 0, 1] = cyc[1, 1, 0] = 1
+    with pytest.raises(ValueError, match="graph 1 has a cycle"):
+        GraphBatch.from_dense(cyc)
+
+
+def test_mask_may_hold_cycles_and_self_loops():
+    adj = torch.zeros(1, 3, 3)
+    adj[0, 1, 2] = 1
+    mask = adj.clone()
+    mask[0, 0, :] = mask[0, :, 0] = 1  # a global token: self loop and cycles through node 0
+    graph = GraphBatch.from_dense(adj, mask=mask)
+    assert torch.equal(relations_from_csr(graph), dense_relations_of(graph))
+
+
+def test_collate_rejects_empty_and_mixed_devices():
+    with pytest.raises(ValueError, match="empty list"):
+        GraphBatch.collate([])

@@ -1,0 +1,211 @@
+"""Both models against the dense float64 oracle of nnformer_fast.dense (SPEC §4–5)."""
+import pytest
+import torch
+
+from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
+from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
+from nnformer_fast.testing import assert_close, random_dag_edges
+
+ACCURACY_KEYS_PER_LAYER = [
+    "self_attn.norm.weight", "self_attn.norm.bias", "self_attn.attn.qkv.weight", "self_attn.attn.proj.weight",
+    "feed_forward.norm.weight", "feed_forward.norm.bias", "feed_forward.mlp.fc1.weight",
+    "feed_forward.mlp.gcn.weight", "feed_forward.mlp.fc2.weight",
+]
+
+
+def cell_sample(sizes, in_chans=32, seed=0, distance_codes=False, pad_to=None):
+    """A padded batch of random cells; graph b has sizes[b] nodes (rest is padding)."""
+    g = torch.Generator().manual_seed(seed)
+    b, l = len(sizes), pad_to or max(sizes)
+    adj = torch.zeros(b, l, l)
+    for i, n in enumerate(sizes):
+        e = random_dag_edges(n, 1.5, g)
+        adj[i, e[0], e[1]] = 1
+    rel_pos = adj.long()
+    if distance_codes:  # values 2..8 are distances: they must not open the mask
+        far = torch.triu(torch.randint(2, 9, (b, l, l), generator=g), 2) * (adj == 0)
+        rel_pos = rel_pos + far
+    code = torch.randn(b, l, in_chans, generator=g)
+    depth = torch.randn(b, 1, in_chans, generator=g)
+    sample = {"code": code, "code_depth": depth, "code_rel_pos": rel_pos, "code_adj": adj}
+    if len(set(sizes)) > 1 or pad_to:
+        sample["num_vertices"] = torch.tensor(sizes)
+    return sample
+
+
+def _double(sample):
+    return {k: v.double() if v.is_floating_point() else v for k, v in sample.items()}
+
+
+CONFIGS = [
+    dict(),
+    dict(avg_tokens=True),
+    dict(class_token=False),
+    dict(depth_embed=False, act_layer="gelu"),
+    dict(class_token=False, depth_embed=False, avg_tokens=True, act_layer="leaky_relu"),
+    dict(n_head=8, act_layer="square_relu"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_accuracy_model_matches_dense_oracle(config):
+    torch.manual_seed(0)
+    model = NNFormer(depths=[3], dim=64, **config).double().eval()
+    sample = cell_sample([7] * 5, distance_codes=True)
+    ours = model(_double(sample), None)
+    oracle = dense_nnformer(model.state_dict(), _double(sample), depth=3, n_head=config.get("n_head", 4),
+                            act=config.get("act_layer", "relu"), avg_tokens=config.get("avg_tokens", False),
+                            class_token=config.get("class_token", True), depth_embed=config.get("depth_embed", True))
+    assert ours.shape == (5, 1)
+    assert_close(ours, oracle, atol=1e-12, rtol=1e-10, name="NNFormer float64")
+
+
+def test_accuracy_model_float32_matches_dense_float32():
+    torch.manual_seed(1)
+    model = NNFormer(depths=[4]).eval()  # reference sizes: dim 192, 4 heads
+    sample = cell_sample([7] * 8, seed=3)
+    ours = model(sample, None)
+    oracle = dense_nnformer(model.state_dict(), sample, depth=4)
+    assert_close(ours, oracle, atol=1e-6, rtol=1e-6, name="NNFormer float32")
+
+
+def test_padding_never_changes_real_tokens():
+    torch.manual_seed(2)
+    model = NNFormer(depths=[2], dim=32, avg_tokens=True).double().eval()
+    sample = _double(cell_sample([4, 7, 2, 6], seed=5, pad_to=9))
+    out = model(sample, None)
+    # garbage in the padding changes nothing
+    noisy = {k: v.clone() for k, v in sample.items()}
+    for b, n in enumerate(sample["num_vertices"].tolist()):
+        noisy["code"][b, n:] = 1e3
+        noisy["code_rel_pos"][b, n:, :] = 1
+        noisy["code_adj"][b, :n, n:] = 1
+    assert_close(model(noisy, None), out, atol=1e-12, rtol=1e-10, name="padding garbage")
+    oracle = dense_nnformer(model.state_dict(), sample, depth=2, avg_tokens=True)
+    assert_close(out, oracle, atol=1e-12, rtol=1e-10, name="padded vs alone")
+
+
+def test_accuracy_state_dict_keys_are_the_references():
+    model = NNFormer(depths=[2])
+    expected = {"op_embed.weight", "depth_embed.weight", "cls_token", "norm.weight", "norm.bias",
+                "encoder.norm.weight", "encoder.norm.bias", "head.layer.weight", "head.layer.bias"}
+    expected |= {f"encoder.layers.{i}.{k}" for i in range(2) for k in ACCURACY_KEYS_PER_LAYER}
+    assert set(model.state_dict()) == expected
+    # a reference checkpoint (same names and shapes) loads strictly
+    checkpoint = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    NNFormer(depths=[2]).load_state_dict(checkpoint, strict=True)
+
+
+def test_accuracy_model_trains_and_runs_under_autocast():
+    torch.manual_seed(3)
+    model = NNFormer(depths=[2], dim=64, droppath=0.2)
+    sample = cell_sample([5, 7, 3], seed=1)
+    model.train()
+    model(sample, None).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    model.eval()
+    exact = model(sample, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(sample, None)
+    assert_close(low.float(), exact, atol=5e-2, rtol=5e-2, name="bf16 autocast")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda s: s.pop("code_adj"), "lacks 'code_adj'"),
+    (lambda s: s.update(code=s["code"][..., :8]), r"code must be \(B, L, 32\)"),
+    (lambda s: s.update(code_rel_pos=s["code_rel_pos"][:, :3]), "code_rel_pos must be"),
+    (lambda s: s["code"].__setitem__((1, 0, 0), float("nan")), "code of sample 1 holds NaN"),
+    (lambda s: s["code_adj"].__setitem__((0, 0, 0), 1.0), "self loop"),
+])
+def test_accuracy_model_bad_input(bad, message):
+    model = NNFormer(depths=[1], dim=32)
+    sample = cell_sample([5, 5])
+    bad(sample)
+    with pytest.raises((KeyError, ValueError), match=message):
+        model(sample, None)
+
+
+# ---------------------------------------------------------------------------- latency model
+def latency_batch(sizes, seed=0, features=192):
+    g = torch.Generator().manual_seed(seed)
+    edges, offset, dense = [], 0, []
+    for n in sizes:
+        e = random_dag_edges(n, 2.0, g, max_span=5)
+        a = torch.zeros(n, n)
+        a[e[0], e[1]] = 1
+        dense.append(a)
+        edges.append(e + offset)
+        offset += n
+    x = torch.randn(offset, features, generator=g)
+    static = torch.randn(len(sizes), 40, generator=g)
+    return x, GraphBatch.from_edge_index(torch.cat(edges, 1), sizes), static, dense
+
+
+@pytest.mark.parametrize("degree_gating", [False, True])
+def test_latency_model_matches_one_graph_at_a_time_oracle(degree_gating):
+    torch.manual_seed(4)
+    model = NNFormerLatency(dim=64, n_layers=2, degree_gating=degree_gating).double().eval()
+    # layer scale 1e-4 would hide errors in the blocks: make them count
+    for name, p in model.named_parameters():
+        if name.endswith("layer_scale.scale"):
+            p.data.fill_(0.5)
+    x, graph, static, dense = latency_batch([12, 1, 30, 7], seed=2)
+    ours = model(x.double(), graph, static.double())
+    graphs = [(xb, a, s) for xb, a, s in zip(x.double().split(graph.num_nodes_per_graph.tolist()), dense,
+                                               static.double())]
+    oracle = dense_nnformer_latency_batch(model.state_dict(), graphs, n_layers=2, degree_gating=degree_gating)
+    assert ours.shape == (4, 1)
+    assert_close(ours, oracle, atol=1e-12, rtol=1e-10, name="NNFormerLatency float64")
+
+
+def test_latency_packed_equals_alone():
+    torch.manual_seed(5)
+    model = NNFormerLatency(dim=32).eval()
+    x, graph, static, _ = latency_batch([20, 3, 9], seed=3)
+    packed = model(x, graph, static)
+    alone = []
+    for b, xb in enumerate(x.split(graph.num_nodes_per_graph.tolist())):
+        one = GraphBatch.from_edge_index(graph.edge_index[:, graph.batch[graph.edge_index[0]] == b]
+                                         - graph.ptr[b], [xb.shape[0]])
+        alone.append(model(xb, one, static[b:b + 1]))
+    assert_close(packed, torch.cat(alone), atol=1e-6, rtol=1e-5, name="packed vs alone")
+
+
+def test_latency_state_dict_keys_are_the_references():
+    model = NNFormerLatency(n_layers=2, degree_gating=True)
+    prefixes = {k.rsplit(".", 1)[0] for k in model.state_dict()}
+    expected = {"embedding", "pre_reduction.norm", "pre_reduction.mlp.0", "pre_reduction.mlp.3", "norm_sf_linear",
+                "predictor.0", "predictor.3"}
+    for i in range(2):
+        expected |= {f"gnn_layers.{i}.{k}" for k in ("norm", "attn.qkv", "attn.proj", "attn.lin_d", "layer_scale")}
+        expected |= {f"FFN_layers.{i}.{k}" for k in ("norm", "mlp.fc1", "mlp.gcn", "mlp.fc2", "layer_scale")}
+    assert prefixes == expected
+    assert model.gnn_layers[0].layer_scale.scale.eq(1e-4).all()
+    checkpoint = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    NNFormerLatency(n_layers=2, degree_gating=True).load_state_dict(checkpoint, strict=True)
+
+
+def test_latency_model_autocast_and_backward():
+    torch.manual_seed(6)
+    model = NNFormerLatency(dim=64)
+    x, graph, static, _ = latency_batch([15, 8], seed=4)
+    model.train()
+    model(x, graph, static).sum().backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x, graph, static)
+    assert_close(low.float(), model(x, graph, static), atol=5e-2, rtol=5e-2, name="bf16 autocast")
+
+
+def test_latency_model_bad_input():
+    model = NNFormerLatency(dim=32)
+    x, graph, static, _ = latency_batch([5, 6])
+    with pytest.raises(ValueError, match=r"x must be \(11, 192\)"):
+        model(x[:, :10], graph, static)
+    with pytest.raises(ValueError, match=r"static must be \(2, 40\)"):
+        model(x, graph, static[:1])
+    x[7, 3] = float("inf")
+    with pytest.raises(ValueError, match="x of graph 1 holds NaN or inf"):
+        model(x, graph, static)
