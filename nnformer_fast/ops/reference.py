@@ -66,25 +66,27 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     n, h, dh = q.shape
     scale = 1.0 / math.sqrt(dh) if scale is None else scale
     compute = torch.promote_types(q.dtype, torch.float32)
-    qc, kc, vc = q.to(compute), k.to(compute), v.to(compute)
     heads_per_rel = h // NUM_RELATIONS
+    # (4, N, H/4, Dh): relation r's heads contiguous, so the row gathers read whole rows
+    per_rel = [t.to(compute).view(n, heads_per_rel, NUM_RELATIONS, dh).permute(2, 0, 1, 3).contiguous()
+               for t in (q, k, v)]
     outs = []
     for r in range(NUM_RELATIONS):
         rows, cols = graph.relation(r)
-        qr, kr, vr = qc[:, r::NUM_RELATIONS], kc[:, r::NUM_RELATIONS], vc[:, r::NUM_RELATIONS]
-        scores = (qr[rows] * kr[cols]).sum(-1) * scale  # (R_r, H/4)
+        qr, kr, vr = (t[r] for t in per_rel)
+        scores = (qr.index_select(0, rows) * kr.index_select(0, cols)).sum(-1) * scale  # (R_r, H/4)
         row_max = torch.full((n, heads_per_rel), float("-inf"), dtype=compute, device=q.device)
         row_max = row_max.scatter_reduce(0, rows[:, None].expand_as(scores), scores.detach(), "amax")
-        weights = torch.exp(scores - row_max[rows])
+        weights = torch.exp(scores - row_max.index_select(0, rows))
         denom = torch.zeros_like(row_max).index_add_(0, rows, weights)
-        weights = weights / denom[rows]
+        weights = weights / denom.index_select(0, rows)
         if dropout_p > 0.0:
             entry = torch.arange(graph.rel_offsets[r], graph.rel_offsets[r + 1], device=q.device)[:, None]
             head = torch.arange(r, h, NUM_RELATIONS, device=q.device)[None, :]
             keep = dropout_keep_mask(seed, entry, head, h, dropout_p)
             weights = weights * keep / (1.0 - dropout_p)
         out = torch.zeros(n, heads_per_rel, dh, dtype=compute, device=q.device)
-        outs.append(out.index_add_(0, rows, weights[..., None] * vr[cols]))
+        outs.append(out.index_add_(0, rows, weights[..., None] * vr.index_select(0, cols)))
     # head h = g * 4 + r  <->  stacked index (g, r)
     return torch.stack(outs, dim=2).reshape(n, h, dh).to(q.dtype)
 
@@ -98,6 +100,6 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tens
     half = g.shape[1] // 2
     compute = torch.promote_types(h.dtype, torch.float32)
     g1, g2 = g[:, :half].to(compute), g[:, half:].to(compute)
-    from_children = torch.zeros_like(g1).index_add_(0, graph.adj_row, g1[graph.adj_col])
-    from_parents = torch.zeros_like(g2).index_add_(0, graph.adjt_row, g2[graph.adjt_col])
+    from_children = torch.zeros_like(g1).index_add_(0, graph.adj_row, g1.index_select(0, graph.adj_col))
+    from_parents = torch.zeros_like(g2).index_add_(0, graph.adjt_row, g2.index_select(0, graph.adjt_col))
     return activation(h.to(compute) + torch.cat([from_children, from_parents], 1), act).to(h.dtype)

@@ -1,0 +1,36 @@
+"""Shared benchmark plumbing: after the run, print each group's times as ratios to the
+group's fastest entry (all entries of a group run on the same inputs in one session)."""
+import os
+
+import pytest
+import torch
+
+# Triton's CPU interpreter only when no GPU; the benchmarks never force it on the CPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="the long profile (bigger shapes, more rounds)")
+
+
+@pytest.fixture(scope="session")
+def full(request) -> bool:
+    return request.config.getoption("--full")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    groups = {}
+    for bench in session.benchmarks:
+        if bench.has_error or not bench.stats:
+            continue
+        groups.setdefault(bench.group or "", []).append(bench)
+    terminalreporter.section("ratios to the fastest of each group (median)")
+    for group, benches in sorted(groups.items()):
+        fastest = min(b.stats.median for b in benches)
+        terminalreporter.write_line(f"{group}:")
+        for b in sorted(benches, key=lambda b: b.stats.median):
+            terminalreporter.write_line(f"  {b.name:<60} {b.stats.median * 1e3:10.2f} ms  x{b.stats.median / fastest:7.2f}")

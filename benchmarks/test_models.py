@@ -1,0 +1,138 @@
+"""Model benchmarks: the packed sparse path against one graph at a time and the dense
+formulation, on the same inputs, with a correctness check before timing.
+
+Run: ``pytest benchmarks --benchmark-only`` (ratios are printed at the end).
+"""
+import pytest
+import torch
+
+from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
+from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
+from nnformer_fast.testing import random_dag_edges
+
+LATENCY_GRAPHS, LATENCY_NODES = 16, 200
+
+
+def _latency_inputs(num_graphs, nodes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(nodes * 3 // 4, nodes * 5 // 4 + 1, (num_graphs,), generator=g).tolist()
+    edges, dense, offset = [], [], 0
+    for n in sizes:
+        e = random_dag_edges(n, 1.5, g, max_span=8)  # CNN-like: short skips
+        a = torch.zeros(n, n)
+        a[e[0], e[1]] = 1
+        edges.append(e + offset)
+        dense.append(a)
+        offset += n
+    x = torch.randn(offset, 192, generator=g)
+    static = torch.randn(num_graphs, 40, generator=g)
+    edge_index = torch.cat(edges, 1)
+    return x, edge_index, sizes, static, dense
+
+
+@pytest.fixture(scope="module")
+def latency_setup():
+    torch.manual_seed(0)
+    model = NNFormerLatency()
+    x, edge_index, sizes, static, dense = _latency_inputs(LATENCY_GRAPHS, LATENCY_NODES)
+    return model, x, edge_index, sizes, static, dense
+
+
+def _latency_packed_step(model, x, edge_index, sizes, static):
+    graph = GraphBatch.from_edge_index(edge_index, sizes)  # built once per batch, inside the step
+    out = model(x, graph, static)
+    out.sum().backward()
+    return out
+
+
+def _latency_one_at_a_time_step(model, x, edge_index, sizes, static):
+    outs, start = [], 0
+    for b, n in enumerate(sizes):
+        keep = (edge_index[0] >= start) & (edge_index[0] < start + n)
+        graph = GraphBatch.from_edge_index(edge_index[:, keep] - start, [n])
+        outs.append(model(x[start:start + n], graph, static[b:b + 1]))
+        start += n
+    out = torch.cat(outs)
+    out.sum().backward()
+    return out
+
+
+def _latency_dense_loop_step(model, x, sizes, static, dense):
+    graphs = list(zip(x.split(sizes), dense, static))
+    out = dense_nnformer_latency_batch(dict(model.named_parameters()), graphs)
+    out.sum().backward()
+    return out
+
+
+@pytest.mark.benchmark(group="latency model fwd+bwd, 16 graphs x ~200 nodes, fp32")
+def test_latency_packed(benchmark, latency_setup):
+    model, x, edge_index, sizes, static, dense = latency_setup
+    model.eval()  # deterministic, so the three paths agree
+    ref = _latency_dense_loop_step(model, x, sizes, static, dense).detach()
+    torch.testing.assert_close(_latency_packed_step(model, x, edge_index, sizes, static).detach(), ref,
+                               rtol=1e-4, atol=1e-5)
+    benchmark(_latency_packed_step, model, x, edge_index, sizes, static)
+
+
+@pytest.mark.benchmark(group="latency model fwd+bwd, 16 graphs x ~200 nodes, fp32")
+def test_latency_one_graph_at_a_time(benchmark, latency_setup):
+    model, x, edge_index, sizes, static, dense = latency_setup
+    model.eval()
+    benchmark(_latency_one_at_a_time_step, model, x, edge_index, sizes, static)
+
+
+@pytest.mark.benchmark(group="latency model fwd+bwd, 16 graphs x ~200 nodes, fp32")
+def test_latency_dense_reference_loop(benchmark, latency_setup):
+    model, x, edge_index, sizes, static, dense = latency_setup
+    model.eval()
+    benchmark(_latency_dense_loop_step, model, x, sizes, static, dense)
+
+
+def _nb101_like_cells(count, seed=0):
+    """NAS-Bench-101-shaped cells (7 nodes, 5 op types); real cells when the data is present."""
+    try:
+        from nnformer_fast.data.cells import collate_same_size, load_nb101_naslib, tokenize
+        from nnformer_fast.data.cells import default_data_dir
+
+        cells = [c for c in load_nb101_naslib(default_data_dir() / "nb101_naslib_500.json")
+                 if len(c.ops) == 7]
+        cells = (cells * (count // len(cells) + 1))[:count]
+        return collate_same_size([tokenize(c) for c in cells])
+    except Exception:
+        g = torch.Generator().manual_seed(seed)
+        adj = torch.zeros(count, 7, 7)
+        for b in range(count):
+            e = random_dag_edges(7, 1.5, g)
+            adj[b, e[0], e[1]] = 1
+        code = torch.nn.functional.one_hot(torch.randint(0, 5, (count, 7), generator=g), 32).float()
+        depth = torch.nn.functional.one_hot(torch.full((count, 1), 7), 32).float()
+        return {"code": code, "code_depth": depth, "code_rel_pos": adj.long(), "code_adj": adj}
+
+
+@pytest.fixture(scope="module")
+def accuracy_setup():
+    torch.manual_seed(0)
+    model = NNFormer(depths=[12]).eval()
+    sample = _nb101_like_cells(1024)
+    if isinstance(sample, tuple):
+        sample = sample[0]
+    return model, sample
+
+
+@pytest.mark.benchmark(group="accuracy model forward, 1024 NB101 cells, fp32")
+def test_accuracy_packed(benchmark, accuracy_setup):
+    model, sample = accuracy_setup
+    with torch.no_grad():
+        ours = model(sample, None)
+        ref = dense_nnformer(model.state_dict(), sample, depth=12)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        benchmark(model, sample, None)
+
+
+@pytest.mark.benchmark(group="accuracy model forward, 1024 NB101 cells, fp32")
+def test_accuracy_dense_reference(benchmark, accuracy_setup):
+    model, sample = accuracy_setup
+    params = model.state_dict()
+    with torch.no_grad():
+        benchmark(dense_nnformer, params, sample, depth=12)

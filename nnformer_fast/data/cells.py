@@ -1,0 +1,554 @@
+"""Cell benchmarks (NAS-Bench-101, NAS-Bench-201): graphs, loaders, tokens, batching.
+
+A cell is a small DAG in topological order: node 0 is the input, node L-1 the output and
+``A[i, j] = 1`` means an edge i -> j (SPEC section 7). Op codes follow the SPEC:
+
+- NAS-Bench-101: input 0, conv1x1-bn-relu 1, conv3x3-bn-relu 2, maxpool3x3 3, output 4.
+- NAS-Bench-201: input 0, nor_conv_1x1 1, nor_conv_3x3 2, avg_pool_3x3 3, skip_connect 4,
+  none 5, output 6. Each edge operation of the arch string is a node.
+
+Accuracies are stored as fractions in [0, 1]; files that give percent are divided by 100.
+
+Batching. ``tokenize`` turns one cell into the model's input dict (the reference's
+``onehot_op`` encoding). ``CellDataset`` yields ``(inputs, target)`` pairs with ``target`` a
+(1,) float32 tensor. Both collates take a list of such pairs, or of bare input dicts, and
+return ``(batch, targets)`` with ``targets`` (B, 1) float32, or just ``batch``.
+``collate_same_size`` matches the reference (equal node counts only; pair it with
+``SameSizeBatchSampler``); ``collate_padded`` pads to the largest cell and adds
+``num_vertices``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = [
+    "Cell",
+    "NB101_OPS",
+    "NB201_OPS",
+    "parse_nb201_arch",
+    "nb201_cell",
+    "nb101_cell",
+    "default_data_dir",
+    "load_nb101_json",
+    "load_nb101_naslib",
+    "load_nb201_csv",
+    "load_nb201_naslib",
+    "tokenize",
+    "collate_same_size",
+    "collate_padded",
+    "CellDataset",
+    "group_by_size",
+    "SameSizeBatchSampler",
+]
+
+NB101_OPS = ("input", "conv1x1-bn-relu", "conv3x3-bn-relu", "maxpool3x3", "output")
+NB201_OPS = (
+    "input",
+    "nor_conv_1x1",
+    "nor_conv_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "none",
+    "output",
+)
+_NB201_EDGE_OPS = NB201_OPS[1:6]
+_NB201_NONE = NB201_OPS.index("none")
+_NB201_OUTPUT = NB201_OPS.index("output")
+
+# Fixed 8-node NAS-Bench-201 graph: node 0 input, nodes 1..6 the arch-string edges
+# e1..e6 = (0->1), (0->2), (1->2), (0->3), (1->3), (2->3) between NB201's 4 feature nodes,
+# node 7 output. An edge-node feeds every edge-node that leaves its end node.
+_NB201_EDGES = ((0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 6), (3, 6), (4, 7), (5, 7), (6, 7))
+_NB201_ADJ = np.zeros((8, 8), dtype=np.int64)
+_NB201_ADJ[tuple(np.array(_NB201_EDGES).T)] = 1
+
+# NASLib orders (automl/NASLib): NB101 op ids, NB201 op ids, NB201 edge order.
+_NASLIB_NB101_TO_SPEC = (0, 4, 3, 1, 2)  # [input, output, maxpool3x3, conv1x1, conv3x3]
+_NASLIB_NB201_OPS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
+# NASLib edges (1,2),(1,3),(1,4),(2,3),(2,4),(3,4) (1-based nodes); arch-string edge k is
+# NASLib edge _NASLIB_NB201_EDGE_PERM[k] (the arch string sorts edges by their end node).
+_NASLIB_NB201_EDGE_PERM = (0, 1, 3, 2, 4, 5)
+
+_NB201_CSV_COLUMNS = {
+    "cifar10": "CIFAR10TestAccuracy200Epochs",
+    "cifar100": "CIFAR100TestAccuracy200Epochs",
+    "ImageNet16-120": "ImageNetTestAccuracy200Epochs",
+}
+
+
+@dataclass(eq=False)
+class Cell:
+    """One architecture cell.
+
+    adjacency: (L, L) int64, 0/1, strictly upper triangular; ``adjacency[i, j] = 1`` is an
+        edge i -> j. Node 0 is the input, node L-1 the output.
+    ops: (L,) int64 op codes (NAS-Bench-101 or -201 codes, see the module docstring).
+    accuracy: the training target as a fraction in [0, 1], or None.
+    extra: further per-cell numbers from the source file (other accuracies as fractions,
+        flops, params, zero-cost proxy scores), keyed by their source name.
+    key: the cell's identity in its source file (arch string, JSON key), or None.
+    """
+
+    adjacency: np.ndarray
+    ops: np.ndarray
+    accuracy: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        self.adjacency = np.asarray(self.adjacency, dtype=np.int64)
+        self.ops = np.asarray(self.ops, dtype=np.int64)
+        n = self.ops.shape[0] if self.ops.ndim == 1 else -1
+        if n < 2 or self.adjacency.shape != (n, n):
+            raise ValueError(
+                f"Cell: need adjacency (L, L) and ops (L,) with L >= 2, got shapes "
+                f"{self.adjacency.shape} and {self.ops.shape}"
+            )
+
+    @property
+    def num_nodes(self) -> int:
+        """L, the number of nodes."""
+        return int(self.ops.shape[0])
+
+
+def _on_path_mask(adjacency: np.ndarray) -> np.ndarray:
+    """(L,) bool: nodes on some path 0 -> L-1 of a strictly upper-triangular adjacency."""
+    n = adjacency.shape[0]
+    edge = adjacency != 0
+    from_input = np.zeros(n, dtype=bool)
+    from_input[0] = True
+    for j in range(1, n):
+        from_input[j] = bool((from_input[:j] & edge[:j, j]).any())
+    to_output = np.zeros(n, dtype=bool)
+    to_output[n - 1] = True
+    for i in range(n - 2, -1, -1):
+        to_output[i] = bool((to_output[i + 1 :] & edge[i, i + 1 :]).any())
+    return from_input & to_output
+
+
+def _check_dag_adjacency(adjacency, name: str) -> np.ndarray:
+    """Validate a square 0/1 strictly upper-triangular matrix; returns it as (L, L) int64."""
+    a = np.asarray(adjacency)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name}: adjacency must be square (L, L), got shape {a.shape}")
+    if a.shape[0] < 2:
+        raise ValueError(f"{name}: a cell needs at least input and output, got L={a.shape[0]}")
+    if not np.isin(a, (0, 1)).all():
+        raise ValueError(f"{name}: adjacency entries must be 0 or 1, got {np.unique(a).tolist()}")
+    a = a.astype(np.int64)
+    lower = np.argwhere(np.tril(a) != 0)
+    if len(lower):
+        raise ValueError(
+            f"{name}: adjacency must be strictly upper triangular (a DAG in topological "
+            f"order); edges i->j with j <= i: {[tuple(e) for e in lower.tolist()]}"
+        )
+    return a
+
+
+def parse_nb201_arch(arch: str) -> list[str]:
+    """Split ``|a~0|+|b~0|c~1|+|d~0|e~1|f~2|`` into its 6 edge ops, in string order."""
+    if not isinstance(arch, str):
+        raise ValueError(f"parse_nb201_arch: expected a str, got {type(arch).__name__}")
+
+    def malformed(why: str) -> ValueError:
+        return ValueError(f"malformed NAS-Bench-201 arch string ({why}): {arch!r}")
+
+    groups = arch.split("+")
+    if len(groups) != 3:
+        raise malformed("need 3 '+'-separated nodes")
+    ops = []
+    for node, group in enumerate(groups, start=1):
+        if len(group) < 2 or group[0] != "|" or group[-1] != "|":
+            raise malformed(f"node {node}: {group!r}")
+        items = group[1:-1].split("|")
+        if len(items) != node:
+            raise malformed(f"node {node} needs {node} inputs, got {len(items)}")
+        for src, item in enumerate(items):
+            op, sep, idx = item.partition("~")
+            if not sep or idx != str(src):
+                raise malformed(f"expected 'op~{src}', got {item!r}")
+            if op not in _NB201_EDGE_OPS:
+                raise ValueError(
+                    f"unknown NAS-Bench-201 op {op!r} in {arch!r}; known: {_NB201_EDGE_OPS}"
+                )
+            ops.append(op)
+    return ops
+
+
+def nb201_cell(
+    arch_or_ops: str | Sequence[str] | Sequence[int],
+    accuracy: float | None = None,
+    extra: Mapping[str, float] | None = None,
+) -> Cell:
+    """Build the pruned NAS-Bench-201 cell graph (SPEC section 7).
+
+    arch_or_ops: an arch string, or the 6 edge ops in arch-string order as names or as op
+        codes 1..5.
+    The 8-node graph (input, e1..e6, output) loses its ``none`` nodes, then every node not
+    on an input -> output path. A cell whose output is cut off from its input (all paths
+    pass through ``none``) becomes just the input and the output with no edge (L = 2).
+    """
+    if isinstance(arch_or_ops, str):
+        names = parse_nb201_arch(arch_or_ops)
+        key = arch_or_ops
+    else:
+        names = []
+        for op in arch_or_ops:
+            if isinstance(op, (int, np.integer)) and 1 <= op <= 5:
+                names.append(NB201_OPS[op])
+            elif op in _NB201_EDGE_OPS:
+                names.append(op)
+            else:
+                raise ValueError(
+                    f"unknown NAS-Bench-201 edge op {op!r}; known: {_NB201_EDGE_OPS} or codes 1..5"
+                )
+        if len(names) != 6:
+            raise ValueError(f"a NAS-Bench-201 cell has 6 edge ops, got {len(names)}")
+        key = "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*names)
+    ops = np.array([0] + [NB201_OPS.index(n) for n in names] + [_NB201_OUTPUT], dtype=np.int64)
+    adj = _NB201_ADJ.copy()
+    live = ops != _NB201_NONE
+    adj[~live, :] = 0
+    adj[:, ~live] = 0
+    keep = _on_path_mask(adj)
+    keep[[0, -1]] = True
+    return Cell(adj[np.ix_(keep, keep)], ops[keep], accuracy, dict(extra or {}), key)
+
+
+def nb101_cell(
+    adjacency,
+    ops: Sequence[int] | Sequence[str],
+    accuracy: float | None = None,
+    extra: Mapping[str, float] | None = None,
+    key: str | None = None,
+) -> Cell:
+    """Build a NAS-Bench-101 cell, pruned to the nodes on input -> output paths.
+
+    adjacency: (L, L) 0/1, strictly upper triangular. ops: L op codes (SPEC NB101 codes) or
+    NB101 op names; the first must be input, the last output, no other input/output.
+    Raises ValueError on malformed input or when no input -> output path exists (the
+    NAS-Bench-101 API calls such a spec invalid).
+    """
+    a = _check_dag_adjacency(adjacency, "nb101_cell")
+    codes = []
+    for op in ops:
+        if isinstance(op, str):
+            if op not in NB101_OPS:
+                raise ValueError(f"unknown NAS-Bench-101 op {op!r}; known: {NB101_OPS}")
+            codes.append(NB101_OPS.index(op))
+        elif isinstance(op, (int, np.integer)) and 0 <= op < len(NB101_OPS):
+            codes.append(int(op))
+        else:
+            raise ValueError(
+                f"unknown NAS-Bench-101 op code {op!r}; codes are 0..{len(NB101_OPS) - 1}"
+            )
+    if len(codes) != a.shape[0]:
+        raise ValueError(f"nb101_cell: {len(codes)} ops for a {a.shape[0]}-node adjacency")
+    inner = codes[1:-1]
+    if codes[0] != 0 or codes[-1] != 4 or 0 in inner or 4 in inner:
+        raise ValueError(
+            f"nb101_cell: ops must be input, ..., output with no other input/output, got {codes}"
+        )
+    keep = _on_path_mask(a)
+    if not keep[0]:
+        raise ValueError("nb101_cell: no path from input to output (invalid NAS-Bench-101 spec)")
+    return Cell(a[np.ix_(keep, keep)], np.array(codes)[keep], accuracy, dict(extra or {}), key)
+
+
+def default_data_dir() -> Path | None:
+    """The benchmark data folder: ``$NNFORMER_FAST_DATA``, else ``../shared/data`` next to
+    the working directory or to the repository, when it exists; None otherwise."""
+    env = os.environ.get("NNFORMER_FAST_DATA")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), repo):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _resolve(path: str | os.PathLike | None, filename: str) -> Path:
+    if path is not None:
+        return Path(path)
+    root = default_data_dir()
+    if root is None:
+        raise FileNotFoundError(
+            f"{filename}: no path given and no data folder found (set NNFORMER_FAST_DATA "
+            "or place the data in ../shared/data)"
+        )
+    return root / filename
+
+
+def _percent_to_fraction(value: float, where: str) -> float:
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"{where}: accuracy {value} is not a percentage in [0, 100]")
+    return value / 100.0
+
+
+def load_nb101_json(path: str | os.PathLike, target: str = "validation_accuracy") -> list[Cell]:
+    """Load a SPEC-layout JSON (``{"0": {module_adjacency, module_operations, ...}, ...}``).
+
+    Accuracies are fractions already (NAS-Bench-101 convention); ``target`` picks the one
+    stored in ``Cell.accuracy``, all ``*accuracy*`` fields also go to ``Cell.extra``.
+    Cells are returned in key order 0, 1, ...
+    """
+    with open(path) as f:
+        data = json.load(f)
+    cells = []
+    for key in sorted(data, key=int):
+        item = data[key]
+        extra = {k: float(v) for k, v in item.items() if "accuracy" in k}
+        for k, v in extra.items():
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{path} [{key}]: {k}={v} is not a fraction in [0, 1]")
+        if target not in extra:
+            raise ValueError(f"{path} [{key}]: no {target!r}; has {sorted(extra)}")
+        adj, ops = item["module_adjacency"], item["module_operations"]
+        cells.append(nb101_cell(adj, ops, extra[target], extra, key))
+    return cells
+
+
+def load_nb101_naslib(path: str | os.PathLike | None = None) -> list[Cell]:
+    """Load NASLib's NAS-Bench-101 zero-cost file (``nb101_naslib_500.json``).
+
+    Keys are the unpruned spec as a tuple string: L*L adjacency entries (row-major) then L
+    NASLib op ids ``[input, output, maxpool3x3, conv1x1, conv3x3]``, mapped to SPEC codes.
+    Cells are pruned, so several keys can give the same graph. ``accuracy`` is cifar10
+    ``val_accuracy`` / 100; flops, params and proxy scores go to ``extra``.
+    """
+    path = _resolve(path, "nb101_naslib_500.json")
+    with open(path) as f:
+        data = json.load(f)["nasbench101"]["cifar10"]
+    cells = []
+    for key, item in data.items():
+        values = [int(v) for v in key.strip("()").split(",")]
+        n = int(round((np.sqrt(1 + 4 * len(values)) - 1) / 2))
+        if n * n + n != len(values):
+            raise ValueError(f"{path}: key with {len(values)} entries is not L*L + L: {key!r}")
+        adj = np.array(values[: n * n]).reshape(n, n)
+        ops = [_NASLIB_NB101_TO_SPEC[v] for v in values[n * n :]]
+        acc = _percent_to_fraction(float(item["val_accuracy"]), f"{path} [{key}]")
+        extra = {k: float(v) for k, v in item.items() if k != "val_accuracy"}
+        cells.append(nb101_cell(adj, ops, acc, extra, key))
+    return cells
+
+
+def load_nb201_csv(
+    path: str | os.PathLike | None = None, dataset: str = "cifar10"
+) -> list[Cell]:
+    """Load ``nb201_accuracy.csv`` (15625 rows; row i = NAS-Bench-201 index i).
+
+    dataset: "cifar10", "cifar100" or "ImageNet16-120"; ``accuracy`` is that 200-epoch test
+    accuracy / 100, and ``extra`` holds all three (fractions) under those names.
+    """
+    if dataset not in _NB201_CSV_COLUMNS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {list(_NB201_CSV_COLUMNS)}")
+    path = _resolve(path, "nb201_accuracy.csv")
+    cells = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            extra = {
+                name: _percent_to_fraction(float(row[col]), f"{path} [{row['ArchitectureString']}]")
+                for name, col in _NB201_CSV_COLUMNS.items()
+            }
+            cells.append(nb201_cell(row["ArchitectureString"], extra[dataset], extra))
+    return cells
+
+
+def load_nb201_naslib(
+    path: str | os.PathLike | None = None, dataset: str = "cifar10"
+) -> list[Cell]:
+    """Load NASLib's NAS-Bench-201 zero-cost file (``nb201_naslib_725.json``).
+
+    dataset: "cifar10" (cifar10-valid), "cifar100" or "ImageNet16-120". Keys are 6 NASLib op
+    ids ``[skip, none, conv3x3, conv1x1, avgpool]`` on edges (1,2),(1,3),(1,4),(2,3),(2,4),
+    (3,4); they are reordered to arch-string order (0,1),(0,2),(1,2),(0,3),(1,3),(2,3).
+    ``accuracy`` is ``val_accuracy`` / 100; flops, params and proxy scores go to ``extra``.
+    """
+    path = _resolve(path, "nb201_naslib_725.json")
+    with open(path) as f:
+        root = json.load(f)
+    if dataset not in root:
+        raise ValueError(f"{path}: unknown dataset {dataset!r}; has {list(root)}")
+    cells = []
+    for key, item in root[dataset].items():
+        ids = [int(v) for v in key.strip("()").split(",")]
+        if len(ids) != 6:
+            raise ValueError(f"{path}: key {key!r} does not hold 6 op ids")
+        names = [_NASLIB_NB201_OPS[ids[e]] for e in _NASLIB_NB201_EDGE_PERM]
+        acc = _percent_to_fraction(float(item["val_accuracy"]), f"{path} [{key}]")
+        extra = {
+            k: float(v["score"] if isinstance(v, dict) else v)
+            for k, v in item.items()
+            if k not in ("val_accuracy", "idx", "arch")
+        }
+        cells.append(nb201_cell(names, acc, extra))
+    return cells
+
+
+def tokenize(cell: Cell, in_chans: int = 32) -> dict[str, torch.Tensor]:
+    """The model's per-cell input (SPEC section 7, ``onehot_op``).
+
+    Returns ``code`` (L, in_chans) float32 one-hot of the op codes, ``code_depth``
+    (1, in_chans) float32 one-hot of L, ``code_rel_pos`` (L, L) int64 adjacency and
+    ``code_adj`` (L, L) float32 ``code_rel_pos == 1``.
+    """
+    n = cell.num_nodes
+    if n >= in_chans:
+        raise ValueError(f"tokenize: node count L={n} must be < in_chans={in_chans} (one-hot of L)")
+    if cell.ops.min() < 0 or cell.ops.max() >= in_chans:
+        raise ValueError(f"tokenize: op codes {cell.ops.tolist()} must lie in [0, {in_chans})")
+    ops = torch.from_numpy(cell.ops)
+    rel_pos = torch.from_numpy(cell.adjacency).clone()
+    return {
+        "code": torch.nn.functional.one_hot(ops, in_chans).float(),
+        "code_depth": torch.nn.functional.one_hot(torch.tensor([n]), in_chans).float(),
+        "code_rel_pos": rel_pos,
+        "code_adj": (rel_pos == 1).float(),
+    }
+
+
+def _split_samples(samples) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
+    if len(samples) == 0:
+        raise ValueError("collate: empty batch")
+    if isinstance(samples[0], Mapping):
+        return list(samples), None
+    inputs = [s[0] for s in samples]
+    targets = torch.stack([torch.as_tensor(s[1], dtype=torch.float32).reshape(1) for s in samples])
+    return inputs, targets
+
+
+def collate_same_size(samples):
+    """Stack samples of equal node count L into the reference batch.
+
+    samples: list of ``tokenize`` dicts, or of ``(dict, target)`` pairs.
+    Returns ``code`` (B, L, C), ``code_depth`` (B, 1, C), ``code_rel_pos`` (B, L, L) int64,
+    ``code_adj`` (B, L, L); with targets, ``(batch, targets (B, 1) float32)``.
+    """
+    inputs, targets = _split_samples(samples)
+    sizes = sorted({d["code"].shape[0] for d in inputs})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"collate_same_size: samples have different node counts {sizes}; use "
+            "SameSizeBatchSampler or collate_padded"
+        )
+    keys = ("code", "code_depth", "code_rel_pos", "code_adj")
+    batch = {k: torch.stack([d[k] for d in inputs]) for k in keys}
+    return batch if targets is None else (batch, targets)
+
+
+def collate_padded(samples):
+    """Zero-pad samples of any node counts to the largest L.
+
+    samples: list of ``tokenize`` dicts, or of ``(dict, target)`` pairs.
+    Returns the ``collate_same_size`` keys (padded to L = max node count) plus
+    ``num_vertices`` (B,) int64; with targets, ``(batch, targets (B, 1) float32)``.
+    """
+    inputs, targets = _split_samples(samples)
+    sizes = [d["code"].shape[0] for d in inputs]
+    n, c, b = max(sizes), inputs[0]["code"].shape[1], len(inputs)
+    code = torch.zeros(b, n, c)
+    rel_pos = torch.zeros(b, n, n, dtype=torch.int64)
+    adj = torch.zeros(b, n, n)
+    for i, (d, m) in enumerate(zip(inputs, sizes)):
+        code[i, :m] = d["code"]
+        rel_pos[i, :m, :m] = d["code_rel_pos"]
+        adj[i, :m, :m] = d["code_adj"]
+    batch = {
+        "code": code,
+        "code_depth": torch.stack([d["code_depth"] for d in inputs]),
+        "code_rel_pos": rel_pos,
+        "code_adj": adj,
+        "num_vertices": torch.tensor(sizes, dtype=torch.int64),
+    }
+    return batch if targets is None else (batch, targets)
+
+
+class CellDataset(Dataset):
+    """Cells as ``(tokenize(cell, in_chans), target)``; target (1,) float32 = accuracy.
+
+    Every cell must carry an accuracy. Tokenizing happens on access.
+    """
+
+    def __init__(self, cells: Sequence[Cell], in_chans: int = 32):
+        missing = [i for i, c in enumerate(cells) if c.accuracy is None]
+        if missing:
+            raise ValueError(
+                f"CellDataset: {len(missing)} cells have no accuracy (first: index {missing[0]})"
+            )
+        self.cells = list(cells)
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        cell = self.cells[index]
+        return tokenize(cell, self.in_chans), torch.tensor([cell.accuracy], dtype=torch.float32)
+
+
+def group_by_size(cells: Sequence[Cell]) -> dict[int, list[int]]:
+    """Indices of ``cells`` grouped by node count: {L: [i, ...]}, keys ascending."""
+    return _group_sizes([c.num_nodes for c in cells])
+
+
+def _group_sizes(sizes: Sequence[int]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(sizes):
+        groups.setdefault(int(n), []).append(i)
+    return dict(sorted(groups.items()))
+
+
+class SameSizeBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose cells share one node count (for ``collate_same_size``).
+
+    sizes: node count per dataset item (e.g. ``[c.num_nodes for c in cells]``).
+    Each epoch shuffles within each size and shuffles the batch order (when ``shuffle``);
+    the sequence of epochs is fixed by ``seed``. ``drop_last`` drops each size's
+    incomplete final batch (the reference drops them).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.groups = _group_sizes(sizes)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        b = self.batch_size
+        return sum(len(g) // b if self.drop_last else -(-len(g) // b) for g in self.groups.values())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = []
+        for group in self.groups.values():
+            idx = np.array(group)
+            if self.shuffle:
+                idx = self.rng.permutation(idx)
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s : s + self.batch_size]
+                if len(chunk) == self.batch_size or not self.drop_last:
+                    batches.append(chunk.tolist())
+        if self.shuffle:
+            batches = [batches[i] for i in self.rng.permutation(len(batches))]
+        return iter(batches)
