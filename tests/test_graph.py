@@ -156,3 +156,19 @@ def test_mask_may_hold_cycles_and_self_loops():
 def test_collate_rejects_empty_and_mixed_devices():
     with pytest.raises(ValueError, match="empty list"):
         GraphBatch.collate([])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_native_and_torch_relation_builders_agree(family):
+    from nnformer_fast.graph import _native_relation_builder, _relations_torch
+
+    native = _native_relation_builder()
+    if native is None:
+        pytest.skip("native extension not built")
+    graph = FAMILIES[family]()
+    edges = graph.mask_edge_index if graph.mask_edge_index is not None else graph.edge_index
+    ours = _relations_torch(edges[0], edges[1], graph.num_nodes)
+    theirs = native(edges[0].contiguous(), edges[1].contiguous(), graph.num_nodes)
+    for a, b in zip(ours[:4], theirs[:4]):
+        assert torch.equal(a, b)
+    assert ours[4] == theirs[4].tolist()

@@ -57,7 +57,8 @@ class NNFormer(nn.Module):
     ``forward(sample, static_feats=None)`` takes the padded dict of SPEC §4 — ``code``
     (B, L, in_chans) float, ``code_depth`` (B, 1, in_chans) float, ``code_rel_pos`` (B, L, L)
     int, ``code_adj`` (B, L, L) float, optionally ``num_vertices`` (B,) int for mixed-size
-    padded batches — and returns (B, 1). Internally the tokens are packed (no padding) and
+    padded batches and ``graph`` (from :meth:`build_graph`) to reuse a prebuilt graph — and
+    returns (B, 1). Internally the tokens are packed (no padding) and
     attention runs on the sparse relations of a :class:`GraphBatch`.
     """
 
@@ -115,8 +116,18 @@ class NNFormer(nn.Module):
         mask = (F.pad(opens, pad) & inner_pair) | (is_global[:, :, None] & valid[:, None, :]) \
             | (valid[:, :, None] & is_global[:, None, :])
         gin_adj = F.pad(adj != 0, pad) & inner_pair
-        graph = GraphBatch.from_dense(gin_adj, mask=mask, num_vertices=valid.sum(1))
+        graph = sample.get("graph")
+        if graph is None:
+            graph = GraphBatch.from_dense(gin_adj, mask=mask, num_vertices=valid.sum(1))
+        if "num_vertices" not in sample:  # every token is real: no data-dependent indexing
+            return self.norm(tokens.reshape(b * t, self.dim)), graph, num_vertices
         return self.norm(tokens[valid]), graph, num_vertices
+
+    def build_graph(self, sample: dict) -> GraphBatch:
+        """The :class:`GraphBatch` that :meth:`forward` builds from ``sample``; pass it back
+        as ``sample["graph"]`` to skip rebuilding it (and for ``torch.compile(fullgraph=True)``,
+        which cannot trace the data-dependent graph construction)."""
+        return self.embed({k: v for k, v in sample.items() if k != "graph"})[1]
 
     def readout(self, x: Tensor, graph: GraphBatch, num_vertices: Tensor) -> Tensor:
         """(B, dim): the class token, or with ``avg_tokens`` the mean over the cell's nodes."""
@@ -146,6 +157,8 @@ def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
         if t.device != code.device:
             raise ValueError(f"NNFormer: {name} is on {t.device} but code on {code.device}")
     for name in ("code", "code_depth"):
+        if torch.compiler.is_compiling():  # value checks would break the traced graph
+            break
         bad = ~torch.isfinite(sample[name]).flatten(1).all(1)
         if bool(bad.any()):
             raise ValueError(f"NNFormer: {name} of sample {int(bad.nonzero()[0])} holds NaN or inf")

@@ -57,3 +57,14 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tens
     if act not in ACTIVATIONS:
         raise ValueError(f"bigin: unknown activation {act!r}; expected one of {ACTIVATIONS}")
     return select("bigin", h, g).ops["bigin"](h, g, graph, act=act)
+
+
+# The native backend registers itself on import; a broken install only loses that backend.
+try:
+    from . import native as _native  # noqa: E402,F401
+except Exception as _exc:  # pragma: no cover - defensive: native.py already catches load errors
+    import warnings as _warnings
+    _warnings.warn(f"nnformer_fast: native backend disabled ({type(_exc).__name__}: {_exc})", RuntimeWarning)
+
+# The Triton backend registers itself; it imports (with a load_error) when triton is missing.
+from .. import triton as _triton_backend  # noqa: E402,F401

@@ -1,0 +1,143 @@
+// Input checks shared by every kernel binding (CPU and CUDA). Kernels assume what these
+// guarantee: matching shapes/dtypes/devices, contiguous storage, CSR offsets that are
+// monotone and end at the column count, and column / permutation ids in range. A malformed
+// CSR therefore raises here instead of reading out of bounds.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace nnff {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+// A float tensor of the op's main dtype/device, contiguous, with `dim` dimensions.
+inline void check_float(const at::Tensor& t, const char* op, const char* name, int64_t dim,
+                        const at::Tensor& like) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(is_supported_float(t.scalar_type()), op, ": ", name,
+              " must be float16/bfloat16/float32/float64, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but expected ", like.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(),
+              " but expected ", like.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+inline void check_same_shape(const at::Tensor& a, const at::Tensor& b, const char* op,
+                             const char* name_a, const char* name_b) {
+  TORCH_CHECK(a.sizes() == b.sizes(), op, ": ", name_a, " ", a.sizes(), " and ", name_b, " ",
+              b.sizes(), " must have one shape");
+}
+
+// A 1-D contiguous int64 index tensor on `device` with `size` elements (size < 0: any).
+inline void check_index(const at::Tensor& t, const char* op, const char* name, int64_t size,
+                        const at::Device& device) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == 1, op, ": ", name, " must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but the data on ",
+              device);
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  if (size >= 0) {
+    TORCH_CHECK(t.numel() == size, op, ": ", name, " must have ", size, " elements, got ",
+                t.numel());
+  }
+}
+
+// Values of `t` lie in [0, hi). On CUDA this costs one device->host sync.
+inline void check_range(const at::Tensor& t, int64_t hi, const char* op, const char* name) {
+  if (t.numel() == 0) return;
+  if (t.is_cpu()) {
+    const int64_t* p = t.data_ptr<int64_t>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+      TORCH_CHECK(p[i] >= 0 && p[i] < hi, op, ": ", name, "[", i, "] = ", p[i],
+                  " lies outside [0, ", hi, ")");
+    }
+  } else {
+    auto bad = at::logical_or(t < 0, t >= hi).any().item<bool>();
+    TORCH_CHECK(!bad, op, ": ", name, " holds ids outside [0, ", hi, ")");
+  }
+}
+
+// CSR with `rows` rows over columns [0, cols): rowptr (rows+1,), rowptr[0] == 0, monotone,
+// rowptr[rows] == col.numel(), every column id in range.
+inline void check_csr(const at::Tensor& rowptr, const at::Tensor& col, int64_t rows, int64_t cols,
+                      const char* op, const char* name, const at::Device& device) {
+  std::string rp = std::string(name) + "_rowptr", cl = std::string(name) + "_col";
+  check_index(rowptr, op, rp.c_str(), rows + 1, device);
+  check_index(col, op, cl.c_str(), -1, device);
+  const int64_t nnz = col.numel();
+  if (rowptr.is_cpu()) {
+    const int64_t* p = rowptr.data_ptr<int64_t>();
+    TORCH_CHECK(p[0] == 0, op, ": ", rp, "[0] must be 0, got ", p[0]);
+    for (int64_t i = 0; i < rows; ++i) {
+      TORCH_CHECK(p[i + 1] >= p[i], op, ": ", rp, " must be non-decreasing, but ", rp, "[",
+                  i + 1, "] = ", p[i + 1], " < ", rp, "[", i, "] = ", p[i]);
+    }
+    TORCH_CHECK(p[rows] == nnz, op, ": ", rp, "[-1] = ", p[rows], " but ", cl, " has ", nnz,
+                " entries");
+  } else {
+    auto first = rowptr.narrow(0, 0, 1);
+    auto last = rowptr.narrow(0, rows, 1);
+    auto diffs = rows > 0 ? (rowptr.narrow(0, 1, rows) - rowptr.narrow(0, 0, rows)).min()
+                          : at::zeros({}, rowptr.options());
+    auto stats = at::stack({first.squeeze(0), last.squeeze(0), diffs}).cpu();
+    const int64_t* s = stats.data_ptr<int64_t>();
+    TORCH_CHECK(s[0] == 0, op, ": ", rp, "[0] must be 0, got ", s[0]);
+    TORCH_CHECK(s[2] >= 0, op, ": ", rp, " must be non-decreasing");
+    TORCH_CHECK(s[1] == nnz, op, ": ", rp, "[-1] = ", s[1], " but ", cl, " has ", nnz,
+                " entries");
+  }
+  check_range(col, cols, op, cl.c_str());
+}
+
+// Attention inputs: q, k, v (N, H, Dh) of one dtype/device, H % 4 == 0, 1 <= Dh <= 256;
+// the relation CSR has 4N rows over N nodes.
+inline void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                   const at::Tensor& v, const at::Tensor& rel_rowptr,
+                                   const at::Tensor& rel_col) {
+  check_float(q, op, "q", 3, q);
+  check_float(k, op, "k", 3, q);
+  check_float(v, op, "v", 3, q);
+  check_same_shape(q, k, op, "q", "k");
+  check_same_shape(q, v, op, "q", "v");
+  const int64_t n = q.size(0), h = q.size(1), dh = q.size(2);
+  TORCH_CHECK(h > 0 && h % 4 == 0, op, ": the head count must be a positive multiple of 4, got ",
+              h);
+  TORCH_CHECK(dh >= 1 && dh <= 256, op, ": the head dim must lie in [1, 256], got ", dh);
+  check_csr(rel_rowptr, rel_col, 4 * n, n, op, "rel", q.device());
+}
+
+inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Tensor& g,
+                               const at::Tensor& adj_rowptr, const at::Tensor& adj_col,
+                               const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col) {
+  check_float(h, op, "h", 2, h);
+  check_float(g, op, "g", 2, h);
+  check_same_shape(h, g, op, "h", "g");
+  TORCH_CHECK(h.size(1) % 2 == 0, op, ": the width M must be even, got ", h.size(1));
+  const int64_t n = h.size(0);
+  check_csr(adj_rowptr, adj_col, n, n, op, "adj", h.device());
+  check_csr(adjt_rowptr, adjt_col, n, n, op, "adjt", h.device());
+}
+
+// Activations of the channel mixer (SPEC §3).
+enum class Act : int { kRelu = 0, kLeakyRelu = 1, kGelu = 2, kSquareRelu = 3 };
+
+inline Act parse_act(const std::string& s, const char* op) {
+  if (s == "relu") return Act::kRelu;
+  if (s == "leaky_relu") return Act::kLeakyRelu;
+  if (s == "gelu") return Act::kGelu;
+  if (s == "square_relu") return Act::kSquareRelu;
+  TORCH_CHECK(false, op, ": unknown activation '", s,
+              "'; expected relu, leaky_relu, gelu or square_relu");
+}
+
+}  // namespace nnff

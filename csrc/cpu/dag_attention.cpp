@@ -1,0 +1,238 @@
+// DAG-masked attention on CPU (SPEC §2): forward keeps the row log-sum-exp, backward follows
+// the flash-attention recipe and gathers dk / dv over the transposed relation (no atomics,
+// bit-identical results run to run). Parallel over nodes with at::parallel_for; the loops
+// over the head dimension are vectorised (vec.h).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "../common.h"
+#include "vec.h"
+
+namespace nnff {
+namespace cpu {
+namespace {
+
+// Nodes per parallel task: enough work to amortise a task for tiny graphs.
+int64_t node_grain(int64_t heads, int64_t dh, int64_t avg_row) {
+  const int64_t work = std::max<int64_t>(1, heads * dh * std::max<int64_t>(1, avg_row));
+  return std::max<int64_t>(1, (1 << 15) / work);
+}
+
+template <typename T>
+void fwd_kernel(const T* q, const T* k, const T* v, const int64_t* rowptr, const int64_t* col,
+                T* out, typename AccType<T>::type* lse, int64_t n, int64_t heads, int64_t dh,
+                double scale, const Dropout& drop, double p) {
+  using acc_t = typename AccType<T>::type;
+  const acc_t sc = static_cast<acc_t>(scale);
+  const acc_t keep_scale = static_cast<acc_t>(1.0 / (1.0 - p));
+  const int64_t avg = n > 0 ? rowptr[4 * n] / (4 * n) : 1;
+  at::parallel_for(0, n, node_grain(heads, dh, avg), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> qf(dh), of(dh), s;
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t row = (h & 3) * n + i;
+        const int64_t e0 = rowptr[row], e1 = rowptr[row + 1];
+        const int64_t base = (i * heads + h) * dh;
+        T* o = out + base;
+        if (e1 == e0) {  // only reachable with a relation CSR lacking self loops
+          for (int64_t d = 0; d < dh; ++d) o[d] = T(0);
+          lse[i * heads + h] = -std::numeric_limits<acc_t>::infinity();
+          continue;
+        }
+        load(qf.data(), q + base, dh);
+        if (static_cast<int64_t>(s.size()) < e1 - e0) s.resize(e1 - e0);
+        acc_t m = -std::numeric_limits<acc_t>::infinity();
+        for (int64_t e = e0; e < e1; ++e) {
+          const acc_t x = dot(qf.data(), k + (col[e] * heads + h) * dh, dh) * sc;
+          s[e - e0] = x;
+          m = std::max(m, x);
+        }
+        acc_t sum = 0;
+        for (int64_t e = 0; e < e1 - e0; ++e) {
+          s[e] = std::exp(s[e] - m);
+          sum += s[e];
+        }
+        const acc_t inv = acc_t(1) / sum;
+        zero(of.data(), dh);
+        for (int64_t e = e0; e < e1; ++e) {
+          acc_t w = s[e - e0] * inv;
+          if (drop.active) {
+            if (!drop.keep(e, h)) continue;
+            w *= keep_scale;
+          }
+          axpy(of.data(), w, v + (col[e] * heads + h) * dh, dh);
+        }
+        store(o, of.data(), dh);
+        lse[i * heads + h] = m + std::log(sum);
+      }
+    }
+  });
+}
+
+// dq over relation rows; also stores, per (forward entry, head group), the dropped weight
+// P·mask/(1-p) and dS = P (dP - D) for the gather pass below.
+template <typename T>
+void bwd_dq_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out,
+                   const typename AccType<T>::type* lse, const int64_t* rowptr, const int64_t* col,
+                   T* dq, typename AccType<T>::type* buf_p, typename AccType<T>::type* buf_ds,
+                   int64_t n, int64_t heads, int64_t dh, double scale, const Dropout& drop,
+                   double p) {
+  using acc_t = typename AccType<T>::type;
+  const acc_t sc = static_cast<acc_t>(scale);
+  const acc_t keep_scale = static_cast<acc_t>(1.0 / (1.0 - p));
+  const int64_t groups = heads / 4;
+  const int64_t avg = n > 0 ? rowptr[4 * n] / (4 * n) : 1;
+  at::parallel_for(0, n, node_grain(heads, 2 * dh, avg), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> qf(dh), dof(dh), dqf(dh);
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t row = (h & 3) * n + i, g = h >> 2;
+        const int64_t e0 = rowptr[row], e1 = rowptr[row + 1];
+        const int64_t base = (i * heads + h) * dh;
+        load(qf.data(), q + base, dh);
+        load(dof.data(), dout + base, dh);
+        const acc_t l = lse[i * heads + h];
+        // Pass 1: P and dP per entry, and D = sum P dP (= dO . O, but from fp32 values
+        // rather than the rounded low-precision O).
+        acc_t D = 0;
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t kb = (col[e] * heads + h) * dh;
+          const acc_t P = std::exp(dot(qf.data(), k + kb, dh) * sc - l);
+          acc_t dp = dot(dof.data(), v + kb, dh);
+          if (drop.active) dp *= drop.keep(e, h) ? keep_scale : acc_t(0);
+          buf_p[e * groups + g] = P;
+          buf_ds[e * groups + g] = dp;
+          D += P * dp;
+        }
+        // Pass 2: dS = P (dP - D), dq = scale * sum dS k; keep the dropped weight and dS.
+        zero(dqf.data(), dh);
+        for (int64_t e = e0; e < e1; ++e) {
+          const acc_t P = buf_p[e * groups + g];
+          const acc_t ds = P * (buf_ds[e * groups + g] - D);
+          acc_t pd = P;
+          if (drop.active) pd *= drop.keep(e, h) ? keep_scale : acc_t(0);
+          buf_p[e * groups + g] = pd;
+          buf_ds[e * groups + g] = ds;
+          axpy(dqf.data(), ds * sc, k + (col[e] * heads + h) * dh, dh);
+        }
+        store(dq + base, dqf.data(), dh);
+      }
+    }
+  });
+}
+
+// dk, dv of node j gathered over the rows of the transposed relation: entry e' of row
+// (T[r] * N + j) lists a node i with j in N_r(i); rel_tperm[e'] is that forward entry.
+template <typename T>
+void bwd_dkdv_kernel(const T* dout, const T* q, const int64_t* rowptr, const int64_t* col,
+                     const int64_t* tperm, const typename AccType<T>::type* buf_p,
+                     const typename AccType<T>::type* buf_ds, T* dk, T* dv, int64_t n,
+                     int64_t heads, int64_t dh, double scale) {
+  using acc_t = typename AccType<T>::type;
+  const acc_t sc = static_cast<acc_t>(scale);
+  const int64_t groups = heads / 4;
+  const int64_t avg = n > 0 ? rowptr[4 * n] / (4 * n) : 1;
+  at::parallel_for(0, n, node_grain(heads, dh, avg), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> dkf(dh), dvf(dh);
+    for (int64_t j = begin; j < end; ++j) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t row = transposed_relation(static_cast<int>(h & 3)) * n + j, g = h >> 2;
+        zero(dkf.data(), dh);
+        zero(dvf.data(), dh);
+        for (int64_t et = rowptr[row]; et < rowptr[row + 1]; ++et) {
+          const int64_t e = tperm[et];
+          const int64_t ib = (col[et] * heads + h) * dh;
+          axpy(dvf.data(), buf_p[e * groups + g], dout + ib, dh);
+          axpy(dkf.data(), buf_ds[e * groups + g] * sc, q + ib, dh);
+        }
+        const int64_t base = (j * heads + h) * dh;
+        store(dk + base, dkf.data(), dh);
+        store(dv + base, dvf.data(), dh);
+      }
+    }
+  });
+}
+
+at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rel_rowptr,
+    const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
+    int64_t seed) {
+  const char* op = "nnformer_fast::dag_attention_fwd";
+  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
+  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
+              dropout_p);
+  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
+  auto out = at::empty_like(q);
+  auto lse = at::empty({n, heads}, q.options().dtype(lse_dtype(q.scalar_type())));
+  const Dropout drop = Dropout::make(dropout_p, seed, heads);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "dag_attention_fwd", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                         rel_rowptr.data_ptr<int64_t>(), rel_col.data_ptr<int64_t>(),
+                         out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), n, heads, dh, scale,
+                         drop, dropout_p);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& rel_rowptr,
+    const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
+    int64_t seed) {
+  const char* op = "nnformer_fast::dag_attention_bwd";
+  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
+  check_float(dout, op, "dout", 3, q);
+  check_float(out, op, "out", 3, q);
+  check_same_shape(q, dout, op, "q", "dout");
+  check_same_shape(q, out, op, "q", "out");
+  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
+  TORCH_CHECK(lse.scalar_type() == lse_dtype(q.scalar_type()) && lse.dim() == 2 &&
+                  lse.size(0) == n && lse.size(1) == heads && lse.is_contiguous() &&
+                  lse.device() == q.device(),
+              op, ": lse must be a contiguous (", n, ", ", heads, ") ", lse_dtype(q.scalar_type()),
+              " tensor on ", q.device(), ", got ", lse.scalar_type(), " ", lse.sizes());
+  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
+  check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
+              dropout_p);
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  const int64_t groups = heads / 4;
+  auto buf = at::empty({2, rel_col.numel() * groups}, lse.options());
+  const Dropout drop = Dropout::make(dropout_p, seed, heads);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "dag_attention_bwd", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    acc_t* bp = buf.data_ptr<acc_t>();
+    acc_t* bds = bp + rel_col.numel() * groups;
+    bwd_dq_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
+                            k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                            out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(),
+                            rel_rowptr.data_ptr<int64_t>(), rel_col.data_ptr<int64_t>(),
+                            dq.data_ptr<scalar_t>(), bp, bds, n, heads, dh, scale, drop,
+                            dropout_p);
+    bwd_dkdv_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
+                              rel_rowptr.data_ptr<int64_t>(), rel_col.data_ptr<int64_t>(),
+                              rel_tperm.data_ptr<int64_t>(), bp, bds, dk.data_ptr<scalar_t>(),
+                              dv.data_ptr<scalar_t>(), n, heads, dh, scale);
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace nnff
+
+TORCH_LIBRARY_IMPL(nnformer_fast, CPU, m) {
+  m.impl("dag_attention_fwd", &nnff::cpu::dag_attention_fwd_cpu);
+  m.impl("dag_attention_bwd", &nnff::cpu::dag_attention_bwd_cpu);
+}

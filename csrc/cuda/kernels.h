@@ -1,0 +1,40 @@
+// Launchers of the CUDA kernels: raw pointers + a stream, no torch headers (flashinfer
+// style), so the .cu files compile and can be tested on their own. All index arrays int64.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace nnff {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// q, k, v, out: (n, heads, dh) of `dtype`; lse: (n, heads) float32 (float64 for kFloat64).
+cudaError_t dag_attention_fwd(DType dtype, const void* q, const void* k, const void* v,
+                              const int64_t* rel_rowptr, const int64_t* rel_col, void* out,
+                              void* lse, int64_t n, int64_t heads, int64_t dh, double scale,
+                              double dropout_p, int64_t seed, cudaStream_t stream);
+
+// Workspace: 2 * nnz * heads / 4 elements of the lse type (float32, float64 for kFloat64).
+cudaError_t dag_attention_bwd(DType dtype, const void* dout, const void* q, const void* k,
+                              const void* v, const void* out, const void* lse,
+                              const int64_t* rel_rowptr, const int64_t* rel_col,
+                              const int64_t* rel_tperm, int64_t nnz, void* dq, void* dk, void* dv,
+                              void* workspace, int64_t n, int64_t heads, int64_t dh, double scale,
+                              double dropout_p, int64_t seed, cudaStream_t stream);
+
+// act: 0 relu, 1 leaky_relu, 2 gelu, 3 square_relu (nnff::Act).
+cudaError_t bigin_fwd(DType dtype, const void* h, const void* g, const int64_t* adj_rowptr,
+                      const int64_t* adj_col, const int64_t* adjt_rowptr, const int64_t* adjt_col,
+                      void* y, int64_t n, int64_t m, int act, cudaStream_t stream);
+
+// Workspace: n * m elements of float32 (float64 for kFloat64): dz = dy * act'(z).
+cudaError_t bigin_bwd(DType dtype, const void* dy, const void* h, const void* g,
+                      const int64_t* adj_rowptr, const int64_t* adj_col,
+                      const int64_t* adjt_rowptr, const int64_t* adjt_col, void* dh, void* dg,
+                      void* workspace, int64_t n, int64_t m, int act, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace nnff

@@ -1,0 +1,141 @@
+// CUDA bindings: tensors -> raw pointers + the current stream, then the framework-free
+// launchers of csrc/cuda/. Built only when NNFF_CUDA is on (needs a CUDA-enabled torch).
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "checks.h"
+#include "cuda/kernels.h"
+
+namespace nnff {
+namespace {
+
+cuda::DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::kFloat32;
+    case at::kHalf: return cuda::DType::kFloat16;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    case at::kDouble: return cuda::DType::kFloat64;
+    default: TORCH_CHECK(false, "nnformer_fast: unsupported dtype ", t);
+  }
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_cuda(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
+}
+
+std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rel_rowptr,
+    const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
+    int64_t seed) {
+  const char* op = "nnformer_fast::dag_attention_fwd";
+  TORCH_CHECK(q.is_cuda(), op, ": q must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
+  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
+              dropout_p);
+  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
+  auto out = at::empty_like(q);
+  auto lse = at::empty({n, heads}, q.options().dtype(acc_dtype(q.scalar_type())));
+  check_cuda(cuda::dag_attention_fwd(to_dtype(q.scalar_type()), q.data_ptr(), k.data_ptr(),
+                                     v.data_ptr(), rel_rowptr.data_ptr<int64_t>(),
+                                     rel_col.data_ptr<int64_t>(), out.data_ptr(), lse.data_ptr(),
+                                     n, heads, dh, scale, dropout_p, seed,
+                                     c10::cuda::getCurrentCUDAStream().stream()),
+             op);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& rel_rowptr,
+    const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
+    int64_t seed) {
+  const char* op = "nnformer_fast::dag_attention_bwd";
+  TORCH_CHECK(q.is_cuda(), op, ": q must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
+  check_float(dout, op, "dout", 3, q);
+  check_float(out, op, "out", 3, q);
+  check_same_shape(q, dout, op, "q", "dout");
+  check_same_shape(q, out, op, "q", "out");
+  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
+  TORCH_CHECK(lse.scalar_type() == acc_dtype(q.scalar_type()) && lse.dim() == 2 &&
+                  lse.size(0) == n && lse.size(1) == heads && lse.is_contiguous() &&
+                  lse.device() == q.device(),
+              op, ": lse must be a contiguous (", n, ", ", heads, ") ", acc_dtype(q.scalar_type()),
+              " tensor on ", q.device());
+  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
+  check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
+              dropout_p);
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  auto ws = at::empty({2 * rel_col.numel() * (heads / 4)}, lse.options());
+  check_cuda(cuda::dag_attention_bwd(to_dtype(q.scalar_type()), dout.data_ptr(), q.data_ptr(),
+                                     k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+                                     rel_rowptr.data_ptr<int64_t>(), rel_col.data_ptr<int64_t>(),
+                                     rel_tperm.data_ptr<int64_t>(), rel_col.numel(),
+                                     dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), ws.data_ptr(),
+                                     n, heads, dh, scale, dropout_p, seed,
+                                     c10::cuda::getCurrentCUDAStream().stream()),
+             op);
+  return {dq, dk, dv};
+}
+
+at::Tensor bigin_fwd_cuda(const at::Tensor& h, const at::Tensor& g, const at::Tensor& adj_rowptr,
+                          const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
+                          const at::Tensor& adjt_col, c10::string_view act) {
+  const char* op = "nnformer_fast::bigin_fwd";
+  TORCH_CHECK(h.is_cuda(), op, ": h must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(h.device());
+  check_bigin_inputs(op, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col);
+  const Act a = parse_act(std::string(act), op);
+  auto y = at::empty_like(h);
+  check_cuda(cuda::bigin_fwd(to_dtype(h.scalar_type()), h.data_ptr(), g.data_ptr(),
+                             adj_rowptr.data_ptr<int64_t>(), adj_col.data_ptr<int64_t>(),
+                             adjt_rowptr.data_ptr<int64_t>(), adjt_col.data_ptr<int64_t>(),
+                             y.data_ptr(), h.size(0), h.size(1), static_cast<int>(a),
+                             c10::cuda::getCurrentCUDAStream().stream()),
+             op);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> bigin_bwd_cuda(const at::Tensor& dy, const at::Tensor& h,
+                                                  const at::Tensor& g,
+                                                  const at::Tensor& adj_rowptr,
+                                                  const at::Tensor& adj_col,
+                                                  const at::Tensor& adjt_rowptr,
+                                                  const at::Tensor& adjt_col,
+                                                  c10::string_view act) {
+  const char* op = "nnformer_fast::bigin_bwd";
+  TORCH_CHECK(h.is_cuda(), op, ": h must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(h.device());
+  check_bigin_inputs(op, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col);
+  check_float(dy, op, "dy", 2, h);
+  check_same_shape(h, dy, op, "h", "dy");
+  const Act a = parse_act(std::string(act), op);
+  auto dh = at::empty_like(h), dg = at::empty_like(g);
+  auto ws = at::empty(h.sizes(), h.options().dtype(acc_dtype(h.scalar_type())));
+  check_cuda(cuda::bigin_bwd(to_dtype(h.scalar_type()), dy.data_ptr(), h.data_ptr(), g.data_ptr(),
+                             adj_rowptr.data_ptr<int64_t>(), adj_col.data_ptr<int64_t>(),
+                             adjt_rowptr.data_ptr<int64_t>(), adjt_col.data_ptr<int64_t>(),
+                             dh.data_ptr(), dg.data_ptr(), ws.data_ptr(), h.size(0), h.size(1),
+                             static_cast<int>(a), c10::cuda::getCurrentCUDAStream().stream()),
+             op);
+  return {dh, dg};
+}
+
+}  // namespace
+}  // namespace nnff
+
+TORCH_LIBRARY_IMPL(nnformer_fast, CUDA, m) {
+  m.impl("dag_attention_fwd", &nnff::dag_attention_fwd_cuda);
+  m.impl("dag_attention_bwd", &nnff::dag_attention_bwd_cuda);
+  m.impl("bigin_fwd", &nnff::bigin_fwd_cuda);
+  m.impl("bigin_bwd", &nnff::bigin_bwd_cuda);
+}

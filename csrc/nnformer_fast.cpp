@@ -1,0 +1,51 @@
+// The extension module nnformer_fast._C: op schemas (declared once, here) and build info.
+// Kernels register their implementations per device in cpu/*.cpp and cuda_ops.cpp.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#ifndef NNFF_TORCH_VERSION
+#define NNFF_TORCH_VERSION "unknown"
+#endif
+#ifndef NNFF_CUDA_VERSION
+#define NNFF_CUDA_VERSION ""
+#endif
+#ifndef NNFF_CPU_FLAGS
+#define NNFF_CPU_FLAGS ""
+#endif
+
+TORCH_LIBRARY(nnformer_fast, m) {
+  // q, k, v: (N, H, Dh) contiguous, H % 4 == 0, Dh <= 256; head h reads rows (h % 4) * N + i
+  // of the relation CSR. out: like q; lse: (N, H) float32 (float64 for float64 inputs).
+  // rel_tperm is not read by the forward pass; it is an input so that the registered
+  // autograd formula can hand it to the backward op.
+  m.def("dag_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor rel_rowptr, Tensor rel_col, "
+        "Tensor rel_tperm, float scale, float dropout_p, SymInt seed) -> (Tensor, Tensor)");
+  m.def("dag_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, float scale, float dropout_p, "
+        "SymInt seed) -> (Tensor, Tensor, Tensor)");
+  // h, g: (N, M) contiguous, M even; act in {relu, leaky_relu, gelu, square_relu}.
+  m.def("bigin_fwd(Tensor h, Tensor g, Tensor adj_rowptr, Tensor adj_col, Tensor adjt_rowptr, "
+        "Tensor adjt_col, str act) -> Tensor");
+  m.def("bigin_bwd(Tensor dy, Tensor h, Tensor g, Tensor adj_rowptr, Tensor adj_col, "
+        "Tensor adjt_rowptr, Tensor adjt_col, str act) -> (Tensor, Tensor)");
+  // Relation CSR builder (cpu/relations.cpp): mask edges sorted by (src, dst), deduplicated.
+  m.def("build_relations(Tensor src, Tensor dst, int num_nodes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "nnformer_fast native kernels (ops live in torch.ops.nnformer_fast)";
+  mod.def("torch_version", [] { return std::string(NNFF_TORCH_VERSION); },
+          "torch version the extension was built against");
+  mod.def("cuda_version", [] { return std::string(NNFF_CUDA_VERSION); },
+          "CUDA toolkit version of the CUDA kernels ('' when built without CUDA)");
+  mod.def("with_cuda", [] {
+#ifdef NNFF_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  mod.def("cpu_flags", [] { return std::string(NNFF_CPU_FLAGS); });
+}

@@ -1,0 +1,204 @@
+"""``build_latency_set``: generate, save (weights stripped) and measure networks, writing the
+NNLQP layout. Resumable: measured lines are appended and fsynced one by one; a rerun skips
+every ``speed_id`` already in the file (a torn last line from a crash is dropped first).
+
+Output folder::
+
+    latency.txt            speed_id graph_path batch_size latency_ms model_type platform_id
+    latency_spread.tsv     speed_id median_ms min_ms p25_ms p75_ms max_ms std_ms repeats
+    build.json             settings, CPU model, onnxruntime version
+    onnx/<family>/<family>_<i>.onnx
+
+Network ``i`` of a family is drawn from ``np.random.default_rng([seed, crc32(family), i])``,
+so a resumed run regenerates the same networks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform as _platform
+import time
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .families import FAMILIES, generate
+from .measure import cpu_model, make_session, measure_session
+from .onnx_net import strip_weights
+
+__all__ = ["build_latency_set", "remeasure_noisy", "LATENCY_FILE", "SPREAD_FILE"]
+
+LATENCY_FILE = "latency.txt"
+SPREAD_FILE = "latency_spread.tsv"
+_SPREAD_HEADER = "speed_id\tmedian_ms\tmin_ms\tp25_ms\tp75_ms\tmax_ms\tstd_ms\trepeats\n"
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a torn (newline-less) last line left by an interrupted write."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+
+
+def _done_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with open(path) as f:
+        return {line.split()[0] for line in f if line.strip() and not line.startswith(("#", "speed_id"))}
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _append(f, line: str) -> None:
+    f.write(line)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = None, count: int = 10,
+                      batch_sizes: Sequence[int] = (1,), *, threads: int = 1, repeats: int = 10, warmup: int = 3,
+                      seed: int = 0, platform: str | None = None, tiny: bool = False, progress: bool = True) -> Path:
+    """Generate ``count`` networks per family, measure each at every batch size, write the
+    NNLQP layout under ``out`` and return the path of its latency file.
+
+    families: names from ``FAMILIES`` (default all). platform: the ``platform_id`` column
+    (default ``cpu-ort-t{threads}``). tiny: the smallest variants (tests).
+    """
+    import onnxruntime as ort
+    from tqdm.auto import tqdm
+
+    families = list(families or FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
+    if threads < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0; got {threads}, {repeats}, {warmup}")
+    platform = platform or f"cpu-ort-t{threads}"
+    if any(c.isspace() for c in platform):
+        raise ValueError(f"platform id must not contain whitespace: {platform!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "build.json"
+    settings = {"seed": seed, "tiny": tiny, "threads": threads, "repeats": repeats, "warmup": warmup,
+                "platform": platform}
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        clash = {k: (old.get(k), v) for k, v in settings.items() if k in old and old[k] != v}
+        if clash:
+            raise ValueError(f"{out}: resuming with settings that differ from the existing build: {clash}")
+    info = dict(settings, families=sorted(set(families) | set(json.loads(manifest.read_text()).get("families", []))
+                                          if manifest.exists() else families),
+                cpu=cpu_model(), machine=_platform.machine(), onnxruntime=ort.__version__,
+                updated=time.strftime("%Y-%m-%d %H:%M:%S"))
+    _atomic_write_bytes(manifest, json.dumps(info, indent=1).encode())
+
+    lat_path, spread_path = out / LATENCY_FILE, out / SPREAD_FILE
+    _repair_tail(lat_path)
+    _repair_tail(spread_path)
+    done = _done_ids(lat_path)
+    jobs = [(fam, i) for fam in families for i in range(count)]
+    total = len(jobs) * len(batch_sizes)
+    n_done = sum(f"{fam}_{i:05d}_bs{b}" in done for fam, i in jobs for b in batch_sizes)
+    new_spread = not spread_path.exists()
+    with open(lat_path, "a") as lat_f, open(spread_path, "a") as spread_f, \
+            tqdm(total=total, initial=n_done, desc="build-latency-set", unit="meas", disable=not progress) as bar:
+        if new_spread:
+            _append(spread_f, _SPREAD_HEADER)
+        for fam, i in jobs:
+            model_id = f"{fam}_{i:05d}"
+            todo = [b for b in batch_sizes if f"{model_id}_bs{b}" not in done]
+            if not todo:
+                continue
+            rng = np.random.default_rng([seed, zlib.crc32(fam.encode()), i])
+            model = generate(fam, rng, tiny)
+            rel = Path("onnx") / fam / f"{model_id}.onnx"
+            onnx_path = out / rel
+            if not onnx_path.exists():
+                onnx_path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write_bytes(onnx_path, strip_weights(model).SerializeToString())
+            session = make_session(model, threads)
+            for b in todo:
+                m = measure_session(session, b, warmup, repeats, np.random.default_rng(i))
+                sid = f"{model_id}_bs{b}"
+                # spread first: a crash between the two writes re-measures, never loses spread
+                _append(spread_f, f"{sid}\t{m.median:.5f}\t{m.min:.5f}\t{m.p25:.5f}\t{m.p75:.5f}\t{m.max:.5f}\t"
+                                  f"{m.std:.5f}\t{m.repeats}\n")
+                _append(lat_f, f"{sid} {rel.as_posix()} {b} {m.median:.5f} {fam} {platform}\n")
+                bar.update(1)
+            del session
+    return lat_path
+
+
+def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeats: int | None = None,
+                    progress: bool = True) -> int:
+    """Measure again every record of a built set whose relative interquartile range
+    ``(p75 - p25) / median`` exceeds ``max_rel_iqr`` (a busy machine), keeping whichever
+    measurement has the smaller spread. Settings come from ``build.json``; ``repeats``
+    overrides the repeat count. Both files are rewritten atomically every 50 records, so an
+    interrupted run loses at most those. Returns the number of records replaced."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    manifest = out / "build.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{out}: no build.json (not a folder written by build_latency_set)")
+    info = json.loads(manifest.read_text())
+    repeats = int(repeats or info["repeats"])
+    lat_path, spread_path = out / LATENCY_FILE, out / SPREAD_FILE
+    _repair_tail(lat_path)
+    _repair_tail(spread_path)
+    lines = lat_path.read_text().splitlines(keepends=True)
+    spread_lines = spread_path.read_text().splitlines(keepends=True)
+    spread = {ln.split("\t")[0]: k for k, ln in enumerate(spread_lines) if k > 0 and ln.strip()}
+    line_of = {ln.split()[0]: k for k, ln in enumerate(lines) if ln.strip()}
+
+    def rel(k):
+        f = spread_lines[k].split("\t")
+        return (float(f[4]) - float(f[3])) / float(f[1])
+
+    todo = sorted(sid for sid, k in spread.items() if sid in line_of and rel(k) > max_rel_iqr)
+    by_model: dict[str, list[str]] = {}
+    for sid in todo:
+        by_model.setdefault(sid.rsplit("_bs", 1)[0], []).append(sid)
+
+    def flush():
+        _atomic_write_bytes(spread_path, "".join(spread_lines).encode())
+        _atomic_write_bytes(lat_path, "".join(lines).encode())
+
+    replaced = 0
+    with tqdm(total=len(todo), desc="remeasure", unit="meas", disable=not progress) as bar:
+        for n, (model_id, sids) in enumerate(by_model.items()):
+            fam, idx = model_id.rsplit("_", 1)
+            rng = np.random.default_rng([info["seed"], zlib.crc32(fam.encode()), int(idx)])
+            session = make_session(generate(fam, rng, info.get("tiny", False)), info["threads"])
+            for sid in sids:
+                parts = lines[line_of[sid]].split()
+                m = measure_session(session, int(parts[2]), info["warmup"], repeats, np.random.default_rng(int(idx)))
+                k = spread[sid]
+                if m.spread < rel(k):
+                    spread_lines[k] = (f"{sid}\t{m.median:.5f}\t{m.min:.5f}\t{m.p25:.5f}\t{m.p75:.5f}\t{m.max:.5f}\t"
+                                       f"{m.std:.5f}\t{m.repeats}\n")
+                    parts[3] = f"{m.median:.5f}"
+                    lines[line_of[sid]] = " ".join(parts) + "\n"
+                    replaced += 1
+                bar.update(1)
+            if n % 50 == 49:
+                flush()
+    flush()
+    return replaced

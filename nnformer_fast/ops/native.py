@@ -1,0 +1,140 @@
+"""The ``native`` backend: C++ / CUDA kernels of the extension ``nnformer_fast._C``.
+
+Schemas are declared once in C++ (``csrc/nnformer_fast.cpp``); this module adds what
+``torch.compile`` and autograd need — ``register_fake`` for every op and
+``register_autograd`` for the two forward ops — and registers the backend. When the
+extension is missing or was built against another torch, importing this module still works:
+it warns once and registers the backend with ``load_error`` set, so ``torch`` runs.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._build import build_info
+from ..graph import GraphBatch
+from .backends import Backend, register
+
+__all__ = ["dag_attention", "bigin", "LOAD_ERROR", "MAX_HEAD_DIM"]
+
+MAX_HEAD_DIM = 256
+_BUILD = build_info()
+if not _BUILD["native"]:
+    LOAD_ERROR: Optional[str] = f"native extension not available ({_BUILD['error']}); " \
+                                "build it with `pip install --no-build-isolation -e .`"
+elif not _BUILD["torch_match"]:
+    LOAD_ERROR = (f"native extension was built against torch {_BUILD['built_torch']} but torch "
+                  f"{_BUILD['runtime_torch']} is running; rebuild with `pip install --no-build-isolation -e .`")
+else:
+    LOAD_ERROR = None
+if LOAD_ERROR is not None:
+    warnings.warn(f"nnformer_fast: {LOAD_ERROR}; falling back to the torch backend", RuntimeWarning, stacklevel=2)
+
+_OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
+    and hasattr(torch.ops.nnformer_fast, "dag_attention_fwd")
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if _OPS_READY:
+    _ops = torch.ops.nnformer_fast
+
+    # ------------------------------------------------------------------ fake (meta) kernels
+    @torch.library.register_fake("nnformer_fast::dag_attention_fwd")
+    def _attn_fwd_fake(q, k, v, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
+        return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=_lse_dtype(q.dtype))
+
+    @torch.library.register_fake("nnformer_fast::dag_attention_bwd")
+    def _attn_bwd_fake(dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    @torch.library.register_fake("nnformer_fast::bigin_fwd")
+    def _bigin_fwd_fake(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act):
+        return torch.empty_like(h)
+
+    @torch.library.register_fake("nnformer_fast::bigin_bwd")
+    def _bigin_bwd_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act):
+        return torch.empty_like(h), torch.empty_like(g)
+
+    @torch.library.register_fake("nnformer_fast::build_relations")
+    def _relations_fake(src, dst, num_nodes):
+        ctx = torch.library.get_ctx()
+        r = ctx.new_dynamic_size()
+        return (src.new_empty(4 * num_nodes + 1), src.new_empty(r), src.new_empty(r), src.new_empty(r),
+                src.new_empty(5))
+
+    # ------------------------------------------------------------------ autograd
+    def _attn_setup(ctx, inputs, output):
+        q, k, v, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm)
+        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
+        ctx.mark_non_differentiable(lse)
+
+    def _attn_backward(ctx, dout, dlse):
+        q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm = ctx.saved_tensors
+        dq, dk, dv = _ops.dag_attention_bwd(dout.contiguous(), q, k, v, out, lse, rel_rowptr, rel_col,
+                                            rel_tperm, ctx.scale, ctx.dropout_p, ctx.seed)
+        return dq, dk, dv, None, None, None, None, None, None
+
+    torch.library.register_autograd("nnformer_fast::dag_attention_fwd", _attn_backward, setup_context=_attn_setup)
+
+    def _bigin_setup(ctx, inputs, output):
+        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act = inputs
+        ctx.save_for_backward(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col)
+        ctx.act = act
+
+    def _bigin_backward(ctx, dy):
+        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col = ctx.saved_tensors
+        dh, dg = _ops.bigin_bwd(dy.contiguous(), h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, ctx.act)
+        return dh, dg, None, None, None, None, None
+
+    torch.library.register_autograd("nnformer_fast::bigin_fwd", _bigin_backward, setup_context=_bigin_setup)
+
+
+# ---------------------------------------------------------------------- public-op adapters
+def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
+                  scale: Optional[float] = None, seed: int = 0) -> Tensor:
+    """Native ``dag_attention`` (signature of :func:`nnformer_fast.ops.dag_attention`).
+
+    q, k, v: (N, H, Dh) float16/bfloat16/float32/float64, H % 4 == 0, Dh <= 256 (made
+    contiguous here). Returns (N, H, Dh) in q's dtype.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, _ = torch.ops.nnformer_fast.dag_attention_fwd(
+        q.contiguous(), k.contiguous(), v.contiguous(), graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
+        scale, float(dropout_p), seed)
+    return out
+
+
+def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tensor:
+    """Native ``bigin``: h, g (N, M) of one float dtype, M even → (N, M) in h's dtype."""
+    return torch.ops.nnformer_fast.bigin_fwd(h.contiguous(), g.contiguous(), graph.adj_rowptr, graph.adj_col,
+                                             graph.adjt_rowptr, graph.adjt_col, act)
+
+
+def _unsupported(op: str, *tensors: Tensor) -> list:
+    reasons = []
+    t = tensors[0]
+    if t.device.type == "cuda" and not _BUILD["cuda"]:
+        reasons.append("the extension was built without CUDA kernels (rebuild with NNFF_CUDA=1)")
+    elif t.device.type not in ("cpu", "cuda"):
+        reasons.append(f"no kernels for device type {t.device.type}")
+    if op == "dag_attention" and t.dim() == 3 and t.shape[-1] > MAX_HEAD_DIM:
+        reasons.append(f"head dim {t.shape[-1]} > {MAX_HEAD_DIM}")
+    return reasons
+
+
+register(Backend(
+    "native",
+    ops={"dag_attention": dag_attention, "bigin": bigin},
+    load_error=LOAD_ERROR if LOAD_ERROR is not None or _OPS_READY else "native ops did not register",
+    unsupported=_unsupported,
+    preferred_on=("cpu", "cuda"),
+))

@@ -1,0 +1,168 @@
+"""The native backend (nnformer_fast._C): C++ ops against the pure-PyTorch reference.
+
+Skipped as a whole when the extension is not built (or built against another torch).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nnformer_fast
+from nnformer_fast import GraphBatch, testing
+from nnformer_fast.ops import reference
+
+INFO = nnformer_fast.build_info()
+if not (INFO["native"] and INFO["torch_match"]):
+    pytest.skip(f"native extension not usable: {INFO['error'] or INFO}", allow_module_level=True)
+
+from nnformer_fast.ops import native  # noqa: E402
+
+ops = torch.ops.nnformer_fast
+_GRAPHS: dict = {}
+
+
+def graph_of(name: str) -> GraphBatch:
+    if name not in _GRAPHS:
+        _GRAPHS[name] = testing.FAMILIES[name]()
+    return _GRAPHS[name]
+
+
+def qkv(n: int, heads: int, dh: int, dtype=torch.float32, seed: int = 0, requires_grad: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, heads, dh, generator=g).to(dtype).requires_grad_(requires_grad) for _ in range(3)]
+
+
+def hg(n: int, m: int, dtype=torch.float32, seed: int = 0, requires_grad: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, m, generator=g).to(dtype).requires_grad_(requires_grad) for _ in range(2)]
+
+
+def attn_args(q, k, v, graph, scale=None, p=0.0, seed=0):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return (q, k, v, graph.rel_rowptr, graph.rel_col, graph.rel_tperm, scale, p, seed)
+
+
+def bigin_csr(graph):
+    return (graph.adj_rowptr, graph.adj_col, graph.adjt_rowptr, graph.adjt_col)
+
+
+# ---------------------------------------------------------------------- opcheck
+@pytest.mark.parametrize("family", ["diamond", "global_tokens"])
+def test_opcheck(family):
+    graph = graph_of(family)
+    n = graph.num_nodes
+    q, k, v = qkv(n, 4, 8, requires_grad=True)
+    torch.library.opcheck(ops.dag_attention_fwd, attn_args(q, k, v, graph))
+    torch.library.opcheck(ops.dag_attention_fwd, attn_args(q, k, v, graph, p=0.25, seed=3))
+    qd, kd, vd = (t.detach() for t in (q, k, v))
+    out, lse = ops.dag_attention_fwd(*attn_args(qd, kd, vd, graph, p=0.25, seed=3))
+    dout = torch.randn_like(out)
+    torch.library.opcheck(ops.dag_attention_bwd, (dout, qd, kd, vd, out, lse, graph.rel_rowptr, graph.rel_col,
+                                                  graph.rel_tperm, 0.3, 0.25, 3))
+    h, g = hg(n, 6, requires_grad=True)
+    for act in reference.ACTIVATIONS:
+        torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), act))
+    torch.library.opcheck(ops.bigin_bwd, (torch.randn(n, 6), h.detach(), g.detach(), *bigin_csr(graph), "gelu"))
+
+
+# ---------------------------------------------------------------------- malformed inputs
+def test_malformed_inputs_raise():
+    graph = graph_of("diamond")
+    n = graph.num_nodes
+    q, k, v = qkv(n, 4, 8)
+    good = list(attn_args(q, k, v, graph))
+    cases = {
+        "rel_rowptr must have": (3, graph.rel_rowptr[:-1]),
+        "non-decreasing": (3, graph.rel_rowptr.clone().index_fill_(0, torch.tensor([1]), 1000)),
+        "entries": (3, graph.rel_rowptr.clone().index_fill_(0, torch.tensor([4 * n]), 10**6)),
+        "outside": (4, graph.rel_col.clone().index_fill_(0, torch.tensor([0]), n + 5)),
+        "int64": (4, graph.rel_col.int()),
+        "one shape": (1, k[:-1]),
+        "multiple of 4": (0, q[:, :3].contiguous()),
+        "contiguous": (0, q.transpose(1, 2).contiguous().transpose(1, 2)),
+        "dtype": (2, v.double()),
+        "head dim": (0, torch.randn(n, 4, 300)),
+        "rel_tperm must have": (5, graph.rel_tperm[:-1]),
+    }
+    for msg, (pos, bad) in cases.items():
+        args = list(good)
+        args[pos] = bad
+        if msg in ("multiple of 4", "head dim"):
+            args[1] = args[2] = bad
+        with pytest.raises(RuntimeError, match=msg):
+            ops.dag_attention_fwd(*args)
+    out, lse = ops.dag_attention_fwd(*good)
+    bad_tperm = graph.rel_tperm.clone().index_fill_(0, torch.tensor([1]), -1)
+    with pytest.raises(RuntimeError, match="rel_tperm"):
+        ops.dag_attention_bwd(out, q, k, v, out, lse, graph.rel_rowptr, graph.rel_col, bad_tperm, 0.3, 0.0, 0)
+    with pytest.raises(RuntimeError, match="lse"):
+        ops.dag_attention_bwd(out, q, k, v, out, lse[:-1], graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
+                              0.3, 0.0, 0)
+    h, g = hg(n, 6)
+    csr = list(bigin_csr(graph))
+    with pytest.raises(RuntimeError, match="outside"):
+        ops.bigin_fwd(h, g, csr[0], csr[1] + n, csr[2], csr[3], "relu")
+    with pytest.raises(RuntimeError, match="adjt_rowptr"):
+        ops.bigin_fwd(h, g, csr[0], csr[1], csr[2][:-1], csr[3], "relu")
+    with pytest.raises(RuntimeError, match="even"):
+        ops.bigin_fwd(h[:, :5].contiguous(), g[:, :5].contiguous(), *csr, "relu")
+    with pytest.raises(RuntimeError, match="activation"):
+        ops.bigin_fwd(h, g, *csr, "tanh")
+    with pytest.raises(RuntimeError, match="one shape"):
+        ops.bigin_bwd(h[:-1], h, g, *csr, "relu")
+
+
+# ---------------------------------------------------------------------- dispatch, compile
+# (the relation builder is compared with the torch builder in tests/test_graph.py)
+def test_public_ops_dispatch_to_native(monkeypatch):
+    from nnformer_fast.ops import backends, dag_attention, select
+    assert backends()["native"] is None
+    graph = graph_of("diamond")
+    q, k, v = qkv(graph.num_nodes, 4, 8)
+    assert select("dag_attention", q, k, v).name == "native"
+    monkeypatch.setenv("NNFORMER_FAST_BACKEND", "native")
+    testing.assert_close(dag_attention(q, k, v, graph), reference.dag_attention(q, k, v, graph),
+                         atol=2e-5, rtol=2e-5, name="public op")
+
+
+def test_compile_fullgraph():
+    graph = graph_of("global_tokens")
+    n = graph.num_nodes
+
+    def step(x, w):
+        q, k, v = (x @ w).view(n, 3, 4, 8).unbind(1)
+        o = native.dag_attention(q, k, v, graph).reshape(n, 32)
+        y = native.bigin(o, o * 2, graph, act="gelu")
+        return y.square().sum()
+
+    x = torch.randn(n, 32)
+    w = torch.randn(32, 96, requires_grad=True)
+    eager = torch.autograd.grad(step(x, w), w)[0]
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x, w), w)[0]
+    testing.assert_close(got, eager, atol=1e-4, rtol=1e-4, name="compiled grad")
+
+
+def test_compile_models_fullgraph():
+    from nnformer_fast import NNFormer, NNFormerLatency
+    graph = testing.random_batch([12, 20], avg_degree=2.0, seed=8, max_span=5)
+    lat = NNFormerLatency(dim=32, n_head=4, n_layers=1)
+    x, static = torch.randn(graph.num_nodes, 192), torch.randn(2, 40)
+    torch._dynamo.reset()
+    compiled = torch.compile(lat, fullgraph=True, backend="aot_eager")
+    lat.eval()
+    testing.assert_close(compiled(x, graph, static), lat(x, graph, static), atol=1e-5, rtol=1e-5, name="latency")
+    lat.train()
+    compiled(x, graph, static).sum().backward()  # dropout seeds drawn inside the graph
+
+    b, l, c = 3, 6, 32
+    adj = torch.triu((torch.rand(b, l, l, generator=torch.Generator().manual_seed(0)) < 0.4).float(), 1)
+    sample = dict(code=torch.randn(b, l, c), code_depth=torch.randn(b, 1, c), code_rel_pos=adj.long(), code_adj=adj)
+    acc = NNFormer(depths=[1], dim=32).eval()
+    expected = acc(sample)
+    sample["graph"] = acc.build_graph(sample)  # graph building is data-dependent: done outside
+    compiled = torch.compile(acc, fullgraph=True, backend="aot_eager")
+    testing.assert_close(compiled(sample), expected, atol=1e-5, rtol=1e-5, name="accuracy")
