@@ -10,6 +10,8 @@ from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
 from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
 from nnformer_fast.testing import random_dag_edges
 
+from gemm_floor import gemm_floor_step, record_linear_calls  # benchmarks/ is on sys.path under pytest
+
 LATENCY_GRAPHS, LATENCY_NODES = 16, 200
 
 
@@ -82,6 +84,14 @@ def test_latency_one_graph_at_a_time(benchmark, latency_setup):
 
 
 @pytest.mark.benchmark(group="latency model fwd+bwd, 16 graphs x ~200 nodes, fp32")
+def test_latency_gemm_floor(benchmark, latency_setup):
+    model, x, edge_index, sizes, static, _ = latency_setup
+    graph = GraphBatch.from_edge_index(edge_index, sizes)
+    calls = record_linear_calls(model, lambda: model(x, graph, static))
+    benchmark(gemm_floor_step(calls, backward=True))
+
+
+@pytest.mark.benchmark(group="latency model fwd+bwd, 16 graphs x ~200 nodes, fp32")
 def test_latency_dense_reference_loop(benchmark, latency_setup):
     model, x, edge_index, sizes, static, dense = latency_setup
     model.eval()
@@ -131,8 +141,58 @@ def test_accuracy_packed(benchmark, accuracy_setup):
 
 
 @pytest.mark.benchmark(group="accuracy model forward, 1024 NB101 cells, fp32")
+def test_accuracy_gemm_floor(benchmark, accuracy_setup):
+    model, sample = accuracy_setup
+    with torch.no_grad():
+        calls = record_linear_calls(model, lambda: model(sample, None))
+        benchmark(gemm_floor_step(calls, backward=False))
+
+
+@pytest.mark.benchmark(group="accuracy model forward, 1024 NB101 cells, fp32")
 def test_accuracy_dense_reference(benchmark, accuracy_setup):
     model, sample = accuracy_setup
     params = model.state_dict()
     with torch.no_grad():
         benchmark(dense_nnformer, params, sample, depth=12)
+
+
+# ---------------------------------------------------------------------------- training step vs GEMM floor
+STEP_GROUP = "latency model training step, 16 graphs x ~200 nodes"
+
+
+def _training_step(model, optimizer, x, graph, static, y, autocast_dtype):
+    ctx = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else torch.autocast("cpu", enabled=False)
+    with ctx:
+        pred = model(x, graph, static).squeeze(1)
+    loss = torch.nn.functional.mse_loss(pred.float() / y, torch.ones_like(y))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.fixture(scope="module")
+def training_setup(latency_setup):
+    _, x, edge_index, sizes, static, _ = latency_setup
+    torch.manual_seed(1)
+    model = NNFormerLatency().train()
+    graph = GraphBatch.from_edge_index(edge_index, sizes)
+    y = torch.rand(len(sizes)) + 0.5
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4), x, graph, static, y
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_step(benchmark, training_setup, precision):
+    benchmark.group = f"{STEP_GROUP}, {precision}"
+    model, optimizer, x, graph, static, y = training_setup
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    benchmark(_training_step, model, optimizer, x, graph, static, y, dtype)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_step_gemm_floor(benchmark, training_setup, precision):
+    benchmark.group = f"{STEP_GROUP}, {precision}"
+    model, _, x, graph, static, _ = training_setup
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        calls = record_linear_calls(model, lambda: model(x, graph, static))
+    benchmark(gemm_floor_step(calls, backward=True, autocast_dtype=dtype))

@@ -211,7 +211,6 @@ def googlenet(rng, tiny=False):
         x = net.maxpool(x)
         x = net.conv_bn_act(x, base * 3, 3, bn=use_bn)
     stages = [1] if tiny else [int(rng.integers(1, 3)), int(rng.integers(2, 6)), int(rng.integers(1, 3))]
-    c = base
     for si, n in enumerate(stages):
         for _ in range(n):
             w = base * (si + 1)

@@ -1,0 +1,43 @@
+"""The GEMM floor of a model: the time of its Linear layers alone, on the shapes and dtypes
+one real step feeds them, forward (+ backward). A step's time over its floor says how much
+the non-GEMM work (attention, aggregation, norms, graph building) costs."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def record_linear_calls(model: nn.Module, run: Callable[[], object]) -> list:
+    """[(linear, input shape, input dtype, input requires grad)] of every Linear call in ``run``."""
+    calls = []
+
+    def hook(module, inputs, _output):
+        x = inputs[0]
+        calls.append((module, tuple(x.shape), x.dtype, x.requires_grad))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def gemm_floor_step(calls: list, *, backward: bool, autocast_dtype=None) -> Callable[[], None]:
+    """A function running every recorded Linear call once (inputs pre-made outside the timing)."""
+    device = next(calls[0][0].parameters()).device
+    inputs = [torch.randn(shape, device=device).to(dtype).requires_grad_(needs_grad and backward)
+              for _, shape, dtype, needs_grad in calls]
+
+    def step():
+        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with ctx:
+            outs = [module(x) for (module, *_), x in zip(calls, inputs)]
+        if backward:
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    return step

@@ -1,0 +1,128 @@
+"""``nnformer-fast`` command line: one subcommand per registration function.
+
+To add a subcommand, write ``_register_<name>(subparsers)`` that adds its parser and sets
+``func`` (called with the parsed args, returns an exit code), and list it in ``COMMANDS``.
+Heavy imports stay inside the ``func`` so ``nnformer-fast --help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+
+def _csv(kind: Callable = str):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        try:
+            return [kind(t) for t in items]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+# ------------------------------------------------------------------ build-latency-set
+def _run_build_latency_set(args) -> int:
+    from .data.builder import build_latency_set
+
+    path = build_latency_set(args.out, args.families, args.count, args.batch_sizes, threads=args.threads,
+                             repeats=args.repeats, warmup=args.warmup, seed=args.seed, platform=args.platform,
+                             tiny=args.tiny, progress=not args.quiet)
+    print(f"wrote {path}")
+    if args.remeasure_above is not None:
+        from .data.builder import remeasure_noisy
+
+        n = remeasure_noisy(args.out, args.remeasure_above, repeats=args.remeasure_repeats, progress=not args.quiet)
+        print(f"re-measured noisy records, {n} replaced")
+    if args.pack:
+        from .data.latency import pack_latency_set
+
+        ds = pack_latency_set(args.out, args.pack, progress=not args.quiet)
+        print(f"packed {len(ds)} records into {args.pack}")
+    return 0
+
+
+def _register_build_latency_set(subparsers) -> None:
+    from .data.builder.families import FAMILIES
+
+    p = subparsers.add_parser(
+        "build-latency-set", help="generate CNNs and measure them with onnxruntime (NNLQP layout)",
+        description="Generate random networks of real CNN families as ONNX (weights stripped), measure each "
+                    "with onnxruntime on this machine and write the NNLQP layout to OUT. Rerunning continues "
+                    "an interrupted build.")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--families", type=_csv(), default=list(FAMILIES),
+                   help=f"comma-separated families (default all: {','.join(FAMILIES)})")
+    p.add_argument("--count", type=int, default=10, help="networks per family (default 10)")
+    p.add_argument("--batch-sizes", type=_csv(int), default=[1], help="comma-separated batch sizes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the network generator")
+    p.add_argument("--platform", default=None, help="platform_id column (default cpu-ort-t<threads>)")
+    p.add_argument("--tiny", action="store_true", help="smallest network variants (quick checks)")
+    p.add_argument("--remeasure-above", type=float, default=None, metavar="REL_IQR",
+                   help="afterwards, measure again records whose (p75-p25)/median exceeds REL_IQR, keeping "
+                        "the less noisy measurement (busy machines)")
+    p.add_argument("--remeasure-repeats", type=int, default=None, help="timed runs when re-measuring")
+    p.add_argument("--pack", default=None, metavar="FILE.npz",
+                   help="also write the set as one compact .npz (LatencyDataset.load reads it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_build_latency_set)
+
+
+# ------------------------------------------------------------------ train / evaluate / predict
+def _register_train(subparsers) -> None:
+    from .train.cli import register_train
+
+    register_train(subparsers)
+
+
+def _register_evaluate(subparsers) -> None:
+    from .train.cli import register_evaluate
+
+    register_evaluate(subparsers)
+
+
+def _register_predict(subparsers) -> None:
+    from .train.cli import register_predict
+
+    register_predict(subparsers)
+
+
+#: (name, registration function) of every subcommand, in help order.
+COMMANDS: list[tuple[str, Callable]] = [
+    ("build-latency-set", _register_build_latency_set),
+    ("train", _register_train),
+    ("evaluate", _register_evaluate),
+    ("predict", _register_predict),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnformer-fast", description="NN-Former: fast training and prediction")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for _, register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nnformer-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

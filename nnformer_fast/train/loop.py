@@ -1,0 +1,476 @@
+"""The training loop: ``fit(TrainConfig)``.
+
+Packed batches from the token-budget sampler, built in DataLoader workers; AdamW with a
+linear warm-up and cosine decay; optional EMA of the weights; bf16 autocast (CPU and GPU) or
+fp16 + GradScaler (GPU); optional ``torch.compile``; atomic checkpoints every N steps, at the
+end and on Ctrl-C; exact resume; DDP under ``torchrun`` (gloo on CPU, NCCL on GPU).
+
+Hot path per step: move the batch (non-blocking), forward under autocast, one ``.item()``
+for the loss (the NaN/inf check and the progress bar), backward, clip, step. Nothing loops
+over graphs in Python.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import (CheckpointError, capture_rng_state, load_checkpoint,
+                         restore_rng_state, save_checkpoint)
+from .metrics import regression_metrics
+from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
+from .tasks import dataset_fingerprint, get_task, load_dataset, split_dataset
+
+__all__ = ["TrainConfig", "FitResult", "fit", "evaluate_model", "ModelEMA", "make_loader", "resolve_device"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``fit`` needs; every field is a plain value (saved in checkpoints)."""
+
+    task: str = "latency"
+    data: Optional[str] = None            # path; None = the embedded default latency set
+    data_format: str = "auto"
+    nb201_device: Optional[str] = None
+    accuracy_dataset: str = "cifar10"
+    accuracy_target: str = "validation_accuracy"
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    train_limit: Optional[int] = None
+    model: dict = field(default_factory=dict)   # model options (task defaults otherwise)
+    epochs: int = 10
+    max_nodes: int = 4096                 # node budget of one (global) batch
+    max_graphs: Optional[int] = None
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05                  # < 1: fraction of all steps; >= 1: steps
+    min_lr_ratio: float = 0.0             # cosine floor as a fraction of lr
+    grad_clip: Optional[float] = 1.0
+    ema: float = 0.0                      # EMA decay (0 = off)
+    consistency: bool = False
+    precision: str = "bf16"
+    device: str = "auto"
+    compile: bool = False
+    num_workers: int = 0
+    seed: int = 0
+    out: Optional[str] = None             # checkpoint folder (None = no checkpoints)
+    checkpoint_every: int = 0             # steps (0 = only at the end / on Ctrl-C)
+    resume: Optional[str] = None          # a checkpoint path, or "auto" = <out>/last.pt if present
+    max_steps: Optional[int] = None       # stop (with a checkpoint) after this many steps in all
+    max_seconds: Optional[float] = None   # stop (with a checkpoint) after this much training time
+    eval_every_epoch: bool = False
+    progress: bool = True
+    threads: Optional[int] = None         # torch intra-op threads (None = leave as is)
+    flush_denormal: bool = True           # CPU: denormals (tiny layer-scale gradients) cost ~2x
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module                      # trained model (EMA weights when ema > 0), eval mode
+    losses: list                          # training loss of every step since step 1
+    metrics: dict                         # held-out metrics (SPEC §6) of ``model``
+    throughput: dict                      # graphs_per_s, nodes_per_s, steps, seconds (this run)
+    step: int
+    checkpoint: Optional[str] = None
+    interrupted: bool = False
+    history: list = field(default_factory=list)   # per-epoch eval metrics (eval_every_epoch)
+
+
+# ---------------------------------------------------------------------------- helpers
+class ModelEMA:
+    """Exponential moving average of a model's floating-point state (others copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k].detach() for k in floats], 1.0 - self.decay)
+        for k, v in state.items():
+            if not v.is_floating_point():
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        model.load_state_dict(self.shadow)
+        return model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a GPU (GradScaler); use bf16 on the CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _identity(x):
+    return x
+
+
+def make_loader(builder, sampler, *, num_workers: int = 0, device: torch.device = torch.device("cpu")):
+    """A DataLoader whose workers build whole batches (``builder[list_of_indices]``)."""
+    kw = {}
+    if num_workers > 0:
+        kw = dict(persistent_workers=True, prefetch_factor=4)
+    # its own generator: every iter(loader) draws a worker base seed, which must not advance the
+    # global RNG (dropout) or a resumed run would drift from the uninterrupted one
+    return torch.utils.data.DataLoader(builder, sampler=sampler, batch_size=None, collate_fn=_identity,
+                                       num_workers=num_workers, pin_memory=device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(0), **kw)
+
+
+def _lr_lambda(total: int, warmup: int, floor: float):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return f
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second: stop at once."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        print("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _dist_info():
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return 0, 1, 0
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_model(model: nn.Module, task, dataset, *, max_nodes: int = 8192, device=None,
+                   precision: str = "fp32", num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Predictions, targets (dataset order) and the metrics of SPEC §6 on ``dataset``."""
+    task.check_dataset(dataset, "evaluation set")
+    device = device or next(model.parameters()).device
+    sampler = TokenBudgetBatchSampler(task.sizes(dataset), max_nodes, shuffle=False)
+    loader = make_loader(task.builder(dataset), sampler, num_workers=num_workers, device=device)
+    was_training = model.training
+    model.eval()
+    preds = np.zeros(len(dataset), dtype=np.float64)
+    try:
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            with _autocast(device, precision):
+                p = task.forward(model, batch)
+            preds[batch.index.numpy()] = p.float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    y = task.targets(dataset)
+    return preds, y, regression_metrics(preds, y, relative=task.relative_metrics)
+
+
+# ---------------------------------------------------------------------------- fit
+def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, **overrides) -> FitResult:
+    """Train a predictor; returns a :class:`FitResult`.
+
+    ``config`` (or keyword overrides of :class:`TrainConfig`) chooses task, data, model and
+    schedule. ``train_set`` / ``test_set`` bypass loading (datasets of the task's kind:
+    ``LatencyDataset`` or ``CellArrays``). Raises ``FloatingPointError`` on a NaN/inf loss,
+    ``KeyboardInterrupt`` after writing a checkpoint on Ctrl-C, ``CheckpointError`` when the
+    resume checkpoint does not match.
+    """
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.flush_denormal:
+        torch.set_flush_denormal(True)
+    rank, world, local_rank = _dist_info()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    main_proc = rank == 0
+    task = get_task(cfg.task, **cfg.model)
+    if cfg.consistency and cfg.task != "latency":
+        raise ValueError("consistency training is implemented for the latency task only")
+    _autocast(device, cfg.precision)  # validate precision/device early
+
+    # ---- data
+    if train_set is None:
+        full = load_dataset(cfg.task, cfg.data, fmt=cfg.data_format, nb201_device=cfg.nb201_device,
+                            accuracy_dataset=cfg.accuracy_dataset, target=cfg.accuracy_target,
+                            in_chans=task.model_config.get("in_chans", 32), progress=cfg.progress and main_proc)
+        task.check_dataset(full, f"dataset {cfg.data or 'default'}")
+        if test_set is None:
+            train_set, test_set = split_dataset(cfg.task, full, test_fraction=cfg.test_fraction,
+                                                seed=cfg.split_seed, train_limit=cfg.train_limit)
+        else:
+            train_set = full
+    task.check_dataset(train_set, "training set")
+    if test_set is not None and len(test_set) == 0:
+        test_set = None
+    sizes = task.sizes(train_set)
+    sampler_kw = dict(max_graphs=cfg.max_graphs, shuffle=True, seed=cfg.seed)
+    if world > 1:
+        sampler = DistributedTokenBudgetBatchSampler(sizes, cfg.max_nodes, num_replicas=world, rank=rank,
+                                                     **sampler_kw)
+    else:
+        sampler = TokenBudgetBatchSampler(sizes, cfg.max_nodes, **sampler_kw)
+    steps_per_epoch = [len(sampler._epoch_batches(e)) for e in range(cfg.epochs)]
+    total_steps = sum(steps_per_epoch)
+    loader = make_loader(task.builder(train_set), sampler, num_workers=cfg.num_workers, device=device)
+
+    # ---- model & optimisation
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    model = task.build_model().to(device)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith(".scale") or "cls_token" in name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                                  fused=True)  # one kernel for all parameters (CPU and GPU)
+    warmup = int(cfg.warmup * total_steps) if cfg.warmup < 1 else int(cfg.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, max(1, warmup),
+                                                                         cfg.min_lr_ratio))
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+    loss_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    fingerprint = dataset_fingerprint(task, train_set)
+
+    step, epoch, losses = 0, 0, []
+    ckpt_path = Path(cfg.out) / "last.pt" if cfg.out else None
+    resume = cfg.resume
+    if resume == "auto":
+        resume = str(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None
+    if resume:
+        state = load_checkpoint(resume, task=cfg.task, model_config=task.model_config)
+        if state.get("dataset") != fingerprint:
+            raise CheckpointError(f"{resume}: saved for another training set (fingerprint {state.get('dataset')} "
+                                  f"vs {fingerprint}); check --data, --test-fraction, --split-seed, --train-limit")
+        for key in ("max_nodes", "epochs", "seed", "world_size"):
+            saved = state["run"].get(key)
+            mine = world if key == "world_size" else getattr(cfg, key)
+            if saved != mine:
+                raise CheckpointError(f"{resume}: saved with {key}={saved}, this run has {key}={mine}; "
+                                      "resume with the same settings")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        sampler.load_state_dict(state["sampler"])
+        step, epoch = int(state["step"]), int(state["sampler"]["epoch"])
+        losses = state["losses"].tolist()
+        restore_rng_state(state["rng"])
+        loss_gen.set_state(state["loss_generator"])
+        if main_proc:
+            print(f"resumed from {resume} at step {step} (epoch {epoch}, batch {sampler.position})", file=sys.stderr)
+
+    train_model = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    fwd_model = torch.compile(train_model, dynamic=True) if cfg.compile else train_model
+
+    def checkpoint(consumed: int) -> Optional[str]:
+        if ckpt_path is None or not main_proc:
+            return None
+        state = {
+            "task": cfg.task, "model_config": task.model_config, "dataset": fingerprint,
+            "run": {"max_nodes": cfg.max_nodes, "epochs": cfg.epochs, "seed": cfg.seed, "world_size": world},
+            "train_config": {k: v for k, v in cfg.to_dict().items() if k != "model"},
+            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "sampler": sampler.state_dict(consumed=consumed), "step": step,
+            "losses": torch.tensor(losses, dtype=torch.float64), "rng": capture_rng_state(),
+            "loss_generator": loss_gen.get_state(),
+        }
+        return str(save_checkpoint(ckpt_path, state))
+
+    # ---- loop
+    from tqdm.auto import tqdm
+
+    model.train()
+    seen_graphs = seen_nodes = 0
+    t_start = time.perf_counter()
+    run_steps = 0
+    interrupted = stopped = False
+    history = []
+    saved = None
+    consumed = sampler.position
+    with _StopFlag() as stop:
+        while epoch < cfg.epochs and not stopped:
+            sampler.set_epoch(epoch)
+            consumed = sampler.position
+            bar = tqdm(total=steps_per_epoch[epoch], initial=consumed, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="step", disable=not (cfg.progress and main_proc), dynamic_ncols=True, leave=False)
+            t_epoch, g_epoch, n_epoch = time.perf_counter(), 0, 0
+            for batch in loader:
+                batch = batch.to(device, non_blocking=True) if device.type != "cpu" else batch
+                with _autocast(device, cfg.precision):
+                    loss, _ = task.loss(fwd_model, batch, consistency=cfg.consistency, generator=loss_gen)
+                if world > 1:
+                    import torch.distributed as dist
+
+                    b = batch.num_graphs
+                    red = torch.tensor([float(b), loss.detach().float().item() * b, float(stop.set)],
+                                       dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+                    dist.all_reduce(red)
+                    b_global = red[0].item()
+                    loss_value = red[1].item() / b_global
+                    stop_now = red[2].item() > 0
+                    loss = loss * (b * world / b_global)
+                else:
+                    loss_value, stop_now = loss.item(), stop.set
+                if not math.isfinite(loss_value):
+                    idx = batch.index.tolist()
+                    shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
+                    raise FloatingPointError(
+                        f"non-finite training loss {loss_value} at step {step + 1} (epoch {epoch + 1}, batch "
+                        f"{consumed + 1} of {steps_per_epoch[epoch]}; {batch.num_graphs} graphs, "
+                        f"{batch.num_nodes} nodes; dataset items [{shown}])")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                run_steps += 1
+                consumed += 1
+                losses.append(loss_value)
+                g_epoch += batch.num_graphs * world
+                n_epoch += batch.num_nodes * world
+                if bar.disable is False:
+                    dt = max(1e-9, time.perf_counter() - t_epoch)
+                    bar.set_postfix(loss=f"{loss_value:.4g}", graphs_s=f"{g_epoch / dt:.0f}",
+                                    nodes_s=f"{n_epoch / dt:.0f}", refresh=False)
+                    bar.update(1)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    saved = checkpoint(consumed)
+                if stop_now:
+                    interrupted = stopped = True
+                    break
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    stopped = True
+                    break
+                if cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds:
+                    stopped = True
+                    if main_proc:
+                        print(f"time limit {cfg.max_seconds:.0f} s reached at step {step}", file=sys.stderr)
+                    break
+            bar.close()
+            seen_graphs += g_epoch
+            seen_nodes += n_epoch
+            if stopped:
+                break
+            epoch += 1
+            consumed = 0
+            sampler.set_epoch(epoch)
+            if cfg.eval_every_epoch and test_set is not None and main_proc:
+                eval_model = _eval_model(model, ema, task)
+                history.append({"epoch": epoch, **evaluate_model(eval_model, task, test_set,
+                                                                 max_nodes=cfg.max_nodes * 2)[2]})
+                if cfg.progress:
+                    print(f"epoch {epoch}: " + _fmt(history[-1]), file=sys.stderr)
+    seconds = time.perf_counter() - t_start
+    saved = checkpoint(consumed) or saved
+    if interrupted:
+        msg = f"interrupted at step {step}" + (f"; checkpoint written to {saved} (resume with --resume {saved})"
+                                               if saved else "; no --out folder, so no checkpoint was written")
+        print(msg, file=sys.stderr)
+        raise KeyboardInterrupt(msg)
+
+    result_model = _eval_model(model, ema, task)
+    metrics = {}
+    if test_set is not None and main_proc:
+        metrics = evaluate_model(result_model, task, test_set, max_nodes=cfg.max_nodes * 2)[2]
+    throughput = {"graphs_per_s": seen_graphs / seconds if seconds else 0.0,
+                  "nodes_per_s": seen_nodes / seconds if seconds else 0.0,
+                  "steps": run_steps, "seconds": seconds}
+    return FitResult(result_model.eval(), losses, metrics, throughput, step, saved, False, history)
+
+
+def _eval_model(model: nn.Module, ema: Optional[ModelEMA], task) -> nn.Module:
+    if ema is None:
+        return model
+    return ema.copy_to(copy.deepcopy(model))
+
+
+def _fmt(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())

@@ -1,0 +1,63 @@
+"""Training losses of SPEC §5–6.
+
+Every loss returns a scalar float32 tensor, the MEAN over the graphs of the batch (so a
+distributed step that splits one global batch can rescale each rank's part by
+``B_local · world / B_global`` and get the single-process gradient). Inputs are computed in
+float32 whatever the autocast dtype of the predictions.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["relative_mse", "latency_consistency_loss", "accuracy_loss", "consistency_l1",
+           "LAMBDA_MSE", "LAMBDA_RANK", "CONSISTENCY_WEIGHT"]
+
+LAMBDA_MSE = 1.0
+LAMBDA_RANK = 0.2
+#: weight of ``l1(p1, p2)`` in the latency consistency loss (SPEC §5)
+CONSISTENCY_WEIGHT = 0.01
+
+
+def _flat(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    p, y = pred.float().reshape(-1), target.float().reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"loss: {p.numel()} predictions for {y.numel()} targets")
+    return p, y
+
+
+def relative_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """``mse(p / y, 1)``: pred (B,) or (B, 1), target (B,) positive latencies."""
+    p, y = _flat(pred, target)
+    return F.mse_loss(p / y, torch.ones_like(p))
+
+
+def latency_consistency_loss(p1: Tensor, p2: Tensor, target: Tensor,
+                             weight: float = CONSISTENCY_WEIGHT) -> Tensor:
+    """``mse(p1/y, 1) + mse(p2/y, 1) + weight · l1(p1, p2)`` for two stochastic passes."""
+    a, y = _flat(p1, target)
+    b, _ = _flat(p2, target)
+    return relative_mse(a, y) + relative_mse(b, y) + weight * F.l1_loss(a, b)
+
+
+def accuracy_loss(pred: Tensor, target: Tensor, *, lambda_mse: float = LAMBDA_MSE,
+                  lambda_rank: float = LAMBDA_RANK, perm: Optional[Tensor] = None,
+                  generator: Optional[torch.Generator] = None) -> Tensor:
+    """``λ_mse · mse(p, y) + λ_rank · l1(p − p[π], y − y[π])`` for a random permutation π of
+    the batch (``perm`` fixes it; otherwise drawn from ``generator`` on the CPU)."""
+    p, y = _flat(pred, target)
+    if perm is None:
+        perm = torch.randperm(p.numel(), generator=generator).to(p.device)
+    loss = lambda_mse * F.mse_loss(p, y)
+    if lambda_rank:
+        loss = loss + lambda_rank * F.l1_loss(p - p[perm], y - y[perm])
+    return loss
+
+
+def consistency_l1(a: Tensor, b: Tensor) -> Tensor:
+    """``l1(a, b)`` between the predictions for a sample and for its augmented twin."""
+    a, b = _flat(a, b)
+    return F.l1_loss(a, b)

@@ -1,0 +1,56 @@
+"""Metrics and losses against hand-checked values (SPEC §5-6)."""
+import math
+
+import pytest
+import torch
+
+from nnformer_fast.train.losses import accuracy_loss, consistency_l1, latency_consistency_loss, relative_mse
+from nnformer_fast.train.metrics import acc_within, kendall_tau, mape, regression_metrics
+
+
+def test_mape_and_acc_by_hand():
+    p, y = [1.1, 2.0, 2.7], [1.0, 2.0, 3.0]  # relative errors 0.1, 0, 0.1
+    assert mape(p, y) == pytest.approx(0.2 / 3)
+    assert acc_within(p, y, 0.01) == pytest.approx(1 / 3)
+    assert acc_within(p, y, 0.05) == pytest.approx(1 / 3)
+    assert acc_within(p, y, 0.10) == pytest.approx(1.0)  # exactly on the boundary counts
+    m = regression_metrics(torch.tensor(p), torch.tensor(y))
+    assert m["acc@1"] == pytest.approx(1 / 3) and m["acc@10"] == pytest.approx(1.0)
+    assert m["mape"] == pytest.approx(0.2 / 3, rel=1e-6) and m["n"] == 3
+
+
+def test_kendall_tau_b_by_hand():
+    # one discordant pair of six: (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # a tie in the predictions: tau-b = (C - D) / sqrt((n0 - n1)(n0 - n2)) = 2 / sqrt(2 * 3)
+    assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))
+    assert kendall_tau([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
+    assert math.isnan(kendall_tau([1.0], [2.0]))
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="positive"):
+        mape([1.0, 2.0], [1.0, 0.0])
+    with pytest.raises(ValueError, match="2 predictions for 3"):
+        mape([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="no predictions"):
+        kendall_tau([], [])
+
+
+def test_losses_by_hand():
+    y = torch.tensor([1.0, 3.0])
+    assert relative_mse(torch.tensor([[2.0], [3.0]]), y).item() == pytest.approx(0.5)
+    # 0.5 + 0 + 0.01 * mean(|2-1|, |3-3|)
+    got = latency_consistency_loss(torch.tensor([2.0, 3.0]), torch.tensor([1.0, 3.0]), y)
+    assert got.item() == pytest.approx(0.505)
+    # mse = 0.01; p - p[pi] = (-0.2, 0.2), y - y[pi] = 0 -> l1 0.2; 0.01 + 0.2 * 0.2
+    p, t = torch.tensor([0.5, 0.7]), torch.tensor([0.6, 0.6])
+    assert accuracy_loss(p, t, perm=torch.tensor([1, 0])).item() == pytest.approx(0.05)
+    assert accuracy_loss(p, t, perm=torch.tensor([1, 0]), lambda_rank=0).item() == pytest.approx(0.01)
+    assert consistency_l1(p, t).item() == pytest.approx(0.1)
+
+
+def test_losses_bf16_inputs_compute_in_fp32():
+    p = torch.tensor([2.0, 3.0], dtype=torch.bfloat16)
+    out = relative_mse(p, torch.tensor([1.0, 3.0]))
+    assert out.dtype == torch.float32 and out.item() == pytest.approx(0.5)

@@ -1,0 +1,153 @@
+"""Short real trainings on tiny data: loss decreases, exact resume, Ctrl-C, NaN, bad inputs."""
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnformer_fast.train import CheckpointError, TrainConfig, fit
+from nnformer_fast.train import tasks as T
+from nnformer_fast.train.synthetic import synthetic_cells, synthetic_latency_set
+
+TINY = dict(dim=32, n_layers=1, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def lat():
+    ds = synthetic_latency_set(96, seed=0)
+    return ds.split_in_domain(test_fraction=0.25, seed=0)
+
+
+def _cfg(**kw):
+    base = dict(model=TINY, epochs=3, max_nodes=300, lr=3e-3, warmup=2, progress=False, precision="fp32",
+                threads=1, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_latency_loss_decreases_bf16(lat):
+    train, test = lat
+    r = fit(_cfg(epochs=12, precision="bf16", ema=0.9), train_set=train, test_set=test)
+    q = len(r.losses) // 4
+    assert np.mean(r.losses[-q:]) < 0.8 * np.mean(r.losses[:q]), r.losses
+    assert {"mape", "acc@1", "acc@5", "acc@10", "tau"} <= set(r.metrics)
+    assert r.throughput["graphs_per_s"] > 0 and r.step == len(r.losses)
+
+
+def test_accuracy_loss_decreases():
+    cells = synthetic_cells(80, seed=0)
+    train, test = T.split_dataset("accuracy", cells, test_fraction=0.25, seed=0)
+    r = fit(_cfg(task="accuracy", model=dict(depth=1, dim=32, dropout=0.0), epochs=8, max_nodes=160, lr=3e-3),
+            train_set=train, test_set=test)
+    assert np.mean(r.losses[-3:]) < 0.5 * np.mean(r.losses[:3])
+    assert "tau" in r.metrics and "mape" not in r.metrics
+
+
+def test_vectorized_batch_matches_collate(lat):
+    from nnformer_fast.data.latency import collate_latency
+
+    train, _ = lat
+    idx = [5, 0, 17, 3]
+    b = T.LatencyBatchBuilder(train)[idx]
+    x, g, s, y = collate_latency([train[i] for i in idx])
+    torch.testing.assert_close(b.inputs[0], x)
+    torch.testing.assert_close(b.inputs[2], s)
+    assert torch.equal(b.inputs[1].edge_index, g.edge_index) and torch.equal(b.inputs[1].ptr, g.ptr)
+    torch.testing.assert_close(b.target, y)
+
+
+def test_resume_is_bit_exact(lat, tmp_path):
+    train, test = lat
+    full = fit(_cfg(epochs=3), train_set=train, test_set=None)
+    n = len(full.losses)
+    k = n // 2 + 1  # mid-epoch
+    out = tmp_path / "run"
+    first = fit(_cfg(epochs=3, out=str(out), max_steps=k), train_set=train, test_set=None)
+    assert first.step == k and Path(first.checkpoint).is_file()
+    second = fit(_cfg(epochs=3, out=str(out), resume="auto"), train_set=train, test_set=None)
+    assert second.losses == full.losses  # bit for bit, including dropout and sampler position
+    for a, b in zip(full.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ctrl_c_writes_checkpoint_and_resumes(lat, tmp_path, monkeypatch):
+    train, _ = lat
+    full = fit(_cfg(epochs=2), train_set=train, test_set=None)
+    real = T.LatencyBatchBuilder.__getitem__
+    calls = {"n": 0}
+
+    def interrupting(self, idx):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, idx)
+
+    monkeypatch.setattr(T.LatencyBatchBuilder, "__getitem__", interrupting)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(epochs=2, out=str(out)), train_set=train, test_set=None)
+    monkeypatch.setattr(T.LatencyBatchBuilder, "__getitem__", real)
+    assert (out / "last.pt").is_file()
+    resumed = fit(_cfg(epochs=2, out=str(out), resume=str(out / "last.pt")), train_set=train, test_set=None)
+    assert resumed.losses == full.losses
+
+
+def test_nan_loss_names_step_and_batch(lat, monkeypatch):
+    train, _ = lat
+    real = T.LatencyTask.forward
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        p = real(model, batch)
+        return p * float("nan") if calls["n"] == 3 else p
+
+    monkeypatch.setattr(T.LatencyTask, "forward", staticmethod(poisoned))
+    with pytest.raises(FloatingPointError, match=r"step 3 \(epoch 1, batch 3 of \d+;.*dataset items \["):
+        fit(_cfg(), train_set=train, test_set=None)
+
+
+def test_bad_inputs(lat, tmp_path):
+    train, test = lat
+    with pytest.raises(FileNotFoundError):
+        fit(_cfg(data=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="empty"):
+        fit(_cfg(), train_set=train.subset([]), test_set=None)
+    bad = train.subset(np.arange(len(train)))
+    bad.records = dict(bad.records, latency=bad.records["latency"].copy())
+    bad.records["latency"][2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fit(_cfg(), train_set=bad, test_set=None)
+    bad.records["latency"][2] = 0.0
+    with pytest.raises(ValueError, match="positive"):
+        fit(_cfg(), train_set=bad, test_set=None)
+    with pytest.raises(ValueError, match="fp16 training needs a GPU"):
+        fit(_cfg(precision="fp16", device="cpu"), train_set=train, test_set=None)
+    # a checkpoint of another model configuration is refused on resume
+    out = tmp_path / "run"
+    fit(_cfg(out=str(out), max_steps=1), train_set=train, test_set=None)
+    with pytest.raises(CheckpointError, match="dim"):
+        fit(_cfg(model=dict(TINY, dim=64), out=str(out), resume="auto"), train_set=train, test_set=None)
+    with pytest.raises(CheckpointError, match="another training set"):
+        fit(_cfg(out=str(out), resume="auto"), train_set=test, test_set=None)
+
+
+def test_cli_train_evaluate_predict(tmp_path, capsys):
+    from nnformer_fast.cli import main
+
+    synthetic_latency_set(40, seed=1).save(tmp_path / "set.npz")
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(tmp_path / "set.npz"), "--model", "dim=32,n_layers=1", "--epochs", "1",
+               "--max-nodes", "400", "--out", str(out), "--quiet", "--precision", "fp32", "--threads", "1"])
+    assert rc == 0 and (out / "last.pt").is_file()
+    assert "held-out:" in capsys.readouterr().out
+    assert main(["evaluate", str(out / "last.pt"), "--json"]) == 0
+    assert '"mape"' in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
+    onnx = Path(os.environ.get("NNFORMER_FAST_DATA", "/work/shared/data")) / "nnlqp_resnet18_noweight.onnx"
+    if onnx.is_file():
+        assert main(["predict", str(out / "last.pt"), str(onnx)]) == 0
+        line = capsys.readouterr().out.strip()
+        assert line.endswith(" ms") and float(line.split("\t")[1].split()[0]) > 0
