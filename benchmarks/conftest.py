@@ -10,6 +10,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# A shared 2-core machine: with every core in one parallel region, a single busy core stalls
+# each region. NNFF_BENCH_THREADS=1 keeps the ratios meaningful there (RESULTS.md says which).
+if os.environ.get("NNFF_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["NNFF_BENCH_THREADS"]))
+
+
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", help="the long profile (bigger shapes, more rounds)")
 
@@ -28,7 +34,7 @@ def pytest_terminal_summary(terminalreporter, config):
         if bench.has_error or not bench.stats:
             continue
         groups.setdefault(bench.group or "", []).append(bench)
-    terminalreporter.section("ratios to the fastest of each group (median)")
+    terminalreporter.section(f"ratios to the fastest of each group (median; {torch.get_num_threads()} threads)")
     for group, benches in sorted(groups.items()):
         fastest = min(b.stats.median for b in benches)
         terminalreporter.write_line(f"{group}:")

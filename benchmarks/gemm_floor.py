@@ -35,7 +35,7 @@ def gemm_floor_step(calls: list, *, backward: bool, autocast_dtype=None) -> Call
 
     def step():
         ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with ctx:
+        with ctx, torch.set_grad_enabled(backward):
             outs = [module(x) for (module, *_), x in zip(calls, inputs)]
         if backward:
             torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._atomic import atomic_open
 from .onnx_features import FEATURE_VERSION, node_features, static_features
 
 __all__ = [
@@ -156,20 +157,11 @@ def _write_raw(path: Path, arrays: dict[str, np.ndarray], key: str) -> None:
         offset += a.nbytes
     blob = json.dumps(header).encode()
     start = -(-(len(_MAGIC) + 8 + len(blob)) // _ALIGN) * _ALIGN
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_MAGIC + len(blob).to_bytes(8, "little") + blob)
-            for name, a in arrays.items():
-                f.seek(start + header["arrays"][name]["offset"])
-                f.write(np.ascontiguousarray(a).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path) as f:
+        f.write(_MAGIC + len(blob).to_bytes(8, "little") + blob)
+        for name, a in arrays.items():
+            f.seek(start + header["arrays"][name]["offset"])
+            f.write(np.ascontiguousarray(a).tobytes())
 
 
 def _read_raw(path: Path) -> tuple[str, dict[str, np.ndarray]] | None:
@@ -318,10 +310,8 @@ class LatencyDataset(Dataset):
         remap[used] = np.arange(len(used))
         recs = {"rec_" + k: v for k, v in self.records.items()}
         recs["rec_entry"] = remap[self.records["entry"]]
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.npz")
-        (np.savez_compressed if compress else np.savez)(tmp, **store, **recs)
-        os.replace(tmp, path)
+        with atomic_open(path) as f:
+            (np.savez_compressed if compress else np.savez)(f, **store, **recs)
 
     def _apply_filters(self, families, platforms, stages) -> None:
         keep = np.ones(len(self), dtype=bool)

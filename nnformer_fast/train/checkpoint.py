@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from .._atomic import atomic_open
+
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "check_compatible",
            "capture_rng_state", "restore_rng_state"]
 
@@ -29,27 +31,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """Atomically write ``state`` (plus the format tag) to ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
+    with atomic_open(path) as f:
+        torch.save({"format": FORMAT, **state}, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, *, task: Optional[str] = None,

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..._atomic import atomic_write_bytes
 from .families import FAMILIES, generate
 from .measure import cpu_model, make_session, measure_session
 from .onnx_net import strip_weights
@@ -51,13 +52,6 @@ def _done_ids(path: Path) -> set[str]:
         return set()
     with open(path) as f:
         return {line.split()[0] for line in f if line.strip() and not line.startswith(("#", "speed_id"))}
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _append(f, line: str) -> None:
@@ -106,7 +100,7 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
                                           if manifest.exists() else families),
                 cpu=cpu_model(), machine=_platform.machine(), onnxruntime=ort.__version__,
                 updated=time.strftime("%Y-%m-%d %H:%M:%S"))
-    _atomic_write_bytes(manifest, json.dumps(info, indent=1).encode())
+    atomic_write_bytes(manifest, json.dumps(info, indent=1).encode())
 
     lat_path, spread_path = out / LATENCY_FILE, out / SPREAD_FILE
     _repair_tail(lat_path)
@@ -131,7 +125,7 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
             onnx_path = out / rel
             if not onnx_path.exists():
                 onnx_path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write_bytes(onnx_path, strip_weights(model).SerializeToString())
+                atomic_write_bytes(onnx_path, strip_weights(model).SerializeToString())
             session = make_session(model, threads)
             for b in todo:
                 m = measure_session(session, b, warmup, repeats, np.random.default_rng(i))
@@ -178,8 +172,8 @@ def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeat
         by_model.setdefault(sid.rsplit("_bs", 1)[0], []).append(sid)
 
     def flush():
-        _atomic_write_bytes(spread_path, "".join(spread_lines).encode())
-        _atomic_write_bytes(lat_path, "".join(lines).encode())
+        atomic_write_bytes(spread_path, "".join(spread_lines).encode())
+        atomic_write_bytes(lat_path, "".join(lines).encode())
 
     replaced = 0
     with tqdm(total=len(todo), desc="remeasure", unit="meas", disable=not progress) as bar:
