@@ -4,8 +4,8 @@
 
 1. builds the extension with the CUDA kernels (``NNFF_CUDA=1 pip install --no-build-isolation
    -e .``) unless ``nnformer_fast.build_info()`` already reports CUDA kernels;
-2. checks dag_attention / bigin (forward + backward, fp32 / bf16 / fp16, dropout) against the
-   reference on the GPU;
+2. checks dag_attention / bigin (forward + backward, fp32 / bf16 / fp16, dropout) and dropout
+   (bit-exact) against the reference on the GPU;
 3. times forward+backward of native vs the torch backend vs the dense formulation
    (``nnformer_fast.dense``) on the latency and accuracy shapes and prints a table.
 Exit status 1 when a check fails.
@@ -113,6 +113,20 @@ def main() -> int:
                         testing.assert_close(a, c, atol=tol, rtol=tol, name="bigin")
                 except AssertionError as exc:
                     failures.append(f"bigin {fam} {dtype} {act}: {exc}")
+    # counter-based elementwise dropout: bit-exact with the reference, gradient included
+    # (finite normal inputs: --use_fast_math flushes subnormal products to zero on the GPU)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        for p in (0.1, 0.5, 0.9):
+            for seed in (12345, -7, 2**40 + 3):
+                x = torch.randn(1000, 37, device=dev).to(dtype).requires_grad_()
+                dy = torch.randn(1000, 37, device=dev).to(dtype)
+                y = native.dropout(x, p, seed=seed)
+                res = (y, *torch.autograd.grad(y, x, dy))
+                xr = x.detach().requires_grad_()
+                yr = reference.dropout(xr, p, seed=seed)
+                exp = (yr, *torch.autograd.grad(yr, xr, dy))
+                if not all(torch.equal(a, b) for a, b in zip(res, exp)):
+                    failures.append(f"dropout {dtype} p={p} seed={seed}: not bit-exact with the reference")
     print(f"correctness: {'OK' if not failures else f'{len(failures)} FAILURES'}")
     for f in failures[:10]:
         print("  ", f)

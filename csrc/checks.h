@@ -30,6 +30,15 @@ inline void check_float(const at::Tensor& t, const char* op, const char* name, i
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
+// Elementwise dropout input: any shape, contiguous, a supported float dtype; p in [0, 1).
+inline void check_dropout_inputs(const char* op, const at::Tensor& x, double p) {
+  TORCH_CHECK(x.defined(), op, ": x is undefined");
+  TORCH_CHECK(is_supported_float(x.scalar_type()), op,
+              ": x must be float16/bfloat16/float32/float64, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, op, ": p must lie in [0, 1), got ", p);
+}
+
 inline void check_same_shape(const at::Tensor& a, const at::Tensor& b, const char* op,
                              const char* name_a, const char* name_b) {
   TORCH_CHECK(a.sizes() == b.sizes(), op, ": ", name_a, " ", a.sizes(), " and ", name_b, " ",

@@ -130,6 +130,18 @@ std::tuple<at::Tensor, at::Tensor> bigin_bwd_cuda(const at::Tensor& dy, const at
   return {dh, dg};
 }
 
+at::Tensor dropout_fwd_cuda(const at::Tensor& x, double p, int64_t seed) {
+  const char* op = "nnformer_fast::dropout_fwd";
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_dropout_inputs(op, x, p);
+  auto y = at::empty_like(x);
+  check_cuda(cuda::dropout_fwd(to_dtype(x.scalar_type()), x.data_ptr(), y.data_ptr(), x.numel(), p,
+                               seed, c10::cuda::getCurrentCUDAStream().stream()),
+             op);
+  return y;
+}
+
 }  // namespace
 }  // namespace nnff
 
@@ -138,4 +150,5 @@ TORCH_LIBRARY_IMPL(nnformer_fast, CUDA, m) {
   m.impl("dag_attention_bwd", &nnff::dag_attention_bwd_cuda);
   m.impl("bigin_fwd", &nnff::bigin_fwd_cuda);
   m.impl("bigin_bwd", &nnff::bigin_bwd_cuda);
+  m.impl("dropout_fwd", &nnff::dropout_fwd_cuda);
 }

@@ -65,6 +65,10 @@ def test_opcheck(family):
     for act in reference.ACTIVATIONS:
         torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), act))
     torch.library.opcheck(ops.bigin_bwd, (torch.randn(n, 6), h.detach(), g.detach(), *bigin_csr(graph), "gelu"))
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(n, 3, 5).to(dtype).requires_grad_()
+        torch.library.opcheck(ops.dropout_fwd, (x, 0.3, 5))
+        torch.library.opcheck(ops.dropout_fwd, (x, 0.0, -2))
 
 
 # ---------------------------------------------------------------------- malformed inputs
@@ -166,3 +170,64 @@ def test_compile_models_fullgraph():
     sample["graph"] = acc.build_graph(sample)  # graph building is data-dependent: done outside
     compiled = torch.compile(acc, fullgraph=True, backend="aot_eager")
     testing.assert_close(compiled(sample), expected, atol=1e-5, rtol=1e-5, name="accuracy")
+
+
+# ---------------------------------------------------------------------- float -> bf16 / fp16
+def _special_pairs(dtype):
+    """(a, b) of `dtype` whose float32 sum a + b hits the rounding corner cases of `dtype`."""
+    fi = torch.finfo(dtype)
+    mant = 7 if dtype == torch.bfloat16 else 10
+    ulp1, big_ulp = 2.0 ** -mant, 2.0 ** (math.floor(math.log2(fi.max)) - mant)
+    tiny = fi.smallest_normal * 2.0 ** -mant  # smallest subnormal
+    inf, nan = float("inf"), float("nan")
+    pairs = [(0.0, 0.0), (-0.0, -0.0), (-0.0, 0.0), (tiny, 0.0), (-tiny, 0.0), (3 * tiny, tiny),
+             (fi.smallest_normal, -tiny), (1.0, ulp1 / 2), (1.0 + ulp1, ulp1 / 2), (-1.0, -ulp1 / 2),
+             (1.0, ulp1 / 4), (1.0, 3 * ulp1 / 4), (2.0, ulp1 / 2), (1.0, ulp1 / 2 + ulp1 / 8),
+             (fi.max, 0.0), (-fi.max, 0.0), (fi.max, big_ulp / 2), (-fi.max, -big_ulp / 2),
+             (fi.max, big_ulp / 4), (fi.max, fi.max), (inf, 0.0), (-inf, 0.0), (inf, -inf),
+             (nan, 0.0), (1.0, nan), (-nan, 1.0)]
+    g = torch.Generator().manual_seed(0)
+    scales = 2.0 ** torch.randint(-30, 30, (256,), generator=g).double()
+    rand = (torch.randn(256, 2, generator=g, dtype=torch.float64) * scales[:, None]).tolist()
+    a, b = zip(*(pairs + [tuple(r) for r in rand]))
+    return torch.tensor(a).to(dtype), torch.tensor(b).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_stores_match_torch_bitwise(dtype):
+    """The CPU kernels' float -> bf16 / fp16 stores round like torch (nearest even, to inf).
+
+    bigin_fwd with node 2k's only child 2k+1 and g zero elsewhere computes, in float32,
+    z = h + g and y = leaky_relu(z), then one rounding to `dtype`: torch's
+    ``.to(dtype)`` of the same float32 values must give the same bits (NaN: any NaN).
+    """
+    a, b = _special_pairs(dtype)
+    k = a.numel()
+    h = torch.stack([a, -a.abs()], 1).repeat_interleave(2, 0)  # rows 2k and 2k+1; ch1 < 0: leaky path
+    g = torch.zeros_like(h)
+    g[1::2, 0] = b
+    ar = torch.arange(k)
+    adj_rowptr = torch.stack([ar, ar + 1], 1).flatten()
+    adj_rowptr = torch.cat([adj_rowptr, adj_rowptr.new_tensor([k])])
+    adj_col = 2 * ar + 1
+    adjt_rowptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.stack([ar, ar + 1], 1).flatten()])
+    adjt_col = 2 * ar
+    y = ops.bigin_fwd(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, "leaky_relu")
+    z = h.float()
+    z[0::2, 0] += g[1::2, 0].float()
+    z[1::2, 1] += g[0::2, 1].float()
+    expected = torch.nn.functional.leaky_relu(z, 0.01).to(dtype)
+    nan = expected.isnan()
+    assert torch.equal(y.isnan(), nan)
+    bits = torch.int16
+    mismatch = (y.view(bits) != expected.view(bits)) & ~nan
+    assert not mismatch.any(), (z[mismatch], y[mismatch], expected[mismatch])
+    # the corner cases really occur: ties, overflow to inf, subnormal results
+    assert expected[0::2, 0].isinf().sum() >= 4 and (expected.abs() < torch.finfo(dtype).smallest_normal).any()
+    # the same rounding through dropout_fwd (x * 1 / (1 - p) in float32, then a store)
+    x = torch.cat([a, b, -a.abs() * 0.37])
+    out = ops.dropout_fwd(x, 0.5, 3)
+    keep = reference.dropout_keep_mask(3, torch.arange(x.numel()), torch.tensor(0), 1, 0.5)
+    exp = torch.where(keep, x.float() * 2.0, 0.0).to(dtype)
+    assert torch.equal(out.isnan(), exp.isnan())
+    assert torch.equal(out.view(bits)[~exp.isnan()], exp.view(bits)[~exp.isnan()])

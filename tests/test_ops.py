@@ -12,7 +12,8 @@ import torch
 
 from nnformer_fast import GraphBatch
 from nnformer_fast.dense import dense_bigin, dense_dag_attention
-from nnformer_fast.ops import ACTIVATIONS, bigin, dag_attention
+from nnformer_fast.ops import ACTIVATIONS, bigin, dag_attention, dropout
+from nnformer_fast.ops import reference
 from nnformer_fast.ops.backends import ENV_VAR, _REGISTRY
 from nnformer_fast.testing import FAMILIES, TOLERANCES, assert_close, low_precision_error_ok, random_batch
 
@@ -316,6 +317,111 @@ def test_kernel_extreme_sizes(kernel, sizes):
     for a, b in zip(ours, ref):
         assert_close(a, b, atol=5e-5, rtol=5e-5, name=f"{kernel} bigin")
 
+
+
+# ---------------------------------------------------------------------------------------
+# Counter-based elementwise dropout: every backend against the torch reference.
+DROPOUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dropout_input(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DROPOUT_DTYPES, ids=str)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_matches_reference_bitwise(backend, p, dtype):
+    x = _dropout_input((37, 3, 29), dtype)
+    _skip_unsupported(backend, "dropout", x)
+    for seed in (0, 12345, -7, 2**40 + 3):  # negative and > 2**32 seeds wrap like the reference
+        ours = dropout(x, p, seed=seed)
+        expected = reference.dropout(x, p, seed=seed)
+        assert ours.dtype == dtype and ours.shape == x.shape
+        assert torch.equal(ours, expected), f"{backend} p={p} seed={seed}"
+        # the mask is dropout_keep_mask on the flat index, the scale 1 / (1 - p)
+        keep = reference.dropout_keep_mask(seed, torch.arange(x.numel()), torch.tensor(0), 1, p).view(x.shape)
+        assert torch.equal(ours != 0, keep & (x != 0))
+    xt = x.transpose(0, 2)  # non-contiguous: the flat index is the row-major index of xt
+    assert torch.equal(dropout(xt, p, seed=5), reference.dropout(xt, p, seed=5))
+
+
+def test_dropout_keeps_about_1_minus_p(backend):
+    x = torch.ones(1 << 20)
+    _skip_unsupported(backend, "dropout", x)
+    if backend in INTERPRETED:
+        pytest.skip("too slow on the Triton interpreter")
+    for p in (0.1, 0.5, 0.9):
+        y = dropout(x, p, seed=3)
+        kept = (y != 0).double().mean().item()
+        assert abs(kept - (1 - p)) < 3e-3, (p, kept)
+        assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+
+
+@pytest.mark.parametrize("dtype", DROPOUT_DTYPES, ids=str)
+def test_dropout_gradient_is_mask_times_grad(backend, dtype):
+    x = _dropout_input((64, 33), dtype).requires_grad_()
+    _skip_unsupported(backend, "dropout", x)
+    dy = _dropout_input((64, 33), dtype, seed=1)
+    y = dropout(x, 0.3, seed=21)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    keep = reference.dropout_keep_mask(21, torch.arange(x.numel()), torch.tensor(0), 1, 0.3).view(x.shape)
+    compute = torch.promote_types(dtype, torch.float32)
+    expected = torch.where(keep, dy.to(compute) * (1 / 0.7), 0).to(dtype)
+    assert torch.equal(dx, expected)
+    if backend != "triton" and dtype == torch.float64:
+        xs = _dropout_input((5, 7), torch.float64).requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: dropout(t, 0.4, seed=5), (xs,))
+
+
+def test_dropout_seeding_and_p_zero(backend):
+    x = _dropout_input((100, 10), torch.float32)
+    _skip_unsupported(backend, "dropout", x)
+    assert torch.equal(dropout(x, 0.3, seed=4), dropout(x, 0.3, seed=4))
+    assert not torch.equal(dropout(x, 0.3, seed=4), dropout(x, 0.3, seed=5))
+    assert dropout(x, 0.0) is x
+    torch.manual_seed(0)
+    a = dropout(x, 0.3)
+    torch.manual_seed(0)
+    assert torch.equal(a, dropout(x, 0.3))  # the default seed comes from torch's generator
+
+
+def test_dropout_bad_inputs_raise():
+    x = torch.randn(4, 4)
+    for p in (1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="p must lie in"):
+            dropout(x, p)
+    with pytest.raises(TypeError, match="float16/bfloat16"):
+        dropout(x.long(), 0.1)
+    from nnformer_fast.models.blocks import HashDropout
+    with pytest.raises(ValueError, match="p must lie in"):
+        HashDropout(1.0)
+
+
+def test_hash_dropout_module(backend):
+    from nnformer_fast.models.blocks import HashDropout
+    x = _dropout_input((50, 8), torch.float32)
+    _skip_unsupported(backend, "dropout", x)
+    m = HashDropout(0.25)
+    assert list(m.parameters()) == [] and m.state_dict() == {}
+    assert m.eval()(x) is x and HashDropout(0.0).train()(x) is x
+    m.train()
+    torch.manual_seed(7)
+    a = m(x)
+    torch.manual_seed(7)
+    b = m(x)
+    assert torch.equal(a, b) and not torch.equal(a, m(x))
+    assert 0 < (a == 0).sum() < x.numel()
+
+
+def test_dropout_select_falls_through_for_unimplemented_ops():
+    """A backend without "dropout" says so, and automatic selection skips it."""
+    from nnformer_fast.ops.backends import Backend, select
+    x = torch.randn(3)
+    assert Backend("partial", ops={"bigin": None}).reasons("dropout", x) == ["does not implement dropout"]
+    assert select("dropout", x).name in ("native", "torch")
+    if "triton" in _REGISTRY:
+        assert _REGISTRY["triton"].reasons("dropout", x)
 
 try:
     from hypothesis import given, settings

@@ -35,20 +35,21 @@ void fwd_kernel(const T* h, const T* g, const int64_t* rp, const int64_t* cl, co
     std::vector<acc_t> z(m);
     for (int64_t i = begin; i < end; ++i) {
       preact(z.data(), h, g, rp, cl, rpt, clt, i, m);
-      T* yi = y + i * m;
+      acc_t* zi = z.data();
       switch (a) {  // one loop per activation so each one vectorises
         case Act::kRelu:
-          for (int64_t c = 0; c < m; ++c) yi[c] = static_cast<T>(z[c] > 0 ? z[c] : acc_t(0));
+          for (int64_t c = 0; c < m; ++c) zi[c] = zi[c] > 0 ? zi[c] : acc_t(0);
           break;
         case Act::kLeakyRelu:
-          for (int64_t c = 0; c < m; ++c) yi[c] = static_cast<T>(z[c] > 0 ? z[c] : z[c] * acc_t(0.01));
+          for (int64_t c = 0; c < m; ++c) zi[c] = zi[c] > 0 ? zi[c] : zi[c] * acc_t(0.01);
           break;
         case Act::kSquareRelu:
-          for (int64_t c = 0; c < m; ++c) yi[c] = static_cast<T>(z[c] > 0 ? z[c] * z[c] : acc_t(0));
+          for (int64_t c = 0; c < m; ++c) zi[c] = zi[c] > 0 ? zi[c] * zi[c] : acc_t(0);
           break;
         default:
-          for (int64_t c = 0; c < m; ++c) yi[c] = static_cast<T>(act_fwd(a, z[c]));
+          for (int64_t c = 0; c < m; ++c) zi[c] = act_fwd(a, zi[c]);
       }
+      store(y + i * m, zi, m);
     }
   });
 }
@@ -65,22 +66,20 @@ void bwd_kernel(const T* dy, const T* h, const T* g, const int64_t* rp, const in
     std::vector<acc_t> z(m);
     for (int64_t i = begin; i < end; ++i) {
       preact(z.data(), h, g, rp, cl, rpt, clt, i, m);
-      const T* dyi = dy + i * m;
       acc_t* dzi = dz + i * m;
+      load(dzi, dy + i * m, m);  // dz = dy, then times act'(z)
       switch (a) {
         case Act::kRelu:
-          for (int64_t c = 0; c < m; ++c) dzi[c] = z[c] > 0 ? static_cast<acc_t>(dyi[c]) : acc_t(0);
+          for (int64_t c = 0; c < m; ++c) dzi[c] = z[c] > 0 ? dzi[c] : acc_t(0);
           break;
         case Act::kLeakyRelu:
-          for (int64_t c = 0; c < m; ++c)
-            dzi[c] = static_cast<acc_t>(dyi[c]) * (z[c] > 0 ? acc_t(1) : acc_t(0.01));
+          for (int64_t c = 0; c < m; ++c) dzi[c] = dzi[c] * (z[c] > 0 ? acc_t(1) : acc_t(0.01));
           break;
         case Act::kSquareRelu:
-          for (int64_t c = 0; c < m; ++c)
-            dzi[c] = z[c] > 0 ? static_cast<acc_t>(dyi[c]) * acc_t(2) * z[c] : acc_t(0);
+          for (int64_t c = 0; c < m; ++c) dzi[c] = z[c] > 0 ? dzi[c] * acc_t(2) * z[c] : acc_t(0);
           break;
         default:
-          for (int64_t c = 0; c < m; ++c) dzi[c] = static_cast<acc_t>(dyi[c]) * act_grad(a, z[c]);
+          for (int64_t c = 0; c < m; ++c) dzi[c] = dzi[c] * act_grad(a, z[c]);
       }
       if (static_cast<void*>(dh) != static_cast<void*>(dz)) store(dh + i * m, dzi, m);
     }

@@ -7,9 +7,34 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from ..ops import bigin, dag_attention
+from ..ops import bigin, dag_attention, dropout
 
-__all__ = ["DAGAttention", "BiGINMlp", "LayerScale", "DropPath", "AttentionBlock", "FeedForwardBlock"]
+__all__ = ["HashDropout", "DAGAttention", "BiGINMlp", "LayerScale", "DropPath", "AttentionBlock", "FeedForwardBlock"]
+
+
+class HashDropout(nn.Module):
+    """Drop-in for ``nn.Dropout`` on :func:`nnformer_fast.ops.dropout` (counter-based mask).
+
+    Each training forward draws a seed from torch's generator (``torch.randint``), so runs
+    are reproducible under ``torch.manual_seed``; the mask is recomputed from the seed in the
+    backward pass instead of being stored. Identity in eval mode or when ``p == 0``.
+    No parameters or buffers: state dicts match ``nn.Dropout``'s.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"HashDropout: p must lie in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        return dropout(x, self.p, seed=seed)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class DAGAttention(nn.Module):
@@ -29,7 +54,7 @@ class DAGAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.lin_d = nn.Linear(1, dim) if degree_gating else None
         self.attn_drop = attn_drop
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = HashDropout(proj_drop)
 
     def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
         if self.lin_d is not None:
@@ -51,7 +76,7 @@ class BiGINMlp(nn.Module):
         self.gcn = nn.Linear(dim, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.act = act
-        self.drop = nn.Dropout(drop)
+        self.drop = HashDropout(drop)
 
     def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
         y = bigin(self.fc1(x), self.gcn(x), graph, act=self.act)

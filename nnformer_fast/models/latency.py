@@ -5,7 +5,13 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from .blocks import AttentionBlock, BiGINMlp, DAGAttention, FeedForwardBlock
+from .blocks import (
+    AttentionBlock,
+    BiGINMlp,
+    DAGAttention,
+    FeedForwardBlock,
+    HashDropout,
+)
 
 __all__ = ["NNFormerLatency", "STATIC_FEATURES"]
 
@@ -18,8 +24,8 @@ class PreReduction(nn.Module):
     def __init__(self, dim: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(2 * dim, dim), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), HashDropout(dropout),
+                                 nn.Linear(2 * dim, dim), HashDropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.norm(x)
@@ -54,8 +60,8 @@ class NNFormerLatency(nn.Module):
             for _ in range(n_layers))
         self.pre_reduction = PreReduction(dim, dropout)
         self.norm_sf_linear = nn.Linear(static_features, dim)
-        self.norm_sf_drop = nn.Dropout(dropout)
-        self.predictor = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Dropout(dropout),
+        self.norm_sf_drop = HashDropout(dropout)
+        self.predictor = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), HashDropout(dropout),
                                        nn.Linear(dim, 1), nn.Softplus())
         for m in self.modules():
             if isinstance(m, nn.Linear):

@@ -1,4 +1,4 @@
-"""Public ops: ``dag_attention`` and ``bigin``, dispatched to the best available backend.
+"""Public ops: ``dag_attention``, ``bigin`` and ``dropout``, dispatched to the best available backend.
 
 Backends: ``torch`` (always, :mod:`.reference`), ``native`` (the compiled extension) and
 ``triton`` register themselves in :mod:`.backends` when they load.
@@ -13,12 +13,13 @@ from torch import Tensor
 from ..graph import GraphBatch
 from . import reference
 from .backends import Backend, backends, register, select
-from .checks import check_attention, check_bigin
+from .checks import check_attention, check_bigin, check_dropout
 from .reference import ACTIVATIONS
 
-__all__ = ["dag_attention", "bigin", "backends", "ACTIVATIONS"]
+__all__ = ["dag_attention", "bigin", "dropout", "backends", "ACTIVATIONS"]
 
-register(Backend("torch", ops={"dag_attention": reference.dag_attention, "bigin": reference.bigin}))
+register(Backend("torch", ops={"dag_attention": reference.dag_attention, "bigin": reference.bigin,
+                             "dropout": reference.dropout}))
 
 
 def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
@@ -58,6 +59,26 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tens
         raise ValueError(f"bigin: unknown activation {act!r}; expected one of {ACTIVATIONS}")
     return select("bigin", h, g).ops["bigin"](h, g, graph, act=act)
 
+
+
+def dropout(x: Tensor, p: float, *, seed: Optional[int] = None) -> Tensor:
+    """Counter-based dropout (the same mask on every backend; nothing is stored for backward).
+
+    Args:
+        x: any shape, float16/bfloat16/float32/float64.
+        p: drop probability in [0, 1); 0 returns x itself.
+        seed: default drawn from torch's generator. Element e (flat row-major index) is kept
+            when ``reference.dropout_keep_mask(seed, e, 0, 1, p)``; kept values are scaled by
+            ``1 / (1 - p)``, dropped ones are 0. The backward pass recomputes the mask.
+    Returns:
+        a tensor like x.
+    """
+    check_dropout(x, p)
+    if p == 0.0:
+        return x
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+    return select("dropout", x).ops["dropout"](x, p, seed=seed)
 
 # The native backend registers itself on import; a broken install only loses that backend.
 try:

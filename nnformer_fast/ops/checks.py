@@ -55,3 +55,12 @@ def check_bigin(h: Tensor, g: Tensor, graph: GraphBatch) -> None:
     if h.shape[1] % 2:
         raise ValueError(f"bigin: the width M must be even (g splits into two halves), got {h.shape[1]}")
     _check_device(graph, h=h, g=g)
+
+
+def check_dropout(x: Tensor, p: float) -> None:
+    """x: any shape, a float dtype; p a number in [0, 1)."""
+    _check_float("x", x)
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"dropout: p must be a float, got {type(p).__name__}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must lie in [0, 1), got {p}")

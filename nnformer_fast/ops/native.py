@@ -2,7 +2,7 @@
 
 Schemas are declared once in C++ (``csrc/nnformer_fast.cpp``); this module adds what
 ``torch.compile`` and autograd need — ``register_fake`` for every op and
-``register_autograd`` for the two forward ops — and registers the backend. When the
+``register_autograd`` for the forward ops — and registers the backend. When the
 extension is missing or was built against another torch, importing this module still works:
 it warns once and registers the backend with ``load_error`` set, so ``torch`` runs.
 """
@@ -19,7 +19,7 @@ from .._build import build_info
 from ..graph import GraphBatch
 from .backends import Backend, register
 
-__all__ = ["dag_attention", "bigin", "LOAD_ERROR", "MAX_HEAD_DIM"]
+__all__ = ["dag_attention", "bigin", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
 _BUILD = build_info()
@@ -35,7 +35,7 @@ if LOAD_ERROR is not None:
     warnings.warn(f"nnformer_fast: {LOAD_ERROR}; falling back to the torch backend", RuntimeWarning, stacklevel=2)
 
 _OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
-    and hasattr(torch.ops.nnformer_fast, "dag_attention_fwd")
+    and hasattr(torch.ops.nnformer_fast, "dag_attention_fwd") and hasattr(torch.ops.nnformer_fast, "dropout_fwd")
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -61,6 +61,10 @@ if _OPS_READY:
     @torch.library.register_fake("nnformer_fast::bigin_bwd")
     def _bigin_bwd_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act):
         return torch.empty_like(h), torch.empty_like(g)
+
+    @torch.library.register_fake("nnformer_fast::dropout_fwd")
+    def _dropout_fake(x, p, seed):
+        return torch.empty_like(x)
 
     @torch.library.register_fake("nnformer_fast::build_relations")
     def _relations_fake(src, dst, num_nodes):
@@ -98,6 +102,15 @@ if _OPS_READY:
     torch.library.register_autograd("nnformer_fast::bigin_fwd", _bigin_backward, setup_context=_bigin_setup)
 
 
+    # dropout: the backward pass is the same op (same mask, same scale) on the gradient.
+    def _dropout_setup(ctx, inputs, output):
+        _, ctx.p, ctx.seed = inputs
+
+    def _dropout_backward(ctx, dy):
+        return _ops.dropout_fwd(dy.contiguous(), ctx.p, ctx.seed), None, None
+
+    torch.library.register_autograd("nnformer_fast::dropout_fwd", _dropout_backward, setup_context=_dropout_setup)
+
 # ---------------------------------------------------------------------- public-op adapters
 def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
                   scale: Optional[float] = None, seed: int = 0) -> Tensor:
@@ -119,6 +132,10 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tens
                                              graph.adjt_rowptr, graph.adjt_col, act)
 
 
+def dropout(x: Tensor, p: float, *, seed: int = 0) -> Tensor:
+    """Native counter-based ``dropout`` (signature of :func:`nnformer_fast.ops.dropout`)."""
+    return torch.ops.nnformer_fast.dropout_fwd(x.contiguous(), float(p), seed)
+
 def _unsupported(op: str, *tensors: Tensor) -> list:
     reasons = []
     t = tensors[0]
@@ -133,7 +150,7 @@ def _unsupported(op: str, *tensors: Tensor) -> list:
 
 register(Backend(
     "native",
-    ops={"dag_attention": dag_attention, "bigin": bigin},
+    ops={"dag_attention": dag_attention, "bigin": bigin, "dropout": dropout},
     load_error=LOAD_ERROR if LOAD_ERROR is not None or _OPS_READY else "native ops did not register",
     unsupported=_unsupported,
     preferred_on=("cpu", "cuda"),

@@ -1,4 +1,4 @@
-"""Plain-PyTorch ``dag_attention`` and ``bigin`` written from SPEC §2–3.
+"""Plain-PyTorch ``dag_attention``, ``bigin`` (SPEC §2–3) and counter-based ``dropout``.
 
 The CPU fallback and the oracle every kernel backend is tested against. Time and memory are
 linear in the relation entries (gather, segment softmax, ``index_add``); no (N, N) tensor.
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..graph import NUM_RELATIONS, GraphBatch
 
-__all__ = ["dag_attention", "bigin", "activation", "dropout_keep_mask", "ACTIVATIONS"]
+__all__ = ["dag_attention", "bigin", "dropout", "activation", "dropout_keep_mask", "ACTIVATIONS"]
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "square_relu")
 _MASK32 = 0xFFFFFFFF
@@ -103,3 +103,21 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tens
     from_children = torch.zeros_like(g1).index_add_(0, graph.adj_row, g1.index_select(0, graph.adj_col))
     from_parents = torch.zeros_like(g2).index_add_(0, graph.adjt_row, g2.index_select(0, graph.adjt_col))
     return activation(h.to(compute) + torch.cat([from_children, from_parents], 1), act).to(h.dtype)
+
+
+def dropout(x: Tensor, p: float, *, seed: int = 0) -> Tensor:
+    """Counter-based elementwise dropout: the oracle of every backend's ``dropout``.
+
+    Element ``e`` (flat index of x in row-major order) is kept when
+    ``dropout_keep_mask(seed, e, 0, 1, p)``, i.e. ``hash32(e ^ hash32(seed)) >> 8 >= p * 2**24``,
+    and scaled by ``1 / (1 - p)`` (in float32, float64 for float64 inputs); dropped elements
+    are exactly 0. The backward pass is the same mask (autograd of ``where``) times the
+    gradient. Returns a tensor like x.
+    """
+    if p == 0.0:
+        return x
+    entry = torch.arange(x.numel(), device=x.device).view(x.shape)
+    keep = dropout_keep_mask(seed, entry, torch.zeros((), dtype=torch.int64, device=x.device), 1, p)
+    compute = torch.promote_types(x.dtype, torch.float32)
+    y = x.to(compute) * (1.0 / (1.0 - p))
+    return torch.where(keep, y, y.new_zeros(())).to(x.dtype)
