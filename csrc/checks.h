@@ -125,6 +125,41 @@ inline void check_attention_inputs(const char* op, const at::Tensor& q, const at
   check_csr(rel_rowptr, rel_col, 4 * n, n, op, "rel", q.device());
 }
 
+// Accumulation dtype of the float32 side outputs (lse, workspaces): float64 for float64 inputs.
+inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// dag_attention_fwd: the attention inputs, the transposed-entry permutation and dropout_p.
+inline void check_attention_fwd_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& rel_rowptr,
+                                       const at::Tensor& rel_col, const at::Tensor& rel_tperm,
+                                       double dropout_p) {
+  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
+  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
+              dropout_p);
+}
+
+// dag_attention_bwd: the forward's inputs plus dout, out (N, H, Dh) and lse (N, H) of the
+// accumulation dtype; rel_tperm entries must index rel_col (the backward follows them).
+inline void check_attention_bwd_inputs(const char* op, const at::Tensor& dout, const at::Tensor& q,
+                                       const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& out, const at::Tensor& lse,
+                                       const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+                                       const at::Tensor& rel_tperm, double dropout_p) {
+  check_attention_fwd_inputs(op, q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p);
+  check_float(dout, op, "dout", 3, q);
+  check_float(out, op, "out", 3, q);
+  check_same_shape(q, dout, op, "q", "dout");
+  check_same_shape(q, out, op, "q", "out");
+  const int64_t n = q.size(0), heads = q.size(1);
+  const at::ScalarType want = acc_dtype(q.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == want && lse.dim() == 2 && lse.size(0) == n &&
+                  lse.size(1) == heads && lse.is_contiguous() && lse.device() == q.device(),
+              op, ": lse must be a contiguous (", n, ", ", heads, ") ", want, " tensor on ",
+              q.device(), ", got ", lse.scalar_type(), " ", lse.sizes());
+  check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
+}
+
 inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Tensor& g,
                                const at::Tensor& adj_rowptr, const at::Tensor& adj_col,
                                const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col) {

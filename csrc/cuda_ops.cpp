@@ -22,8 +22,6 @@ cuda::DType to_dtype(at::ScalarType t) {
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 void check_cuda(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
 }
@@ -35,10 +33,7 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cuda(
   const char* op = "nnformer_fast::dag_attention_fwd";
   TORCH_CHECK(q.is_cuda(), op, ": q must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(q.device());
-  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
-  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
-              dropout_p);
+  check_attention_fwd_inputs(op, q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p);
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
   auto out = at::empty_like(q);
   auto lse = at::empty({n, heads}, q.options().dtype(acc_dtype(q.scalar_type())));
@@ -59,21 +54,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cuda(
   const char* op = "nnformer_fast::dag_attention_bwd";
   TORCH_CHECK(q.is_cuda(), op, ": q must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(q.device());
-  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
-  check_float(dout, op, "dout", 3, q);
-  check_float(out, op, "out", 3, q);
-  check_same_shape(q, dout, op, "q", "dout");
-  check_same_shape(q, out, op, "q", "out");
+  check_attention_bwd_inputs(op, dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm,
+                             dropout_p);
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
-  TORCH_CHECK(lse.scalar_type() == acc_dtype(q.scalar_type()) && lse.dim() == 2 &&
-                  lse.size(0) == n && lse.size(1) == heads && lse.is_contiguous() &&
-                  lse.device() == q.device(),
-              op, ": lse must be a contiguous (", n, ", ", heads, ") ", acc_dtype(q.scalar_type()),
-              " tensor on ", q.device());
-  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
-  check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
-              dropout_p);
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   auto ws = at::empty({2 * rel_col.numel() * (heads / 4)}, lse.options());
   check_cuda(cuda::dag_attention_bwd(to_dtype(q.scalar_type()), dout.data_ptr(), q.data_ptr(),

@@ -120,14 +120,16 @@ def test_bigin_matches_dense_oracle(backend, family, act):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_bigin_low_precision(backend, dtype, act):
     graph = FAMILIES["odd_sizes"]()
-    h, g = (torch.randn(graph.num_nodes, 38, dtype=torch.float64) for _ in range(2))
+    gen = torch.Generator().manual_seed(6)
+    h, g, grad_out = (torch.randn(graph.num_nodes, 38, generator=gen, dtype=torch.float64) for _ in range(3))
     _skip_unsupported(backend, "bigin", h.to(dtype), g.to(dtype))
     hl, gl = (t.to(dtype).requires_grad_() for t in (h, g))
     out = bigin(hl, gl, graph, act=act)
     assert out.dtype == dtype
-    grad_out = torch.randn_like(h)
     out.backward(grad_out.to(dtype))
-    h64, g64 = (t.clone()[None].requires_grad_() for t in (h, g))
+    # the exact result of the same (rounded) inputs: relu-like kinks make a gradient
+    # ill-conditioned where rounding the inputs moves the pre-activation across 0
+    h64, g64 = (t.detach().double()[None].requires_grad_() for t in (hl, gl))
     exact = dense_bigin(h64, g64, _dense_adj(graph), act)[0]
     exact.backward(grad_out)
     hp, gp = (t.detach().clone()[None].requires_grad_() for t in (hl, gl))

@@ -160,20 +160,15 @@ void bwd_dkdv_kernel(const T* dout, const T* q, const int64_t* rowptr, const int
   });
 }
 
-at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rel_rowptr,
     const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
     int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_fwd";
-  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
-  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
-              dropout_p);
+  check_attention_fwd_inputs(op, q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p);
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
   auto out = at::empty_like(q);
-  auto lse = at::empty({n, heads}, q.options().dtype(lse_dtype(q.scalar_type())));
+  auto lse = at::empty({n, heads}, q.options().dtype(acc_dtype(q.scalar_type())));
   const Dropout drop = Dropout::make(dropout_p, seed, heads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "dag_attention_fwd", [&] {
     using acc_t = typename AccType<scalar_t>::type;
@@ -191,21 +186,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cpu(
     const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
     int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_bwd";
-  check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
-  check_float(dout, op, "dout", 3, q);
-  check_float(out, op, "out", 3, q);
-  check_same_shape(q, dout, op, "q", "dout");
-  check_same_shape(q, out, op, "q", "out");
+  check_attention_bwd_inputs(op, dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm,
+                             dropout_p);
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
-  TORCH_CHECK(lse.scalar_type() == lse_dtype(q.scalar_type()) && lse.dim() == 2 &&
-                  lse.size(0) == n && lse.size(1) == heads && lse.is_contiguous() &&
-                  lse.device() == q.device(),
-              op, ": lse must be a contiguous (", n, ", ", heads, ") ", lse_dtype(q.scalar_type()),
-              " tensor on ", q.device(), ", got ", lse.scalar_type(), " ", lse.sizes());
-  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
-  check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
-              dropout_p);
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   const int64_t groups = heads / 4;
   auto buf = at::empty({2, rel_col.numel() * groups}, lse.options());
