@@ -28,16 +28,24 @@ def record_linear_calls(model: nn.Module, run: Callable[[], object]) -> list:
 
 
 def gemm_floor_step(calls: list, *, backward: bool, autocast_dtype=None) -> Callable[[], None]:
-    """A function running every recorded Linear call once (inputs pre-made outside the timing)."""
+    """A function running every recorded Linear call once, forward then (with ``backward``)
+    its backward, one call at a time so that no more memory is live than in the model.
+    Inputs and output gradients are made once, outside the timing."""
     device = next(calls[0][0].parameters()).device
+
+    def autocast():
+        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+
     inputs = [torch.randn(shape, device=device).to(dtype).requires_grad_(needs_grad and backward)
               for _, shape, dtype, needs_grad in calls]
+    with autocast(), torch.no_grad():
+        grads = [torch.randn_like(module(x)) for (module, *_), x in zip(calls, inputs)]
 
     def step():
-        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with ctx, torch.set_grad_enabled(backward):
-            outs = [module(x) for (module, *_), x in zip(calls, inputs)]
-        if backward:
-            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+        with autocast(), torch.set_grad_enabled(backward):
+            for (module, *_), x, grad in zip(calls, inputs, grads):
+                out = module(x)
+                if backward:
+                    out.backward(grad)
 
     return step

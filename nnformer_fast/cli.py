@@ -94,12 +94,20 @@ def _register_predict(subparsers) -> None:
     register_predict(subparsers)
 
 
+# ------------------------------------------------------------------ reproduce
+def _register_reproduce(subparsers) -> None:
+    from .train.reproduce import register_reproduce
+
+    register_reproduce(subparsers)
+
+
 #: (name, registration function) of every subcommand, in help order.
 COMMANDS: list[tuple[str, Callable]] = [
     ("build-latency-set", _register_build_latency_set),
     ("train", _register_train),
     ("evaluate", _register_evaluate),
     ("predict", _register_predict),
+    ("reproduce", _register_reproduce),
 ]
 
 

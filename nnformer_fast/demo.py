@@ -123,25 +123,12 @@ def main(argv=None) -> int:
               "metrics": m, "packed_bf16_graphs_per_s": t["graphs_per_s"],
               "reference_fp32_graphs_per_s": base.graphs_per_s, "speedup": ratio}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
-    try:
-        import matplotlib
+    from .train.plots import scatter_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.scatter(y, pred, s=10, alpha=0.7)
-        lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("measured latency (ms)")
-        ax.set_ylabel("predicted latency (ms)")
-        ax.set_title(f"held-out: MAPE {100 * m['mape']:.1f}%, tau {m['tau']:.3f}")
-        fig.tight_layout()
-        fig.savefig(out / "scatter.png", dpi=120)
+    if scatter_plot(y, pred, out / "scatter.png", xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
+                    title=f"held-out: MAPE {100 * m['mape']:.1f}%, tau {m['tau']:.3f}", log=True):
         print(f"wrote {out / 'metrics.json'} and {out / 'scatter.png'}")
-    except ImportError:
+    else:
         print(f"wrote {out / 'metrics.json'} (matplotlib not installed: no scatter plot)")
     print(f"demo wall time {time.perf_counter() - t_all:.0f} s")
     return 0

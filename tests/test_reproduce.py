@@ -1,0 +1,190 @@
+"""``nnformer-fast reproduce``: end to end on tiny synthetic benchmark files (the formats of
+../shared/data/README.md), the generated markdown section, bad inputs, and one quick real-data
+run that skips when the shared data folder is absent."""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnformer_fast.cli import main
+from nnformer_fast.train.reproduce import EXPERIMENTS, section_markers, update_markdown
+
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+FAST = ["--quick", "--epochs", "1", "--threads", "1"]
+try:
+    import matplotlib  # noqa: F401
+
+    HAVE_MPL = True
+except ImportError:  # optional: runs then write metrics without plots
+    HAVE_MPL = False
+
+
+def _arch(ops) -> str:
+    return "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops)
+
+
+def _make_data(root: Path, n201: int = 60, n101: int = 40) -> Path:
+    """Fake nb201_accuracy.csv, nb101_naslib_500.json and nb201_latency/ under ``root``."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    archs = [_arch(ops) for ops in itertools.islice(itertools.product(NB201_OPS, repeat=6), 7, 7 + 9 * n201, 9)]
+    convs = np.array([a.count("conv") for a in archs])
+    with open(root / "nb201_accuracy.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["CIFAR10TestAccuracy200Epochs", "CIFAR100TestAccuracy200Epochs", "ImageNetTestAccuracy200Epochs",
+                    "ArchitectureString", "UniqueString"])
+        for i, a in enumerate(archs):
+            acc = 80 + 2.5 * convs[i] + rng.normal(0, 0.5)
+            w.writerow([f"{acc:.3f}", f"{acc - 20:.3f}", f"{acc - 40:.3f}", a, f"u{i}"])
+    # NB101 (NASLib): 49 adjacency entries + 7 op ids [input, output, maxpool3x3, conv1x1, conv3x3]
+    cells = {}
+    while len(cells) < n101:
+        adj = np.triu(rng.random((7, 7)) < 0.3, 1).astype(int)
+        adj[np.arange(6), np.arange(1, 7)] = 1  # a chain keeps every node on a path
+        ops = [0] + list(rng.integers(2, 5, 5)) + [1]
+        key = "(" + ", ".join(map(str, list(adj.reshape(-1)) + ops)) + ")"
+        cells[key] = {"val_accuracy": float(85 + 2 * ops.count(4) + rng.normal(0, 0.3)), "flops": 1.0, "params": 2.0}
+    (root / "nb101_naslib_500.json").write_text(json.dumps({"nasbench101": {"cifar10": cells}}))
+    lat = root / "nb201_latency"
+    lat.mkdir(exist_ok=True)
+    torch.save({a: i for i, a in enumerate(archs)}, lat / "str_arch2idx.pt")
+    torch.save([0, 1, 2], lat / "hardware_embedding_index.pt")  # not a device: ignored
+    for dev, scale in (("pixel3", 1.0), ("gold_6226", 3.0)):
+        torch.save([float(scale * (1 + c + rng.random())) for c in convs], lat / f"{dev}.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _make_data(tmp_path_factory.mktemp("data"))
+
+
+def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
+    out, doc = tmp_path / "runs", tmp_path / "docs" / "REPRODUCTION.md"
+    rc = main(["reproduce", "all", "--data-dir", str(data), "--out", str(out), "--doc", str(doc),
+               "--fractions", "0.1,50%", "--nb101-train", "10", *FAST])
+    assert rc == 0, capsys.readouterr().err
+    for run in ("nb201-accuracy/train-10pct", "nb201-accuracy/train-50pct", "nb101-accuracy/train-10",
+                "nb201-latency/pixel3", "nb201-latency/gold_6226"):
+        rec = json.loads((out / run / "metrics.json").read_text())
+        assert (out / run / "scatter.png").is_file() == HAVE_MPL
+        assert rec["scatter"] == (str(out / run / "scatter.png") if HAVE_MPL else None)
+        assert rec["n_train"] > 0 and rec["n_test"] > 0 and np.isfinite(rec["metrics"]["tau"])
+        assert rec["epochs"] == 1 and rec["wall_seconds"] > 0
+    lat = json.loads((out / "nb201-latency" / "pixel3" / "metrics.json").read_text())
+    assert lat["n_train"] == 6 and lat["n_test"] == 54 and {"mape", "acc@1", "acc@5", "acc@10"} <= set(lat["metrics"])
+    assert json.loads((out / "nb201-accuracy" / "train-10pct" / "metrics.json").read_text())["n_train"] == 6
+    summary = json.loads((out / "nb201-latency" / "summary.json").read_text())
+    assert [r["device"] for r in summary["runs"]] == ["gold_6226", "pixel3"]  # hardware_embedding_index skipped
+    assert summary["hardware"]["cpu"] and summary["hardware"]["torch_threads"] == 1
+    text = doc.read_text()
+    for e in EXPERIMENTS:
+        begin, end = section_markers(e)
+        assert text.count(begin) == 1 and text.count(end) == 1
+    assert "0.877" in text and "0.89" in text and "1.11" in text and "Quick profile" in text
+    assert "| pixel3 |" in text and "| 10 % |" in text and "| 50 % |" in text
+    for e in EXPERIMENTS:
+        assert (doc.parent / "reproduction" / f"{e}.png").is_file() == HAVE_MPL
+        assert (f"(reproduction/{e}.png)" in text) == HAVE_MPL
+
+
+def test_rerun_replaces_section(data, tmp_path):
+    doc = tmp_path / "R.md"
+    doc.write_text("# Mine\n\nhand-written notes stay.\n")
+    args = ["reproduce", "nb201-latency", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--doc", str(doc),
+            *FAST]
+    assert main([*args, "--devices", "pixel3"]) == 0
+    assert main([*args, "--devices", "gold_6226"]) == 0
+    text = doc.read_text()
+    begin, end = section_markers("nb201-latency")
+    assert text.startswith("# Mine\n\nhand-written notes stay.\n")
+    assert text.count(begin) == 1 and text.count(end) == 1
+    assert "| gold_6226 |" in text and "| pixel3 |" not in text
+
+
+def test_update_markdown_keeps_surroundings(tmp_path):
+    doc = tmp_path / "d.md"
+    update_markdown(doc, "nb101-accuracy", "first")
+    update_markdown(doc, "nb101-accuracy", "second")
+    text = doc.read_text()
+    assert "second" in text and "first" not in text
+    assert text.count(section_markers("nb101-accuracy")[0]) == 1
+    assert text.count(section_markers("nb201-accuracy")[0]) == 1  # the template's placeholders
+    begin, _ = section_markers("nb101-accuracy")
+    doc.write_text(f"head\n{begin}\nno end marker\n")
+    with pytest.raises(ValueError, match="end marker"):
+        update_markdown(doc, "nb101-accuracy", "x")
+
+
+def test_bad_inputs(data, tmp_path, capsys):
+    common = ["--out", str(tmp_path / "o"), "--no-doc", *FAST]
+    assert main(["reproduce", "nb101-accuracy", "--data-dir", str(tmp_path / "missing"), *common]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["reproduce", "nb201-accuracy", "--data-dir", str(empty), *common]) == 2
+    assert "nb201_accuracy.csv" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "nb999-accuracy", "--data-dir", str(data), *common])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert main(["reproduce", "nb201-latency", "--devices", "pixel3,tpu_v9", "--data-dir", str(data), *common]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device(s) tpu_v9" in err and "pixel3" in err
+    assert main(["reproduce", "nb101-accuracy", "--devices", "pixel3", "--data-dir", str(data), *common]) == 2
+    assert "--devices applies to nb201-latency" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "nb201-accuracy", "--fractions", "1.5", "--data-dir", str(data), *common])
+    assert "(0, 1)" in capsys.readouterr().err
+    assert main(["reproduce", "nb101-accuracy", "--nb101-train", "500", "--data-dir", str(data), *common]) == 2
+    assert "need more than" in capsys.readouterr().err
+
+
+def test_missing_default_data_dir(tmp_path, monkeypatch, capsys):
+    import nnformer_fast.data.cells as cells
+
+    monkeypatch.setattr(cells, "default_data_dir", lambda: None)
+    assert main(["reproduce", "nb101-accuracy", "--out", str(tmp_path), "--no-doc", *FAST]) == 2
+    assert "NNFORMER_FAST_DATA" in capsys.readouterr().err
+
+
+def test_quick_nb101_on_real_data(tmp_path):
+    from nnformer_fast.data.cells import default_data_dir
+
+    root = default_data_dir()
+    if root is None or not (Path(root) / "nb101_naslib_500.json").is_file():
+        pytest.skip("shared benchmark data not available (set NNFORMER_FAST_DATA)")
+    t = time.perf_counter()
+    assert main(["reproduce", "nb101-accuracy", "--data-dir", str(root), "--out", str(tmp_path), "--no-doc",
+                 *FAST]) == 0
+    rec = json.loads((tmp_path / "nb101-accuracy" / "train-100" / "metrics.json").read_text())
+    assert rec["n_train"] == 100 and rec["n_test"] == 400 and np.isfinite(rec["metrics"]["tau"])
+    assert time.perf_counter() - t < 15
+
+
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib not installed")
+def test_scatter_plot(tmp_path, monkeypatch):
+    import builtins
+
+    from nnformer_fast.train.plots import scatter_plot
+
+    y = np.linspace(1, 10, 50)
+    assert scatter_plot(y, y * 1.1, tmp_path / "a" / "s.png", log=True, title="t", max_points=20)
+    assert (tmp_path / "a" / "s.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="predictions"):
+        scatter_plot(y, y[:3], tmp_path / "b.png")
+    real_import = builtins.__import__
+
+    def no_mpl(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    assert scatter_plot(y, y, tmp_path / "c.png") is False and not (tmp_path / "c.png").exists()
