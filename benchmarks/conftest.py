@@ -2,27 +2,12 @@
 group's fastest entry (all entries of a group run on the same inputs in one session)."""
 import os
 
-import pytest
 import torch
-
-# Triton's CPU interpreter only when no GPU; the benchmarks never force it on the CPU.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 
 # A shared 2-core machine: with every core in one parallel region, a single busy core stalls
 # each region. NNFF_BENCH_THREADS=1 keeps the ratios meaningful there (RESULTS.md says which).
 if os.environ.get("NNFF_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["NNFF_BENCH_THREADS"]))
-
-
-def pytest_addoption(parser):
-    parser.addoption("--full", action="store_true", help="the long profile (bigger shapes, more rounds)")
-
-
-@pytest.fixture(scope="session")
-def full(request) -> bool:
-    return request.config.getoption("--full")
 
 
 def pytest_terminal_summary(terminalreporter, config):
