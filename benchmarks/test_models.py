@@ -196,3 +196,48 @@ def test_training_step_gemm_floor(benchmark, training_setup, precision):
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         calls = record_linear_calls(model, lambda: model(x, graph, static))
     benchmark(gemm_floor_step(calls, backward=True, autocast_dtype=dtype))
+
+
+# ---------------------------------------------------------------------------- NAS-Bench-201 cells (mixed sizes)
+NB201_GROUP = "accuracy model forward, 1024 NB201 cells of 2-8 nodes, fp32"
+
+
+def _nb201_cells(count, seed=0):
+    """Random NAS-Bench-201 cells (6 random edge operations): pruning leaves 2-8 nodes."""
+    from nnformer_fast.data.cells import NB201_OPS, nb201_cell
+
+    ops = [op for op in NB201_OPS if op not in ("input", "output")]
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(ops), (count, 6), generator=g).tolist()
+    return [nb201_cell([ops[i] for i in row]) for row in picks]
+
+
+@pytest.fixture(scope="module")
+def nb201_setup():
+    from nnformer_fast.data.cells import collate_padded, collate_same_size, group_by_size, tokenize
+
+    torch.manual_seed(0)
+    model = NNFormer(depths=[12]).eval()
+    cells = _nb201_cells(1024)
+    padded = collate_padded([tokenize(c) for c in cells])
+    # the reference's batching: one batch per cell size
+    same_size = [collate_same_size([tokenize(cells[i]) for i in idx]) for idx in group_by_size(cells).values()]
+    return model, padded, same_size
+
+
+@pytest.mark.benchmark(group=NB201_GROUP)
+def test_nb201_packed_mixed_sizes(benchmark, nb201_setup):
+    model, padded, same_size = nb201_setup
+    with torch.no_grad():
+        ours = torch.sort(model(padded, None).flatten()).values
+        ref = torch.sort(torch.cat([dense_nnformer(model.state_dict(), s, depth=12) for s in same_size]).flatten()).values
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+        benchmark(model, padded, None)
+
+
+@pytest.mark.benchmark(group=NB201_GROUP)
+def test_nb201_dense_one_batch_per_size(benchmark, nb201_setup):
+    model, _, same_size = nb201_setup
+    params = model.state_dict()
+    with torch.no_grad():
+        benchmark(lambda: [dense_nnformer(params, s, depth=12) for s in same_size])
