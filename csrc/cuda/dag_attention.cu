@@ -229,6 +229,22 @@ cudaError_t with_vec(int vec, F&& f) {
   }
 }
 
+// Calls f(T{}, integral_constant<VEC>) for the element type of dtype and the widest vector
+// width every row pointer in ptrs allows (widths over 16 bytes are never instantiated).
+template <typename F>
+cudaError_t dispatch_vec(DType dtype, int64_t dh, std::initializer_list<const void*> ptrs, F&& f) {
+  return dispatch(dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    return with_vec(pick_vec<T>(static_cast<int>(dh), ptrs), [&](auto vc) -> cudaError_t {
+      if constexpr (decltype(vc)::value * sizeof(T) > 16) {
+        return cudaErrorInvalidValue;
+      } else {
+        return f(tag, vc);
+      }
+    });
+  });
+}
+
 }  // namespace
 
 cudaError_t dag_attention_fwd(DType dtype, const void* q, const void* k, const void* v,
@@ -238,23 +254,16 @@ cudaError_t dag_attention_fwd(DType dtype, const void* q, const void* k, const v
   if (n == 0) return cudaSuccess;
   const Dropout drop = Dropout::make(dropout_p, seed, heads);
   const unsigned int blocks = blocks_for(n * heads, kWarpsPerBlock);
-  return dispatch(dtype, [&](auto tag) -> cudaError_t {
+  return dispatch_vec(dtype, dh, {q, k, v, out}, [&](auto tag, auto vc) -> cudaError_t {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
-    const int vec = pick_vec<T>(static_cast<int>(dh), {q, k, v, out});
-    return with_vec(vec, [&](auto vc) -> cudaError_t {
-      constexpr int VEC = decltype(vc)::value;
-      if constexpr (VEC * sizeof(T) > 16) {
-        return cudaErrorInvalidValue;
-      } else {
-        attn_fwd_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
-            static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-            rel_rowptr, rel_col, static_cast<T*>(out), static_cast<acc_t*>(lse), n,
-            static_cast<int>(heads), static_cast<int>(dh), static_cast<acc_t>(scale), drop,
-            static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
-        return cudaGetLastError();
-      }
-    });
+    constexpr int VEC = decltype(vc)::value;
+    attn_fwd_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), rel_rowptr,
+        rel_col, static_cast<T*>(out), static_cast<acc_t*>(lse), n, static_cast<int>(heads),
+        static_cast<int>(dh), static_cast<acc_t>(scale), drop,
+        static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
+    return cudaGetLastError();
   });
 }
 
@@ -267,32 +276,25 @@ cudaError_t dag_attention_bwd(DType dtype, const void* dout, const void* q, cons
   if (n == 0) return cudaSuccess;
   const Dropout drop = Dropout::make(dropout_p, seed, heads);
   const unsigned int blocks = blocks_for(n * heads, kWarpsPerBlock);
-  return dispatch(dtype, [&](auto tag) -> cudaError_t {
+  return dispatch_vec(dtype, dh, {dout, q, k, v, out, dq, dk, dv}, [&](auto tag, auto vc) -> cudaError_t {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
+    constexpr int VEC = decltype(vc)::value;
     acc_t* buf_p = static_cast<acc_t*>(workspace);
     acc_t* buf_ds = buf_p + nnz * (heads / 4);
-    const int vec = pick_vec<T>(static_cast<int>(dh), {dout, q, k, v, out, dq, dk, dv});
-    return with_vec(vec, [&](auto vc) -> cudaError_t {
-      constexpr int VEC = decltype(vc)::value;
-      if constexpr (VEC * sizeof(T) > 16) {
-        return cudaErrorInvalidValue;
-      } else {
-        const acc_t sc = static_cast<acc_t>(scale);
-        attn_bwd_dq_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
-            static_cast<const T*>(dout), static_cast<const T*>(q), static_cast<const T*>(k),
-            static_cast<const T*>(v), static_cast<const T*>(out), static_cast<const acc_t*>(lse),
-            rel_rowptr, rel_col, static_cast<T*>(dq), buf_p, buf_ds, n, static_cast<int>(heads),
-            static_cast<int>(dh), sc, drop, static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
-        cudaError_t err = cudaGetLastError();
-        if (err != cudaSuccess) return err;
-        attn_bwd_dkdv_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
-            static_cast<const T*>(dout), static_cast<const T*>(q), rel_rowptr, rel_col, rel_tperm,
-            buf_p, buf_ds, static_cast<T*>(dk), static_cast<T*>(dv), n, static_cast<int>(heads),
-            static_cast<int>(dh), sc);
-        return cudaGetLastError();
-      }
-    });
+    const acc_t sc = static_cast<acc_t>(scale);
+    attn_bwd_dq_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        static_cast<const T*>(dout), static_cast<const T*>(q), static_cast<const T*>(k),
+        static_cast<const T*>(v), static_cast<const T*>(out), static_cast<const acc_t*>(lse),
+        rel_rowptr, rel_col, static_cast<T*>(dq), buf_p, buf_ds, n, static_cast<int>(heads),
+        static_cast<int>(dh), sc, drop, static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    attn_bwd_dkdv_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        static_cast<const T*>(dout), static_cast<const T*>(q), rel_rowptr, rel_col, rel_tperm, buf_p,
+        buf_ds, static_cast<T*>(dk), static_cast<T*>(dv), n, static_cast<int>(heads),
+        static_cast<int>(dh), sc);
+    return cudaGetLastError();
   });
 }
 
