@@ -156,9 +156,9 @@ def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
             raise ValueError(f"NNFormer: {name} must be ({b}, {l}, {l}), got {tuple(t.shape)}")
         if t.device != code.device:
             raise ValueError(f"NNFormer: {name} is on {t.device} but code on {code.device}")
+    if torch.compiler.is_compiling():  # value checks would break the traced graph
+        return code, rel_pos, adj
     for name in ("code", "code_depth"):
-        if torch.compiler.is_compiling():  # value checks would break the traced graph
-            break
         bad = ~torch.isfinite(sample[name]).flatten(1).all(1)
         if bool(bad.any()):
             raise ValueError(f"NNFormer: {name} of sample {int(bad.nonzero()[0])} holds NaN or inf")
