@@ -11,19 +11,25 @@ from torch import nn
 
 
 def record_linear_calls(model: nn.Module, run: Callable[[], object]) -> list:
-    """[(linear, input shape, input dtype, input requires grad)] of every Linear call in ``run``."""
+    """[(linear, input shape, input dtype, input requires grad)] of every Linear call in ``run``,
+    recorded with the model's shape bucketing off: the floor is the unpadded work."""
     calls = []
+    buckets = getattr(model, "shape_buckets", None)
 
     def hook(module, inputs, _output):
         x = inputs[0]
         calls.append((module, tuple(x.shape), x.dtype, x.requires_grad))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    if buckets is not None:
+        model.shape_buckets = False
     try:
         run()
     finally:
         for h in handles:
             h.remove()
+        if buckets is not None:
+            model.shape_buckets = buckets
     return calls
 
 

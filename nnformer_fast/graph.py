@@ -114,6 +114,34 @@ class GraphBatch:
         """A copy in pinned host memory, for ``to(cuda, non_blocking=True)``."""
         return self._map_tensors(lambda t: t.pin_memory())
 
+    def pad_nodes(self, k: int) -> "GraphBatch":
+        """This batch plus ``k`` padding nodes (ids ``N ... N+k-1``) forming one extra graph.
+
+        Padding nodes have no edges and empty relation rows (not even themselves): they see
+        no node and no node sees them, so every op leaves the real nodes' results unchanged
+        and gives the padding rows ``dag_attention`` output 0. Entry indices (and so the
+        attention-dropout masks) of the real nodes do not move. O(N) copies, no rebuild.
+        Models use it to round the node count up to a few repeated sizes
+        (:mod:`nnformer_fast.models.buckets`).
+        """
+        if k <= 0:
+            return self
+        n, dev = self.num_nodes, self.device
+
+        def empty_rows(rowptr: Tensor, at: int) -> Tensor:  # k empty rows after row ``at - 1``
+            return torch.cat([rowptr[:at], rowptr[at:at + 1].expand(k), rowptr[at:]])
+
+        rel_rowptr = self.rel_rowptr
+        for r in reversed(range(NUM_RELATIONS)):  # after the last row of each relation
+            rel_rowptr = empty_rows(rel_rowptr, (r + 1) * n)
+        return dataclasses.replace(
+            self,
+            ptr=torch.cat([self.ptr, self.ptr.new_tensor([n + k])]),
+            batch=torch.cat([self.batch, torch.full((k,), self.num_graphs, device=dev)]),
+            adj_rowptr=empty_rows(self.adj_rowptr, n), adjt_rowptr=empty_rows(self.adjt_rowptr, n),
+            rel_rowptr=rel_rowptr, max_nodes=max(self.max_nodes, k),
+        )
+
     # ------------------------------------------------------------------ builders
     @classmethod
     def from_edge_index(

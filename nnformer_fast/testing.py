@@ -92,7 +92,7 @@ def assert_close(actual: Tensor, expected: Tensor, *, atol: float, rtol: float, 
     excess = (actual - expected).abs() - (atol + rtol * expected.abs())
     if actual.numel() and bool((excess > 0).any()) or bool(torch.isnan(actual).any() != torch.isnan(expected).any()):
         worst = excess.flatten().topk(min(5, excess.numel())).indices
-        lines = [f"  at {list(torch.unravel_index(i, actual.shape))}: got {actual.flatten()[i]:.6g}, "
+        lines = [f"  at {[int(j) for j in torch.unravel_index(torch.tensor(i), actual.shape)]}: got {actual.flatten()[i]:.6g}, "
                  f"expected {expected.flatten()[i]:.6g}" for i in worst.tolist()]
         raise AssertionError(f"{name}: {int((excess > 0).sum())} of {actual.numel()} elements exceed "
                              f"atol={atol}, rtol={rtol}; worst:\n" + "\n".join(lines))

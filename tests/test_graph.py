@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nnformer_fast import GraphBatch
-from nnformer_fast.graph import TRANSPOSED_RELATION
+from nnformer_fast.graph import NUM_RELATIONS, TRANSPOSED_RELATION
 from nnformer_fast.testing import FAMILIES, random_batch
 
 
@@ -172,3 +172,25 @@ def test_native_and_torch_relation_builders_agree(family):
     for a, b in zip(ours[:4], theirs[:4]):
         assert torch.equal(a, b)
     assert ours[4] == theirs[4].tolist()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("k", [0, 1, 6])
+def test_pad_nodes_adds_one_graph_of_unconnected_rows(family, k):
+    graph = FAMILIES[family]()
+    padded = graph.pad_nodes(k)
+    if k == 0:
+        assert padded is graph
+        return
+    n = graph.num_nodes
+    assert padded.num_nodes == n + k and padded.num_graphs == graph.num_graphs + 1
+    assert padded.batch[n:].eq(graph.num_graphs).all() and padded.ptr[-1] == n + k
+    for name in ("adj", "adjt"):  # same entries; the padding rows are empty
+        rowptr = getattr(padded, f"{name}_rowptr")
+        assert torch.equal(rowptr[:n + 1], getattr(graph, f"{name}_rowptr")) and rowptr[n:].eq(rowptr[n]).all()
+    rel = padded.rel_rowptr.view(-1)[:-1].view(NUM_RELATIONS, n + k)
+    old = graph.rel_rowptr[:-1].view(NUM_RELATIONS, n)
+    assert torch.equal(rel[:, :n], old)
+    assert torch.equal(rel[:, n:], torch.cat([old[1:, :1], graph.rel_rowptr[-1:].view(1, 1)]).expand(-1, k))
+    for name in ("rel_col", "rel_row", "rel_tperm", "edge_index", "rel_offsets"):
+        assert getattr(padded, name) is getattr(graph, name)

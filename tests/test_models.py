@@ -4,6 +4,7 @@ import torch
 
 from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
 from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
+from nnformer_fast.models.buckets import bucket_size
 from nnformer_fast.testing import assert_close, random_dag_edges
 
 ACCURACY_KEYS_PER_LAYER = [
@@ -209,3 +210,33 @@ def test_latency_model_bad_input():
     x[7, 3] = float("inf")
     with pytest.raises(ValueError, match="x of graph 1 holds NaN or inf"):
         model(x, graph, static)
+
+
+def test_bucket_sizes_repeat_and_pad_little():
+    sizes = [bucket_size(n) for n in range(1, 5000)]
+    assert all(b >= n and b - n < max(1, n / 8) for n, b in zip(range(1, 5000), sizes))
+    assert sizes == sorted(sizes) and len({b for b in sizes if 1024 <= b < 2048}) == 8
+    assert [bucket_size(b) for b in sizes] == sizes  # a bucket size is its own bucket
+
+
+def test_latency_shape_buckets_change_nothing():
+    """Padded to a bucket (one graph of isolated nodes, zero rows): the same outputs and
+    gradients as unpadded, dropout included, and the layers really see the bucket size."""
+    x, graph, static, _ = latency_batch([12, 1, 30, 7], seed=7)  # 50 nodes -> 52; 4 graphs + the padding graph = 5
+    results = []
+    for buckets in (False, True):
+        torch.manual_seed(8)
+        model = NNFormerLatency(dim=32, dropout=0.2).double().train()
+        model.shape_buckets = buckets
+        seen = []
+        model.embedding.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+        model.predictor[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+        out = model(x.double(), graph, static.double())
+        out.square().sum().backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters()}))
+        assert seen == ([50, 4] if not buckets else [52, 5])
+    (plain, plain_grads), (padded, padded_grads) = results
+    assert padded.shape == (4, 1)
+    assert_close(padded, plain, atol=1e-12, rtol=1e-12, name="bucketed output")
+    for name, grad in plain_grads.items():
+        assert_close(padded_grads[name], grad, atol=1e-12, rtol=1e-10, name=f"bucketed grad of {name}")

@@ -1,0 +1,46 @@
+"""Round a packed batch up to one of a few repeated sizes (CPU shape bucketing).
+
+On the CPU, oneDNN compiles a matmul kernel for every new shape it meets in bf16 or fp16.
+Token-budget batches give every training step a new node count N, so every GEMM of every
+step paid that compile: 3-4 ms each at N≈2000, D=128 (four times the matmul itself), most of
+a bf16 step. Rounding N up to a geometric grid (at most 1/8 padding) makes shapes repeat and
+the compiled kernels are reused. Padding nodes form one extra graph and see nothing
+(:meth:`GraphBatch.pad_nodes`), so the real graphs' outputs, gradients and dropout masks do
+not change.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..graph import GraphBatch
+
+__all__ = ["bucket_size", "pad_to_buckets", "wants_buckets"]
+
+
+def bucket_size(n: int) -> int:
+    """``n`` rounded up to a multiple of ``2**(bit_length(n) - 4)``: 8 sizes per octave,
+    less than ``n / 8`` padding."""
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def pad_to_buckets(x: Tensor, graph: GraphBatch, per_graph: Tensor) -> tuple[Tensor, GraphBatch, Tensor]:
+    """Pad x (N, F) and graph to ``bucket_size(N)`` nodes (zero rows, one padding graph)
+    and per_graph (B, S) with zero rows to ``bucket_size`` of the new graph count.
+
+    Row ``i < N`` of x and row ``b < B`` of per_graph keep their place, so slicing the first
+    B outputs gives the unpadded result.
+    """
+    n = x.shape[0]
+    k = bucket_size(n) - n
+    graph = graph.pad_nodes(k)
+    rows = bucket_size(graph.num_graphs) - per_graph.shape[0]
+    return F.pad(x, (0, 0, 0, k)), graph, F.pad(per_graph, (0, 0, 0, rows))
+
+
+def wants_buckets(x: Tensor) -> bool:
+    """Bucketing pays on the CPU (oneDNN); not on CUDA, and not while torch.compile traces
+    (dynamic shapes there)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
