@@ -54,11 +54,10 @@ void fwd_kernel(const T* q, const T* k, const T* v, const int64_t* rowptr, const
           s[e - e0] = x;
           m = std::max(m, x);
         }
+        for (int64_t e = 0; e < e1 - e0; ++e) s[e] -= m;
+        exp_inplace(s.data(), e1 - e0);
         acc_t sum = 0;
-        for (int64_t e = 0; e < e1 - e0; ++e) {
-          s[e] = std::exp(s[e] - m);
-          sum += s[e];
-        }
+        for (int64_t e = 0; e < e1 - e0; ++e) sum += s[e];
         const acc_t inv = acc_t(1) / sum;
         zero(of.data(), dh);
         for (int64_t e = e0; e < e1; ++e) {
@@ -90,7 +89,7 @@ void bwd_dq_kernel(const T* dout, const T* q, const T* k, const T* v, const T* o
   const int64_t groups = heads / 4;
   const int64_t avg = n > 0 ? rowptr[4 * n] / (4 * n) : 1;
   at::parallel_for(0, n, node_grain(heads, 2 * dh, avg), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> qf(dh), dof(dh), dqf(dh);
+    std::vector<acc_t> qf(dh), dof(dh), dqf(dh), P, dP;
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t row = (h & 3) * n + i, g = h >> 2;
@@ -99,24 +98,25 @@ void bwd_dq_kernel(const T* dout, const T* q, const T* k, const T* v, const T* o
         load(qf.data(), q + base, dh);
         load(dof.data(), dout + base, dh);
         const acc_t l = lse[i * heads + h];
+        if (static_cast<int64_t>(P.size()) < e1 - e0) P.resize(e1 - e0), dP.resize(e1 - e0);
         // Pass 1: P and dP per entry, and D = sum P dP (= dO . O, but from fp32 values
         // rather than the rounded low-precision O).
-        acc_t D = 0;
         for (int64_t e = e0; e < e1; ++e) {
           const int64_t kb = (col[e] * heads + h) * dh;
-          const acc_t P = std::exp(dot(qf.data(), k + kb, dh) * sc - l);
+          P[e - e0] = dot(qf.data(), k + kb, dh) * sc - l;
           acc_t dp = dot(dof.data(), v + kb, dh);
           if (drop.active) dp *= drop.keep(e, h) ? keep_scale : acc_t(0);
-          buf_p[e * groups + g] = P;
-          buf_ds[e * groups + g] = dp;
-          D += P * dp;
+          dP[e - e0] = dp;
         }
+        exp_inplace(P.data(), e1 - e0);
+        acc_t D = 0;
+        for (int64_t e = 0; e < e1 - e0; ++e) D += P[e] * dP[e];
         // Pass 2: dS = P (dP - D), dq = scale * sum dS k; keep the dropped weight and dS.
         zero(dqf.data(), dh);
         for (int64_t e = e0; e < e1; ++e) {
-          const acc_t P = buf_p[e * groups + g];
-          const acc_t ds = P * (buf_ds[e * groups + g] - D);
-          acc_t pd = P;
+          const acc_t Pe = P[e - e0];
+          const acc_t ds = Pe * (dP[e - e0] - D);
+          acc_t pd = Pe;
           if (drop.active) pd *= drop.keep(e, h) ? keep_scale : acc_t(0);
           buf_p[e * groups + g] = pd;
           buf_ds[e * groups + g] = ds;

@@ -12,6 +12,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -127,6 +128,18 @@ inline acc_t dot(const acc_t* __restrict a, const T* __restrict b, int64_t n) {
       for (int l = 0; l < kLanes; ++l) lane[l] += a[d + l] * to_acc<acc_t>(b[d + l]);
     }
   }
+  if (d + kLanes / 2 <= n) {  // head dims like 40 or 72: one 8-wide step instead of a scalar tail
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      acc_t bb[kLanes / 2];
+      load(bb, b + d, kLanes / 2);
+#pragma GCC unroll 8
+      for (int l = 0; l < kLanes / 2; ++l) lane[l] += a[d + l] * bb[l];
+    } else {
+#pragma GCC unroll 8
+      for (int l = 0; l < kLanes / 2; ++l) lane[l] += a[d + l] * to_acc<acc_t>(b[d + l]);
+    }
+    d += kLanes / 2;
+  }
   acc_t tail = 0;
   for (; d < n; ++d) tail += a[d] * to_acc<acc_t>(b[d]);
 #pragma GCC unroll 8
@@ -158,6 +171,29 @@ inline void add(acc_t* __restrict y, const T* __restrict x, int64_t n) {
   } else {
     for (int64_t d = 0; d < n; ++d) y[d] += to_acc<acc_t>(x[d]);
   }
+}
+
+// x[i] = exp(x[i]) in place for softmax arguments (x <= 0 up to rounding). The float version
+// is a Cephes-style range reduction and degree-6 polynomial (within 2 ulp of expf; 0 below
+// -87.3, the float underflow) that the compiler vectorises, unlike a libm call per entry.
+inline void exp_inplace(float* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i] < -87.3f ? -87.3f : (x[i] > 88.3f ? 88.3f : x[i]);
+    const float fn = std::floor(v * 1.44269504088896341f + 0.5f);
+    const float r = (v - fn * 0.693359375f) - fn * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = (p * r) * r + r + 1.0f;
+    const float two_n = bits_float(static_cast<uint32_t>(static_cast<int32_t>(fn) + 127) << 23);
+    x[i] = x[i] < -87.3f ? 0.0f : (x[i] != x[i] ? x[i] : y * two_n);
+  }
+}
+inline void exp_inplace(double* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
 template <typename acc_t>
