@@ -1,30 +1,70 @@
-"""GPU check of the native CUDA ops, in one run (< 5 minutes on one GPU).
+"""GPU check of the kernel backends (CUDA C++ ``native`` and ``triton``), in one run and one table.
 
     python benchmarks/gpu_check.py [--no-build]
 
 1. builds the extension with the CUDA kernels (``NNFF_CUDA=1 pip install --no-build-isolation
    -e .``) unless ``nnformer_fast.build_info()`` already reports CUDA kernels;
-2. checks dag_attention / bigin (forward + backward, fp32 / bf16 / fp16, dropout) and dropout
-   (bit-exact) against the reference on the GPU;
-3. times forward+backward of native vs the torch backend vs the dense formulation
-   (``nnformer_fast.dense``) on the latency and accuracy shapes and prints a table.
-Exit status 1 when a check fails.
+2. checks each kernel backend against the reference on the GPU: dag_attention and bigin
+   (forward + gradients over the graph families; fp32/fp64 against float64, fp16/bf16 by the
+   flash-attention rule) and dropout (bit-exact with its gradient, and past 2**32 elements);
+3. times every backend (native, triton, torch) and the dense formulation in bf16, the training
+   default: dag_attention forward+backward, bigin and dropout with their achieved memory
+   bandwidth beside a device-to-device copy measured in the same run;
+4. prints one table, then ``CUDA_PREFERENCE`` for ``nnformer_fast/ops/backends.py``: per op,
+   the faster of CUDA C++ and Triton first.
+Exit status 1 when a check fails. Meant to take < 5 minutes on one H100, most of it Triton's
+first-call compilation and autotuning.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import subprocess
 import sys
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+import nnformer_fast
+from nnformer_fast import testing
+from nnformer_fast.dense import dense_bigin, dense_dag_attention
+from nnformer_fast.ops import reference
+from nnformer_fast.ops.backends import _REGISTRY, CUDA_PREFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
+KERNEL_BACKENDS = ("native", "triton")
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+#: Timed shapes: name -> (graph sizes, random_batch options, heads, head dim). bigin runs at
+#: width M = 4 * heads * head_dim (mlp_ratio 4), dropout on (N, heads * head_dim).
+SHAPES = {
+    "latency 16x600": ([600] * 16, dict(avg_degree=2.0, max_span=12), 4, 128),
+    "latency 16x200-600": (torch.randint(200, 601, (16,), generator=torch.Generator().manual_seed(0)).tolist(),
+                           dict(avg_degree=2.5, max_span=10), 4, 128),
+    "accuracy 1024x9, global token": ([9] * 1024, dict(avg_degree=2.0, global_token=True), 4, 40),
+}
+
+
+@dataclass
+class Row:
+    """One line of the table: a correctness check (``ok`` set) or a timing (``ms`` set)."""
+    op: str
+    case: str
+    backend: str
+    dtype: str
+    ms: Optional[float] = None
+    gbps: Optional[float] = None
+    ok: Optional[bool] = None
+    note: str = ""
 
 
 def build_if_needed(skip: bool) -> None:
-    import nnformer_fast
-    info = nnformer_fast.build_info()
-    if info["cuda"] or skip:
+    if nnformer_fast.build_info()["cuda"] or skip:
         return
     print("building the CUDA extension ...", flush=True)
     env = dict(os.environ, NNFF_CUDA="1", NNFF_CUDA_ARCHS=os.environ.get("NNFF_CUDA_ARCHS", "90"))
@@ -34,22 +74,277 @@ def build_if_needed(skip: bool) -> None:
     os.execv(sys.executable, [sys.executable, __file__, "--no-build"])
 
 
-def bench(fn, reps: int = 20) -> float:
-    import torch
-    for _ in range(3):
+def bench(fn: Callable[[], object], reps: int = 20) -> float:
+    """Median milliseconds of ``fn`` on the GPU, the L2 cache flushed before each run."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    for _ in range(3):  # warm-up, Triton autotuning included
         fn()
-    torch.cuda.synchronize()
     times = []
     for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median(times)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _runs(backend: str, op: str, *tensors) -> bool:
+    return backend in _REGISTRY and not _REGISTRY[backend].reasons(op, *tensors)
+
+
+def _fwd_bwd(fn: Callable, inputs: list, grad) -> list:
+    out = fn(*inputs)
+    return [out, *torch.autograd.grad(out, inputs, grad.to(out.dtype))]
+
+
+def _dense_adjacency(graph, edge_index, dtype, padded: bool):
+    """``edge_index`` as a dense adjacency: (B, L, L) padded per graph (L the largest graph),
+    or the whole batch as one (1, N, N) graph."""
+    src, dst = edge_index
+    if padded:
+        gid = graph.batch[src]
+        shape, index = (graph.num_graphs, graph.max_nodes, graph.max_nodes), (gid, src - graph.ptr[gid],
+                                                                               dst - graph.ptr[gid])
+    else:
+        shape, index = (1, graph.num_nodes, graph.num_nodes), (torch.zeros_like(src), src, dst)
+    adj = torch.zeros(shape, dtype=dtype, device=src.device)
+    adj[index] = 1
+    return adj
+
+
+def _mask_edges(graph):
+    return graph.mask_edge_index if graph.mask_edge_index is not None else graph.edge_index
+
+
+# ------------------------------------------------------------------------------- correctness
+def _compare(got: list, exact: list, plain: Optional[list], dtype) -> float:
+    """Max abs error of ``got`` (output, then gradients) against ``exact``; AssertionError past
+    the tolerance: fp32/fp64 TOLERANCES (x10 for gradients), fp16/bf16 at most twice the error
+    of ``plain``, plain PyTorch in the same precision."""
+    for i, (a, c) in enumerate(zip(got, exact)):
+        if dtype in LOW_PRECISION:
+            testing.low_precision_error_ok(a, plain[i], c, floor=testing.TOLERANCES[dtype][0] / 10)
+        else:
+            atol, rtol = (t * (1 if i == 0 else 10) for t in testing.TOLERANCES[dtype])
+            testing.assert_close(a, c, atol=atol, rtol=rtol, name="output" if i == 0 else f"gradient {i}")
+    return max(((a.double() - c).abs().max().item() for a, c in zip(got, exact) if a.numel()), default=0.0)
+
+
+def _check_attention(fn, graph, dtype) -> float:
+    """(N, 8, 59) inputs; dropout 0.3 in fp32/fp64 (the dense low-precision baseline has none)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, go = (torch.randn(graph.num_nodes, 8, 59, generator=gen, dtype=torch.float64).to(graph.device)
+                   for _ in range(4))
+    p = 0.0 if dtype in LOW_PRECISION else 0.3
+    ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    got = _fwd_bwd(lambda *x: fn(*x, graph, dropout_p=p, scale=None, seed=5), ins, go)
+    exact = _fwd_bwd(lambda *x: reference.dag_attention(*x, graph, dropout_p=p, seed=5),
+                     [t.detach().double().requires_grad_() for t in ins], go)
+    plain = None
+    if dtype in LOW_PRECISION:
+        mask = _dense_adjacency(graph, _mask_edges(graph), dtype, padded=False)
+        plain = _fwd_bwd(lambda *x: dense_dag_attention(*(t[None] for t in x), mask)[0],
+                         [t.detach().clone().requires_grad_() for t in ins], go)
+    return _compare(got, exact, plain, dtype)
+
+
+def _check_bigin(fn, graph, dtype) -> float:
+    """(N, 46) inputs. Every activation in fp32; fp16/bf16 reuse its fp32 math (the kernels
+    accumulate in fp32), so they and fp64 (its own erf) run gelu only."""
+    gen = torch.Generator().manual_seed(1)
+    h, g, dy = (torch.randn(graph.num_nodes, 46, generator=gen, dtype=torch.float64).to(graph.device)
+                for _ in range(3))
+    ins = [t.to(dtype).requires_grad_() for t in (h, g)]
+    adj = _dense_adjacency(graph, graph.edge_index, dtype, padded=False)
+    worst = 0.0
+    for act in reference.ACTIVATIONS if dtype == torch.float32 else ("gelu",):
+        got = _fwd_bwd(lambda *x: fn(*x, graph, act=act), ins, dy)
+        exact = _fwd_bwd(lambda *x: reference.bigin(*x, graph, act=act),
+                         [t.detach().double().requires_grad_() for t in ins], dy)
+        plain = None
+        if dtype in LOW_PRECISION:
+            plain = _fwd_bwd(lambda *x: dense_bigin(*(t[None] for t in x), adj, act=act)[0],
+                             [t.detach().clone().requires_grad_() for t in ins], dy)
+        worst = max(worst, _compare(got, exact, plain, dtype))
+    return worst
+
+
+def _check_dropout(fn, device, dtype) -> None:
+    """Output and gradient bit-exact with the reference, three p, seeds that wrap."""
+    gen = torch.Generator().manual_seed(2)
+    x, dy = (torch.randn(1000, 37, generator=gen, dtype=torch.float64).to(device, dtype) for _ in range(2))
+    x.requires_grad_()
+    for p in (0.1, 0.5, 0.9):
+        for seed in (12345, -7, 2**40 + 3):
+            got = _fwd_bwd(lambda t: fn(t, p, seed=seed), [x], dy)
+            expected = _fwd_bwd(lambda t: reference.dropout(t, p, seed=seed), [x], dy)
+            if not all(torch.equal(a, b) for a, b in zip(got, expected)):
+                raise AssertionError(f"p={p} seed={seed}: not bit-exact with the reference")
+
+
+def _check_dropout_past_2_32(fn, device) -> None:
+    """The last elements of a (2**32 + 4099)-element fp16 tensor (8 GiB): int64 indexing and
+    the hash of ``e mod 2**32``."""
+    n, tail = 2**32 + 4099, 8192
+    y = fn(torch.ones(n, dtype=torch.float16, device=device), 0.5, seed=3)[-tail:]
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    keep = reference.dropout_keep_mask(3, torch.arange(n - tail, n, device=device), zero, 1, 0.5)
+    if not torch.equal(y, torch.where(keep, 2.0, 0.0).half()):
+        raise AssertionError("not bit-exact with the reference")
+
+
+def correctness_rows(backend: str, device, families=None, *, past_2_32: bool = True) -> list[Row]:
+    """One row per (op, dtype): ``backend`` against the reference over ``families`` (default:
+    all of ``testing.FAMILIES``); with ``past_2_32`` also dropout on 2**32 + 4099 elements."""
+    ops = _REGISTRY[backend].ops
+    failures, worst = defaultdict(list), defaultdict(float)
+    for family in families or sorted(testing.FAMILIES):
+        graph = testing.family_batch(family).to(device)
+        for dtype in DTYPES:
+            for op, check in (("dag_attention", _check_attention), ("bigin", _check_bigin)):
+                try:
+                    worst[op, dtype] = max(worst[op, dtype], check(ops[op], graph, dtype))
+                except AssertionError as exc:
+                    failures[op, dtype].append(f"{family}: {str(exc).splitlines()[0]}")
+    rows = [Row(op, "vs reference, graph families", backend, _name(dtype), ok=not failures[op, dtype],
+                note="; ".join(failures[op, dtype][:2]) or f"max abs error {worst[op, dtype]:.1e}")
+            for op in ("dag_attention", "bigin") for dtype in DTYPES]
+    cases = [(_name(dtype), "bit-exact, p 0.1/0.5/0.9, 3 seeds",
+              lambda d=dtype: _check_dropout(ops["dropout"], device, d)) for dtype in DTYPES]
+    if past_2_32:
+        cases.append(("float16", "past 2**32 elements", lambda: _check_dropout_past_2_32(ops["dropout"], device)))
+    for dtype, case, check in cases:
+        try:
+            check()
+            rows.append(Row("dropout", case, backend, dtype, ok=True))
+        except AssertionError as exc:
+            rows.append(Row("dropout", case, backend, dtype, ok=False, note=str(exc)))
+    return rows
+
+
+# ------------------------------------------------------------------------------- timings
+def copy_row(device, bench: Callable, nbytes: int = 256 * 2**20) -> Row:
+    """Bandwidth of a device-to-device copy of ``nbytes`` (bytes read + bytes written)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return Row("copy", f"{nbytes / 2**20:.0f} MiB", "torch", "float32", ms=ms, gbps=2 * nbytes / ms / 1e6)
+
+
+def timing_rows(device, bench: Callable, shapes: dict = SHAPES, dtype=torch.bfloat16) -> list[Row]:
+    """Timings of every backend that runs here and of the dense formulation (padded per
+    graph), ``dtype`` inputs. GB/s counts the ideal traffic: each tensor read or written once."""
+    rows = []
+    elt = torch.finfo(dtype).bits // 8
+    for shape, (sizes, options, heads, dh) in shapes.items():
+        graph = testing.random_batch(sizes, seed=1, **options).to(device)
+        n, b, l = graph.num_nodes, graph.num_graphs, graph.max_nodes
+        gen = torch.Generator().manual_seed(3)
+
+        def randn(*size, grad=False):
+            return torch.randn(*size, generator=gen).to(device, dtype).requires_grad_(grad)
+
+        # dag_attention forward + backward
+        q, k, v = (randn(n, heads, dh, grad=True) for _ in range(3))
+        qp, kp, vp = (randn(b, l, heads, dh, grad=True) for _ in range(3))
+        go, gop = randn(n, heads, dh), randn(b, l, heads, dh)
+        mask = _dense_adjacency(graph, _mask_edges(graph), dtype, padded=True)
+        steps = {name: lambda op=_REGISTRY[name].ops["dag_attention"]: _fwd_bwd(
+                     lambda *x: op(*x, graph, dropout_p=0.0, scale=None, seed=0), [q, k, v], go)
+                 for name in ("native", "triton", "torch") if _runs(name, "dag_attention", q, k, v)}
+        steps["dense"] = lambda: _fwd_bwd(lambda *x: dense_dag_attention(*x, mask), [qp, kp, vp], gop)
+        note = f"N={n}, H={heads}, Dh={dh}, {graph.rel_col.numel()} relation entries"
+        rows += [Row("dag_attention", f"fwd+bwd {shape}", name, _name(dtype), ms=bench(fn), note=note)
+                 for name, fn in steps.items()]
+
+        # bigin forward and backward, bandwidth of the ideal traffic: forward reads h, g and
+        # writes y; backward reads dy, h, g, writes dh, then reads dh and writes dg
+        m = 4 * heads * dh
+        h, g, dy = randn(n, m, grad=True), randn(n, m, grad=True), randn(n, m)
+        hp, gp, dyp = randn(b, l, m, grad=True), randn(b, l, m, grad=True), randn(b, l, m)
+        adj = _dense_adjacency(graph, graph.edge_index, dtype, padded=True)
+        fwds = {name: (lambda op=_REGISTRY[name].ops["bigin"]: op(h, g, graph, act="relu"), (h, g), dy)
+                for name in ("native", "triton", "torch") if _runs(name, "bigin", h, g)}
+        fwds["dense"] = (lambda: dense_bigin(hp, gp, adj, act="relu"), (hp, gp), dyp)
+        index_bytes = 2 * 8 * (graph.num_edges + n + 1)
+        for name, (fwd, leaves, grad) in fwds.items():
+            with torch.no_grad():
+                ms = bench(fwd)
+            rows.append(Row("bigin", f"fwd {shape}", name, _name(dtype), ms=ms,
+                            gbps=(3 * n * m * elt + index_bytes) / ms / 1e6, note=f"M={m}"))
+            y = fwd()
+            ms = bench(lambda: torch.autograd.grad(y, leaves, grad, retain_graph=True))
+            rows.append(Row("bigin", f"bwd {shape}", name, _name(dtype), ms=ms,
+                            gbps=(6 * n * m * elt + 2 * index_bytes) / ms / 1e6, note=f"M={m}"))
+
+        # dropout forward: reads x, writes y
+        x = randn(n, heads * dh)
+        for name in ("native", "triton", "torch"):
+            if _runs(name, "dropout", x):
+                ms = bench(lambda op=_REGISTRY[name].ops["dropout"]: op(x, 0.1, seed=1))
+                rows.append(Row("dropout", f"fwd {shape}", name, _name(dtype), ms=ms,
+                                gbps=2 * x.numel() * elt / ms / 1e6, note=f"p=0.1, {tuple(x.shape)}"))
+    return rows
+
+
+# ------------------------------------------------------------------------------- report
+def format_table(rows: list[Row]) -> str:
+    """Markdown table; time relative to CUDA C++ on the same case, bandwidth relative to the copy."""
+    native = {(r.op, r.case, r.dtype): r.ms for r in rows if r.backend == "native" and r.ms}
+    copy = next((r.gbps for r in rows if r.op == "copy"), None)
+    lines = ["| op | case | backend | dtype | ms | x CUDA C++ | GB/s | % of copy | ok | note |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        base = native.get((r.op, r.case, r.dtype))
+        cells = [r.op, r.case, r.backend, r.dtype,
+                 "" if r.ms is None else f"{r.ms:.3f}",
+                 "" if r.ms is None or base is None else f"{r.ms / base:.2f}",
+                 "" if r.gbps is None else f"{r.gbps:.0f}",
+                 "" if r.gbps is None or not copy or r.op == "copy" else f"{100 * r.gbps / copy:.0f}%",
+                 "" if r.ok is None else ("yes" if r.ok else "**NO**"), r.note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def recommend(rows: list[Row]) -> dict[str, tuple[tuple, str]]:
+    """Per op of ``CUDA_PREFERENCE``: (order, reason). CUDA C++ and Triton are ordered by the
+    geometric mean over the timed cases of Triton's time / CUDA C++'s time; a backend that
+    failed a check for the op, or was not timed, goes second. torch stays last."""
+    failed = {(r.op, r.backend) for r in rows if r.ok is False}
+    result = {}
+    for op in CUDA_PREFERENCE:
+        times = defaultdict(dict)
+        for r in rows:
+            if r.op == op and r.ms is not None:
+                times[r.backend][r.case, r.dtype] = r.ms
+        common = times["native"].keys() & times["triton"].keys()
+        bad = [name for name in KERNEL_BACKENDS if (op, name) in failed]
+        if bad or not common:
+            first = "triton" if bad == ["native"] and times["triton"] else "native"
+            why = f"failed a check: {', '.join(bad)}" if bad else "not timed on both"
+        else:
+            ratio = math.exp(statistics.fmean(math.log(times["triton"][c] / times["native"][c]) for c in common))
+            first = "triton" if ratio < 1.0 else "native"
+            why = f"triton / native time {ratio:.2f} (geometric mean of {len(common)} cases)"
+        result[op] = ((first, "native" if first == "triton" else "triton", "torch"), why)
+    return result
+
+
+def format_preference(recommended: dict, card: str) -> str:
+    """``CUDA_PREFERENCE`` as Python source, to paste into nnformer_fast/ops/backends.py."""
+    lines = [f"#: CUDA backends per op, fastest first: chosen by measured speed on {card} (benchmarks/RESULTS.md).",
+             "CUDA_PREFERENCE: dict[str, tuple] = {"]
+    for op, (order, why) in recommended.items():
+        names = ", ".join(f'"{name}"' for name in order)
+        lines.append(f'    "{op}": ({names}),  # {why}')
+    return "\n".join(lines + ["}"])
 
 
 def main() -> int:
@@ -58,142 +353,30 @@ def main() -> int:
     args = parser.parse_args()
     build_if_needed(args.no_build)
 
-    import torch
-    import nnformer_fast
-    from nnformer_fast import testing
-    from nnformer_fast.ops import native, reference
-
-    info = nnformer_fast.build_info()
-    print("build:", info)
-    if not torch.cuda.is_available() or not info["cuda"]:
-        print("no CUDA device or no CUDA kernels: nothing to check")
+    print("build:", nnformer_fast.build_info())
+    print("backends:", nnformer_fast.ops.backends())
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check")
         return 1
-    dev = torch.device("cuda")
-    print("device:", torch.cuda.get_device_name(0))
-    failures = []
+    device = torch.device("cuda")
+    card = torch.cuda.get_device_name()
+    print(f"device: {card}, torch {torch.__version__}", flush=True)
 
-    # ------------------------------------------------------------------ correctness
-    for fam in sorted(testing.FAMILIES):
-        graph = testing.FAMILIES[fam]().to(dev)
-        n = graph.num_nodes
-        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-            for dh in (59, 64):
-                for p in (0.0, 0.3):
-                    q, k, v = [torch.randn(n, 8, dh, device=dev).to(dtype).requires_grad_() for _ in range(3)]
-                    dout = torch.randn(n, 8, dh, device=dev).to(dtype)
-                    o = native.dag_attention(q, k, v, graph, dropout_p=p, seed=5)
-                    res = (o, *torch.autograd.grad(o, (q, k, v), dout))
-                    ex = [t.detach().double().requires_grad_() for t in (q, k, v)]
-                    oe = reference.dag_attention(*ex, graph, dropout_p=p, seed=5)
-                    exact = (oe, *torch.autograd.grad(oe, ex, dout.double()))
-                    try:
-                        if dtype in (torch.float16, torch.bfloat16):
-                            pl = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-                            op = reference.dag_attention(*pl, graph, dropout_p=p, seed=5)
-                            plain = (op, *torch.autograd.grad(op, pl, dout))
-                            for a, b, c in zip(res, plain, exact):
-                                testing.low_precision_error_ok(a, b, c, floor=1e-3)
-                        else:
-                            atol, rtol = testing.TOLERANCES[dtype]
-                            for a, c in zip(res, exact):
-                                testing.assert_close(a, c, atol=atol * 5, rtol=rtol * 5, name="attn")
-                    except AssertionError as exc:
-                        failures.append(f"attention {fam} {dtype} dh={dh} p={p}: {exc}")
-            for act in reference.ACTIVATIONS:
-                h, g = [torch.randn(n, 46, device=dev).to(dtype).requires_grad_() for _ in range(2)]
-                dy = torch.randn(n, 46, device=dev).to(dtype)
-                y = native.bigin(h, g, graph, act=act)
-                res = (y, *torch.autograd.grad(y, (h, g), dy))
-                ex = [t.detach().double().requires_grad_() for t in (h, g)]
-                ye = reference.bigin(*ex, graph, act=act)
-                exact = (ye, *torch.autograd.grad(ye, ex, dy.double()))
-                try:
-                    tol = 5e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
-                    for a, c in zip(res, exact):
-                        testing.assert_close(a, c, atol=tol, rtol=tol, name="bigin")
-                except AssertionError as exc:
-                    failures.append(f"bigin {fam} {dtype} {act}: {exc}")
-    # counter-based elementwise dropout: bit-exact with the reference, gradient included
-    # (finite normal inputs: --use_fast_math flushes subnormal products to zero on the GPU)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        for p in (0.1, 0.5, 0.9):
-            for seed in (12345, -7, 2**40 + 3):
-                x = torch.randn(1000, 37, device=dev).to(dtype).requires_grad_()
-                dy = torch.randn(1000, 37, device=dev).to(dtype)
-                y = native.dropout(x, p, seed=seed)
-                res = (y, *torch.autograd.grad(y, x, dy))
-                xr = x.detach().requires_grad_()
-                yr = reference.dropout(xr, p, seed=seed)
-                exp = (yr, *torch.autograd.grad(yr, xr, dy))
-                if not all(torch.equal(a, b) for a, b in zip(res, exp)):
-                    failures.append(f"dropout {dtype} p={p} seed={seed}: not bit-exact with the reference")
-    print(f"correctness: {'OK' if not failures else f'{len(failures)} FAILURES'}")
-    for f in failures[:10]:
-        print("  ", f)
-
-    # ------------------------------------------------------------------ timing
-    try:
-        from nnformer_fast import dense
-    except Exception as exc:  # the dense module is optional for this script
-        dense = None
-        print("dense formulation unavailable:", exc)
-    gen = torch.Generator().manual_seed(0)
-    shapes = {
-        "latency 16x600 H4 Dh128": ([600] * 16, dict(avg_degree=2.5, max_span=10), 4, 128),
-        "latency 16x200-600 H4 Dh128": (torch.randint(200, 601, (16,), generator=gen).tolist(),
-                                         dict(avg_degree=2.5, max_span=10), 4, 128),
-        "accuracy 1024x9 H4 Dh40": ([9] * 1024, dict(avg_degree=2.0, global_token=True), 4, 40),
-    }
     rows = []
-    for name, (sizes, kw, heads, dh) in shapes.items():
-        graph = testing.random_batch(sizes, seed=1, **kw).to(dev)
-        n = graph.num_nodes
-        q, k, v = [torch.randn(n, heads, dh, device=dev, requires_grad=True) for _ in range(3)]
-        dout = torch.randn(n, heads, dh, device=dev)
-        times = {}
-        for bname, mod in (("native", native), ("torch", reference)):
-            def step(mod=mod):
-                o = mod.dag_attention(q, k, v, graph)
-                torch.autograd.grad(o, (q, k, v), dout)
-            times[bname] = bench(step)
-        if dense is not None:
-            b, l = len(sizes), max(sizes)
-            qd, kd, vd = [torch.randn(b, l, heads, dh, device=dev, requires_grad=True) for _ in range(3)]
-            mask = torch.zeros(b, l, l, device=dev)
-            src, dst = (graph.mask_edge_index if graph.mask_edge_index is not None else graph.edge_index)
-            gid = graph.batch[src]
-            mask[gid, src - graph.ptr[gid], dst - graph.ptr[gid]] = 1
-            dd = torch.randn(b, l, heads, dh, device=dev)
-
-            def dstep():
-                o = dense.dense_dag_attention(qd, kd, vd, mask)
-                torch.autograd.grad(o, (qd, kd, vd), dd)
-            try:
-                times["dense"] = bench(dstep)
-            except Exception as exc:
-                print("dense attention failed:", exc)
-        rows.append(("dag_attention fwd+bwd", name, times))
-
-        m = 4 * heads * dh
-        h, g = [torch.randn(n, m, device=dev, requires_grad=True) for _ in range(2)]
-        dy = torch.randn(n, m, device=dev)
-        times = {}
-        for bname, mod in (("native", native), ("torch", reference)):
-            def bstep(mod=mod):
-                y = mod.bigin(h, g, graph, act="relu")
-                torch.autograd.grad(y, (h, g), dy)
-            times[bname] = bench(bstep)
-        rows.append((f"bigin fwd+bwd M={m}", name, times))
-
-    print("\n| op | shape | native ms | torch ms | dense ms | torch/native | dense/native |")
-    print("|---|---|---|---|---|---|---|")
-    for op, shape, t in rows:
-        nat, dn = t["native"], t.get("dense")
-        dense_ms = "-" if dn is None else f"{dn:.3f}"
-        dense_ratio = "-" if dn is None else f"{dn / nat:.1f}x"
-        print(f"| {op} | {shape} | {nat:.3f} | {t['torch']:.3f} | {dense_ms} | {t['torch'] / nat:.1f}x | "
-              f"{dense_ratio} |")
-    return 1 if failures else 0
+    probe = torch.zeros(1, device=device)
+    for name in KERNEL_BACKENDS:
+        reasons = _REGISTRY[name].reasons("dropout", probe) if name in _REGISTRY else ["not registered"]
+        if reasons:
+            rows.append(Row("-", "loads on CUDA", name, "-", ok=False, note="; ".join(reasons)))
+        else:
+            rows += correctness_rows(name, device)
+    print("correctness done", flush=True)
+    rows.append(copy_row(device, bench))
+    rows += timing_rows(device, bench)
+    print(format_table(rows))
+    print()
+    print(format_preference(recommend(rows), card))
+    return 1 if any(r.ok is False for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ on two cores.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ pytest.importorskip("triton")
 import nnformer_fast.ops as ops  # noqa: E402
 import nnformer_fast.triton as tbackend  # noqa: E402
 from nnformer_fast.ops import reference  # noqa: E402
-from nnformer_fast.ops.backends import _REGISTRY, ENV_VAR, select  # noqa: E402
+from nnformer_fast.ops.backends import _REGISTRY, CUDA_PREFERENCE, ENV_VAR, Backend, select  # noqa: E402
 from nnformer_fast.testing import (assert_close, family_batch,  # noqa: E402
                                    )
 
@@ -39,6 +41,7 @@ import triton.language as tl  # noqa: E402
 from nnformer_fast.triton import bigin as tbigin  # noqa: E402
 from nnformer_fast.triton._common import _dropout_keep, dropout_threshold, seed_salt  # noqa: E402
 from nnformer_fast.triton import dag_attention as tattn  # noqa: E402
+from nnformer_fast.triton import dropout as tdropout  # noqa: E402
 
 DEVICE = "cpu" if tbackend.INTERPRET else "cuda"
 
@@ -73,12 +76,34 @@ def test_dropout_hash_bit_exact():
     entries = torch.tensor([0, 1, 2, 1000, 2**30 + 3, 2**32 // 8 + 1, 2**33 + 17, 2**40 + 12345], device=DEVICE)
     for seed in (0, 123, 2**31 + 1, -1):
         for p in (0.1, 0.5, 0.9):
-            for head in (0, 5):
+            for head, heads in ((0, 8), (5, 8), (0, 1)):  # (0, 1): elementwise dropout's flat index
                 out = torch.empty(entries.numel(), dtype=torch.int8, device=DEVICE)
-                _keep_kernel[(1,)](entries, out, entries.numel(), head, 8, seed_salt(seed), dropout_threshold(p),
-                                   BLOCK=8)
-                ref = reference.dropout_keep_mask(seed, entries[:, None], torch.tensor([[head]], device=DEVICE), 8, p)
-                assert torch.equal(out.bool(), ref[:, 0]), (seed, p, head)
+                _keep_kernel[(1,)](entries, out, entries.numel(), head, heads, seed_salt(seed),
+                                   dropout_threshold(p), BLOCK=8)
+                ref = reference.dropout_keep_mask(seed, entries[:, None], torch.tensor([[head]], device=DEVICE),
+                                                  heads, p)
+                assert torch.equal(out.bool(), ref[:, 0]), (seed, p, head, heads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_dropout_bit_exact_and_backward(dtype):
+    """Output and gradient equal the reference bit for bit, on sizes around the block size
+    (partial last blocks) and many seeds; element indices past 2**32 are covered by the hash
+    test above (the kernel indexes in int64 and hashes ``e mod 2**32``)."""
+    gen = torch.Generator().manual_seed(0)
+    seeds = [0, -7, 2**31 + 1, 2**40 + 3] + torch.randint(0, 2**62, (12,), generator=gen).tolist()
+    block = tdropout.BLOCK
+    for n in (1, 999, block - 1, block + 3):
+        x = torch.randn(n, generator=gen, dtype=torch.float64).to(DEVICE, dtype).requires_grad_()
+        dy = torch.randn(n, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
+        for i, seed in enumerate(seeds):
+            p = (0.1, 0.5, 0.9, 1 / 3)[i % 4]
+            y = tdropout.dropout(x, p, seed=seed)
+            y_ref = reference.dropout(x, p, seed=seed)
+            assert torch.equal(y, y_ref), (n, seed, p)
+            (dx,) = torch.autograd.grad(y, x, dy)
+            (dx_ref,) = torch.autograd.grad(y_ref, x, dy)
+            assert torch.equal(dx, dx_ref), (n, seed, p)
 
 
 # ------------------------------------------------------------------------------- registration
@@ -89,12 +114,40 @@ def test_forced_backend_and_public_ops(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "triton")
     assert select("dag_attention", q, k, v).name == "triton"
     assert select("bigin", h, g).name == "triton"
+    assert select("dropout", h).name == "triton"
     assert_close(ops.dag_attention(q, k, v, graph), reference.dag_attention(q, k, v, graph), atol=2e-5, rtol=2e-5)
     assert_close(ops.bigin(h, g, graph), reference.bigin(h, g, graph), atol=2e-5, rtol=2e-5)
+    assert torch.equal(ops.dropout(h, 0.3, seed=2), reference.dropout(h, 0.3, seed=2))
     # too large a head dim: the forced backend refuses with its reason
     big = torch.zeros(graph.num_nodes, 4, 300, device=DEVICE)
     with pytest.raises(RuntimeError, match="head dim 300"):
         ops.dag_attention(big, big, big, graph)
+
+
+def test_cuda_order_is_per_op(monkeypatch):
+    """Automatic selection on CUDA follows ``CUDA_PREFERENCE[op]``, falls through to the next
+    backend that can run, and the environment variable still forces a backend. Fake backends
+    and a stand-in for a CUDA tensor (selection reads only ``.device``) run it without a GPU."""
+    on_cuda = types.SimpleNamespace(device=torch.device("cuda"))
+    fake = {name: Backend(name, ops=dict.fromkeys(CUDA_PREFERENCE)) for name in ("native", "triton", "torch")}
+    monkeypatch.setattr(importlib.import_module("nnformer_fast.ops.backends"), "_REGISTRY", fake)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setitem(CUDA_PREFERENCE, "bigin", ("triton", "native", "torch"))
+    monkeypatch.setitem(CUDA_PREFERENCE, "dropout", ("torch", "native", "triton"))
+    assert [select(op, on_cuda).name for op in ("bigin", "dropout")] == ["triton", "torch"]
+    assert select("dag_attention", on_cuda).name == CUDA_PREFERENCE["dag_attention"][0]
+    fake["triton"] = Backend("triton", ops=dict.fromkeys(CUDA_PREFERENCE), unsupported=lambda op, *t: ["no"])
+    assert select("bigin", on_cuda).name == "native"
+    monkeypatch.setenv(ENV_VAR, "torch")
+    assert select("bigin", on_cuda).name == "torch"
+
+
+def test_cuda_preference_table_covers_every_op():
+    """Every op of the torch backend has a CUDA order over all three backends (a pasted table
+    from benchmarks/gpu_check.py must keep that shape)."""
+    assert set(CUDA_PREFERENCE) == set(_REGISTRY["torch"].ops)
+    for op, order in CUDA_PREFERENCE.items():
+        assert sorted(order) == ["native", "torch", "triton"], op
 
 
 def test_never_chosen_automatically_on_cpu(monkeypatch):
@@ -107,7 +160,7 @@ def test_never_chosen_automatically_on_cpu(monkeypatch):
 
 def test_opcheck_and_compile():
     """``torch.library.opcheck`` on every op (schema, fake, autograd registration) and a
-    ``torch.compile(fullgraph=True)`` trace through both ops (aot_eager: no graph breaks)."""
+    ``torch.compile(fullgraph=True)`` trace through all three ops (aot_eager: no graph breaks)."""
     graph = _graph("diamond")
     q, k, v = _qkv(graph.num_nodes, 4, 8, torch.float32)
     h, g = _hg(graph.num_nodes, 8, torch.float32)
@@ -117,10 +170,11 @@ def test_opcheck_and_compile():
                           test_utils=tests)
     torch.library.opcheck(tbigin.bigin_fwd, (h, g, graph.adj_rowptr, graph.adj_col, graph.adjt_rowptr,
                                              graph.adjt_col, "gelu"), test_utils=tests)
+    torch.library.opcheck(tdropout.dropout_fwd, (h, 0.3, 7), test_utils=tests)
 
     def block(q, k, v, h, g):
         a = tattn.dag_attention(q, k, v, graph)
-        return a.sum() + tbigin.bigin(h, g, graph, act="relu").sum()
+        return a.sum() + tdropout.dropout(tbigin.bigin(h, g, graph, act="relu"), 0.3, seed=7).sum()
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     loss = compiled(q, k, v, h, g)
@@ -139,3 +193,48 @@ def test_imports_without_triton():
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stderr
     assert "triton is not installed" in res.stdout
+
+
+# ------------------------------------------------------------------------------- benchmarks/gpu_check.py
+@pytest.fixture(scope="module")
+def gpu_check():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        return importlib.import_module("gpu_check")
+    finally:
+        sys.path.pop(0)
+
+
+def test_gpu_check_rows_run_here(gpu_check):
+    """The GPU check's row builders and table on this device (Triton interpreted on the CPU),
+    with a stand-in timer that runs each step once: the code paths, not the numbers."""
+    rows = gpu_check.correctness_rows("triton", DEVICE, ["diamond"], past_2_32=False)
+    assert len(rows) == 3 * len(gpu_check.DTYPES) and all(r.ok for r in rows), [r for r in rows if not r.ok]
+
+    def once(fn):
+        fn()
+        return 2.0
+
+    rows.append(gpu_check.copy_row(DEVICE, once, nbytes=2**20))
+    rows += gpu_check.timing_rows(DEVICE, once, {"tiny": ([5, 3, 7], dict(avg_degree=1.5, global_token=True), 4, 8)})
+    timed = {(r.op, r.backend) for r in rows if r.ms is not None}
+    assert {(op, name) for op in ("dag_attention", "bigin", "dropout") for name in ("triton", "torch")} <= timed
+    assert {("dag_attention", "dense"), ("bigin", "dense"), ("copy", "torch")} <= timed
+    assert gpu_check.format_table(rows).count("\n") == len(rows) + 1
+
+
+def test_gpu_check_recommendation(gpu_check):
+    """Per op the faster kernel backend comes first, unless it failed a check; the printed table
+    is Python that evaluates to the recommendation."""
+    row, KERNELS = gpu_check.Row, gpu_check.KERNEL_BACKENDS
+    times = {"dag_attention": (2.0, 1.0), "bigin": (1.0, 3.0), "dropout": (2.0, 1.0)}  # native, triton ms
+    rows = [row(op, "a", name, "bfloat16", ms=ms) for op, pair in times.items() for name, ms in zip(KERNELS, pair)]
+    rows.append(row("dropout", "bit-exact", "triton", "float16", ok=False))
+    recommended = gpu_check.recommend(rows)
+    orders = {op: order for op, (order, _) in recommended.items()}
+    assert orders == {"dag_attention": ("triton", "native", "torch"), "bigin": ("native", "triton", "torch"),
+                      "dropout": ("native", "triton", "torch")}
+    namespace = {}
+    exec(gpu_check.format_preference(recommended, "Some GPU"), namespace)
+    assert namespace["CUDA_PREFERENCE"] == orders
+    assert "| 0.50 |" in gpu_check.format_table(rows)  # Triton's time relative to CUDA C++

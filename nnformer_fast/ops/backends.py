@@ -3,8 +3,8 @@
 Every backend names the ops it implements and says, per call, why it cannot run
 (``unsupported``); an empty list means it can. ``select`` honours the environment variable
 ``NNFORMER_FAST_BACKEND`` (``native``, ``triton`` or ``torch``) and otherwise takes the first
-backend in the device's preference order that can run. When a forced backend cannot run, the
-error lists every backend's reasons (xformers style).
+backend that can run in the order of the device type and op (``CUDA_PREFERENCE`` on CUDA).
+When a forced backend cannot run, the error lists every backend's reasons (xformers style).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from torch import Tensor
 
-__all__ = ["Backend", "register", "backends", "select", "ENV_VAR"]
+__all__ = ["Backend", "register", "backends", "select", "ENV_VAR", "CUDA_PREFERENCE"]
 
 ENV_VAR = "NNFORMER_FAST_BACKEND"
 
@@ -44,8 +44,17 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
-# Automatic choice per device type; a backend missing from the registry is skipped.
-_PREFERENCE = {"cpu": ("native", "torch"), "cuda": ("native", "triton", "torch")}
+
+#: CUDA backends per op, fastest first. Unmeasured: there was no GPU run yet, so CUDA C++ comes
+#: first for every op. ``python benchmarks/gpu_check.py`` prints this table from its timings,
+#: headed "chosen by measured speed on <card> (benchmarks/RESULTS.md)", to paste here.
+CUDA_PREFERENCE: dict[str, tuple] = {
+    "dag_attention": ("native", "triton", "torch"),
+    "bigin": ("native", "triton", "torch"),
+    "dropout": ("native", "triton", "torch"),
+}
+# Automatic choice per device type and op; a backend missing from the registry is skipped.
+_PREFERENCE = {"cpu": dict.fromkeys(CUDA_PREFERENCE, ("native", "torch")), "cuda": CUDA_PREFERENCE}
 
 
 def register(backend: Backend) -> None:
@@ -69,7 +78,7 @@ def select(op: str, *tensors: Tensor) -> Backend:
             return backend
         raise RuntimeError(f"{ENV_VAR}={forced!r} cannot run {op}:\n" + _explain(op, tensors))
     device_type = tensors[0].device.type
-    for name in _PREFERENCE.get(device_type, ("torch",)):
+    for name in _PREFERENCE.get(device_type, {}).get(op, ("torch",)):
         backend = _REGISTRY.get(name)
         if backend is not None and device_type in backend.preferred_on and not backend.reasons(op, *tensors):
             return backend

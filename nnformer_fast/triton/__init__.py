@@ -1,9 +1,10 @@
-"""The ``triton`` backend: Triton kernels for ``dag_attention`` and ``bigin``.
+"""The ``triton`` backend: Triton kernels for ``dag_attention``, ``bigin`` and ``dropout``.
 
-One readable module per op (Liger-Kernel style): :mod:`.dag_attention` and :mod:`.bigin` hold
-the kernels, their launchers (``torch.library.triton_op``, so ``torch.compile`` traces through
-them) and their autograd. Importing this package registers the backend; it always imports,
-and when Triton is missing (or fails to load) the backend registers with a ``load_error``.
+One readable module per op (Liger-Kernel style): :mod:`.dag_attention`, :mod:`.bigin` and
+:mod:`.dropout` hold the kernels, their launchers (``torch.library.triton_op``, so
+``torch.compile`` traces through them) and their autograd. Importing this package registers
+the backend; it always imports, and when Triton is missing (or fails to load) the backend
+registers with a ``load_error``.
 
 The backend runs CUDA tensors, and CPU tensors only under the Triton interpreter
 (``TRITON_INTERPRET=1`` set before ``nnformer_fast`` is imported: ``triton.jit`` reads it when
@@ -30,10 +31,11 @@ else:
         from .bigin import bigin as _bigin
         from .dag_attention import MAX_HEAD_DIM
         from .dag_attention import dag_attention as _dag_attention
+        from .dropout import dropout as _dropout
     except Exception as exc:  # an incompatible triton / torch pair must not break the package
         load_error = f"triton backend failed to load: {type(exc).__name__}: {exc}"
     else:
-        _OPS = {"dag_attention": _dag_attention, "bigin": _bigin}
+        _OPS = {"dag_attention": _dag_attention, "bigin": _bigin, "dropout": _dropout}
 
 available = load_error is None
 

@@ -123,7 +123,7 @@ def _fwd_kernel(
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, axis=1)
         m_i = m_new
 
-    l_safe = tl.where(nmask, l_i, 1.0)  # every real row holds its self loop: l > 0
+    l_safe = tl.where(l_i > 0, l_i, 1.0)  # empty rows (padding nodes, past N): out 0, lse -inf
     out = acc / l_safe[:, None]
     if HAS_DROPOUT:
         out = out * keep_scale
