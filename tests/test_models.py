@@ -4,7 +4,7 @@ import torch
 
 from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
 from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
-from nnformer_fast.models.buckets import bucket_size
+from nnformer_fast.models.buckets import bucket_size, wants_buckets
 from nnformer_fast.testing import assert_close, random_dag_edges
 
 ACCURACY_KEYS_PER_LAYER = [
@@ -214,15 +214,17 @@ def test_latency_model_bad_input():
 
 def test_bucket_sizes_repeat_and_pad_little():
     sizes = [bucket_size(n) for n in range(1, 5000)]
-    assert all(b >= n and b - n < max(1, n / 8) for n, b in zip(range(1, 5000), sizes))
-    assert sizes == sorted(sizes) and len({b for b in sizes if 1024 <= b < 2048}) == 8
+    assert all(b >= n and b - n < max(1, n / 16) for n, b in zip(range(1, 5000), sizes))
+    assert sizes == sorted(sizes) and len({b for b in sizes if 1024 <= b < 2048}) == 16
     assert [bucket_size(b) for b in sizes] == sizes  # a bucket size is its own bucket
 
 
-def test_latency_shape_buckets_change_nothing():
-    """Padded to a bucket (one graph of isolated nodes, zero rows): the same outputs and
-    gradients as unpadded, dropout included, and the layers really see the bucket size."""
-    x, graph, static, _ = latency_batch([12, 1, 30, 7], seed=7)  # 50 nodes -> 52; 4 graphs + the padding graph = 5
+def test_latency_shape_buckets_change_nothing(monkeypatch):
+    """Padded to a bucket (one padding graph, zero rows): the same outputs and gradients as
+    unpadded, dropout included, and the layers really see the bucket size. (Float64 here, so
+    bucketing, normally only for bf16 / fp16 on the CPU, is forced.)"""
+    monkeypatch.setattr("nnformer_fast.models.latency.wants_buckets", lambda x: True)
+    x, graph, static, _ = latency_batch([12, 1, 30, 8], seed=7)  # 51 nodes -> 52; 4 graphs + padding = 5
     results = []
     for buckets in (False, True):
         torch.manual_seed(8)
@@ -234,9 +236,16 @@ def test_latency_shape_buckets_change_nothing():
         out = model(x.double(), graph, static.double())
         out.square().sum().backward()
         results.append((out, {n: p.grad for n, p in model.named_parameters()}))
-        assert seen == ([50, 4] if not buckets else [52, 5])
+        assert seen == ([51, 4] if not buckets else [52, 5])
     (plain, plain_grads), (padded, padded_grads) = results
     assert padded.shape == (4, 1)
     assert_close(padded, plain, atol=1e-12, rtol=1e-12, name="bucketed output")
     for name, grad in plain_grads.items():
         assert_close(padded_grads[name], grad, atol=1e-12, rtol=1e-10, name=f"bucketed grad of {name}")
+
+
+def test_shape_buckets_only_for_low_precision_cpu_gemms():
+    x = torch.randn(3, 4)
+    assert not wants_buckets(x) and wants_buckets(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert wants_buckets(x)

@@ -3,7 +3,7 @@
 On the CPU, oneDNN compiles a matmul kernel for every new shape it meets in bf16 or fp16.
 Token-budget batches give every training step a new node count N, so every GEMM of every
 step paid that compile: 3-4 ms each at N≈2000, D=128 (four times the matmul itself), most of
-a bf16 step. Rounding N up to a geometric grid (at most 1/8 padding) makes shapes repeat and
+a bf16 step. Rounding N up to a geometric grid (less than 1/16 padding) makes shapes repeat and
 the compiled kernels are reused. Padding nodes form one extra graph and see nothing
 (:meth:`GraphBatch.pad_nodes`), so the real graphs' outputs, gradients and dropout masks do
 not change.
@@ -20,9 +20,9 @@ __all__ = ["bucket_size", "pad_to_buckets", "wants_buckets"]
 
 
 def bucket_size(n: int) -> int:
-    """``n`` rounded up to a multiple of ``2**(bit_length(n) - 4)``: 8 sizes per octave,
-    less than ``n / 8`` padding."""
-    step = 1 << max(0, n.bit_length() - 4)
+    """``n`` rounded up to a multiple of ``2**(bit_length(n) - 5)``: 16 sizes per octave,
+    less than ``n / 16`` padding."""
+    step = 1 << max(0, n.bit_length() - 5)
     return -(-n // step) * step
 
 
@@ -41,6 +41,7 @@ def pad_to_buckets(x: Tensor, graph: GraphBatch, per_graph: Tensor) -> tuple[Ten
 
 
 def wants_buckets(x: Tensor) -> bool:
-    """Bucketing pays on the CPU (oneDNN); not on CUDA, and not while torch.compile traces
-    (dynamic shapes there)."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Bucketing pays where oneDNN runs the GEMMs: on the CPU in bf16 / fp16 (fp32 goes to
+    MKL, which compiles nothing); not on CUDA, and not while torch.compile traces."""
+    low = torch.is_autocast_enabled("cpu") or x.dtype in (torch.bfloat16, torch.float16)
+    return x.device.type == "cpu" and low and not torch.compiler.is_compiling()
