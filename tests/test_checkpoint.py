@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nnformer_fast.train import checkpoint as ck
-from nnformer_fast.train.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
+from nnformer_fast.train.checkpoint import (CheckpointError, gather_rng_states, load_checkpoint, restore_rng_state,
                                             save_checkpoint)
 
 
@@ -81,10 +81,13 @@ def test_mismatch_refused(tmp_path):
 
 
 def test_rng_roundtrip(tmp_path):
+    g = torch.Generator().manual_seed(4)
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    p = save_checkpoint(tmp_path / "r.pt", {"rng": capture_rng_state()})
-    want = (torch.rand(3), np.random.rand(3), random.random())
-    torch.manual_seed(9), np.random.seed(9), random.seed(9)
-    restore_rng_state(load_checkpoint(p)["rng"])
-    got = (torch.rand(3), np.random.rand(3), random.random())
+    p = save_checkpoint(tmp_path / "r.pt", {"rng": gather_rng_states(g)})  # one process: [its state]
+    want = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=g))
+    torch.manual_seed(9), np.random.seed(9), random.seed(9), g.manual_seed(9)
+    (state,) = load_checkpoint(p)["rng"]
+    restore_rng_state(state, g)
+    got = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=g))
     assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
+    assert torch.equal(want[3], got[3])

@@ -1,4 +1,6 @@
-"""Short real trainings on tiny data: loss decreases, exact resume, Ctrl-C, NaN, bad inputs."""
+"""Short real trainings on tiny data: loss decreases, exact resume, Ctrl-C, NaN, bad inputs,
+the accuracy consistency loss, ``compile``."""
+import functools
 import os
 import signal
 from pathlib import Path
@@ -36,13 +38,35 @@ def test_latency_loss_decreases_bf16(lat):
     assert r.throughput["graphs_per_s"] > 0 and r.step == len(r.losses)
 
 
-def test_accuracy_loss_decreases():
+@pytest.mark.parametrize("consistency, dropout", [(False, 0.0), (True, 0.1)])
+def test_accuracy_loss_decreases(consistency, dropout):
     cells = synthetic_cells(80, seed=0)
     train, test = T.split_dataset("accuracy", cells, test_fraction=0.25, seed=0)
-    r = fit(_cfg(task="accuracy", model=dict(depth=1, dim=32, dropout=0.0), epochs=8, max_nodes=160, lr=3e-3),
-            train_set=train, test_set=test)
+    r = fit(_cfg(task="accuracy", model=dict(depth=1, dim=32, dropout=dropout), epochs=8, max_nodes=160, lr=3e-3,
+                 consistency=consistency), train_set=train, test_set=test)
     assert np.mean(r.losses[-3:]) < 0.5 * np.mean(r.losses[:3])
     assert "tau" in r.metrics and "mape" not in r.metrics
+
+
+def test_accuracy_consistency_loss_value():
+    """SPEC §6 with consistency, written out by hand on the doubled batch: MSE and rank loss
+    over all 2B predictions, plus λ_c · l1 between the cells and their twins."""
+    task = T.AccuracyTask(depth=1, dim=32, dropout=0.2, lambda_mse=0.7, lambda_rank=0.3, lambda_consistency=0.5)
+    torch.manual_seed(0)
+    model = task.build_model().train()
+    batch = task.builder(synthetic_cells(12, seed=1))[[0, 3, 5, 7, 8, 11]]
+    torch.manual_seed(1)
+    loss, p = task.loss(model, batch, consistency=True, generator=torch.Generator().manual_seed(2))
+
+    torch.manual_seed(1)
+    q = model({k: torch.cat([v, v]) for k, v in batch.inputs[0].items()}).double().reshape(-1)
+    y = batch.target.double().repeat(2)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(2))
+    want = (0.7 * (q - y).square().mean() + 0.3 * ((q - q[perm]) - (y - y[perm])).abs().mean()
+            + 0.5 * (q[:6] - q[6:]).abs().mean())
+    assert (q[:6] - q[6:]).abs().min() > 0  # dropout differs between a cell and its twin
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(p, q[:6].float())
 
 
 def test_vectorized_batch_matches_collate(lat):
@@ -56,6 +80,12 @@ def test_vectorized_batch_matches_collate(lat):
     torch.testing.assert_close(b.inputs[2], s)
     assert torch.equal(b.inputs[1].edge_index, g.edge_index) and torch.equal(b.inputs[1].ptr, g.ptr)
     torch.testing.assert_close(b.target, y)
+
+
+def test_time_limit_stops_with_a_checkpoint(lat, tmp_path):
+    train, _ = lat
+    r = fit(_cfg(max_seconds=0.0, out=str(tmp_path / "run")), train_set=train, test_set=None)
+    assert r.step == 1 and Path(r.checkpoint).is_file()  # the limit is checked after each step
 
 
 def test_resume_is_bit_exact(lat, tmp_path):
@@ -125,6 +155,8 @@ def test_bad_inputs(lat, tmp_path):
         fit(_cfg(), train_set=bad, test_set=None)
     with pytest.raises(ValueError, match="fp16 training needs a GPU"):
         fit(_cfg(precision="fp16", device="cpu"), train_set=train, test_set=None)
+    with pytest.raises(ValueError, match="compile: only the latency task"):
+        fit(_cfg(task="accuracy", model=dict(depth=1), compile=True))
     # a checkpoint of another model configuration is refused on resume
     out = tmp_path / "run"
     fit(_cfg(out=str(out), max_steps=1), train_set=train, test_set=None)
@@ -151,3 +183,26 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
         assert main(["predict", str(out / "last.pt"), str(onnx)]) == 0
         line = capsys.readouterr().out.strip()
         assert line.endswith(" ms") and float(line.split("\t")[1].split()[0]) > 0
+
+
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile does not run here")
+def test_compile_matches_eager(lat, monkeypatch):
+    """``compile=True`` trains like eager, with dropout on, in one graph for every batch shape.
+    The aot_eager backend traces and partitions like inductor but skips its C++ code generation
+    (minutes on 2 cores) and draws dropout seeds from torch's generator, so eager's masks are
+    reproduced; inductor draws them from its own RNG."""
+    from torch._dynamo.utils import counters
+
+    train, _ = lat
+    eager = fit(_cfg(epochs=2), train_set=train, test_set=None)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = fit(_cfg(epochs=2, compile=True), train_set=train, test_set=None)
+    assert len(compiled.losses) == len(eager.losses) >= 8
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-4)
+    for a, b in zip(eager.model.state_dict().values(), compiled.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert not counters["graph_break"]
+    # one graph, plus at most one for batches of a single graph (sizes 0 and 1 are specialised)
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])

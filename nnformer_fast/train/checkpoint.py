@@ -20,7 +20,7 @@ import torch
 from .._atomic import atomic_open
 
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "check_compatible",
-           "capture_rng_state", "restore_rng_state"]
+           "capture_rng_state", "restore_rng_state", "gather_rng_states"]
 
 FORMAT = "nnformer_fast.train/1"
 
@@ -74,8 +74,9 @@ def check_compatible(state: Mapping[str, Any], *, task: Optional[str] = None,
 
 
 # ---------------------------------------------------------------------------- RNG states
-def capture_rng_state() -> dict:
-    """torch (CPU and every CUDA device), numpy and python RNG states, as tensors."""
+def capture_rng_state(*generators: torch.Generator) -> dict:
+    """torch (CPU and every CUDA device), numpy and python RNG states, and those of
+    ``generators`` (in order, under ``"generators"``), as tensors and numbers."""
     np_state = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state = {
@@ -84,19 +85,36 @@ def capture_rng_state() -> dict:
         "numpy_pos": int(np_state[2]), "numpy_has_gauss": int(np_state[3]), "numpy_gauss": float(np_state[4]),
         "python": torch.tensor(py_internal, dtype=torch.int64), "python_version": int(py_version),
         "python_gauss": None if py_gauss is None else float(py_gauss),
+        "generators": [g.get_state() for g in generators],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
+def restore_rng_state(state: Mapping[str, Any], *generators: torch.Generator) -> None:
+    """Undo :func:`capture_rng_state` (pass the same ``generators``)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
                          state["numpy_has_gauss"], state["numpy_gauss"]))
     random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()),
                      state["python_gauss"]))
+    for g, s in zip(generators, state["generators"], strict=True):
+        g.set_state(s)
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
+
+
+def gather_rng_states(*generators: torch.Generator) -> list[dict]:
+    """Every rank's :func:`capture_rng_state`, indexed by rank, on every rank: a collective
+    under ``torch.distributed`` (all ranks must call it); ``[own state]`` otherwise."""
+    import torch.distributed as dist
+
+    state = capture_rng_state(*generators)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states

@@ -99,11 +99,15 @@ def register_train(subparsers) -> None:
     p.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor as a fraction of --lr")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off), e.g. 0.999")
-    p.add_argument("--consistency", action="store_true", help="latency consistency loss (two passes)")
+    p.add_argument("--consistency", action="store_true",
+                   help="consistency loss: latency — two stochastic passes (SPEC §5); accuracy — every cell beside "
+                        "its twin in one batch, weight --model lambda_consistency=1.0 (SPEC §6)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16",
                    help="bf16 autocast (CPU/GPU, default), fp16 + GradScaler (GPU) or fp32")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (latency task; one graph for all batch shapes; the first steps "
+                        "compile, about 1.5 min on a 2-core CPU; see the README for when it pays)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers building batches (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)

@@ -2,8 +2,9 @@
 
 Packed batches from the token-budget sampler, built in DataLoader workers; AdamW with a
 linear warm-up and cosine decay; optional EMA of the weights; bf16 autocast (CPU and GPU) or
-fp16 + GradScaler (GPU); optional ``torch.compile``; atomic checkpoints every N steps, at the
-end and on Ctrl-C; exact resume; DDP under ``torchrun`` (gloo on CPU, NCCL on GPU).
+fp16 + GradScaler (GPU); optional ``torch.compile`` (latency task); atomic checkpoints every N
+steps, at the end and on Ctrl-C; exact resume (every rank's RNG states); DDP under ``torchrun``
+(gloo on CPU, NCCL on GPU).
 
 Hot path per step: move the batch (non-blocking), forward under autocast, one ``.item()``
 for the loss (the NaN/inf check and the progress bar), backward, clip, step. Nothing loops
@@ -27,8 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import (CheckpointError, capture_rng_state, load_checkpoint,
-                         restore_rng_state, save_checkpoint)
+from .checkpoint import CheckpointError, gather_rng_states, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import regression_metrics
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import dataset_fingerprint, get_task, load_dataset, split_dataset
@@ -64,7 +64,7 @@ class TrainConfig:
     consistency: bool = False
     precision: str = "bf16"
     device: str = "auto"
-    compile: bool = False
+    compile: bool = False                 # torch.compile the model (latency task; dynamic shapes, one graph)
     num_workers: int = 0
     seed: int = 0
     out: Optional[str] = None             # checkpoint folder (None = no checkpoints)
@@ -252,8 +252,9 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         torch.cuda.set_device(device)
     main_proc = rank == 0
     task = get_task(cfg.task, **cfg.model)
-    if cfg.consistency and cfg.task != "latency":
-        raise ValueError("consistency training is implemented for the latency task only")
+    if cfg.compile and cfg.task != "latency":
+        raise ValueError("compile: only the latency task; the accuracy model builds its graph and packs its tokens "
+                         "with data-dependent shapes inside forward, which torch.compile splits into many graphs")
     _autocast(device, cfg.precision)  # validate precision/device early
 
     # ---- data
@@ -285,6 +286,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = task.build_model().to(device)
+    if world > 1:  # the same initial weights everywhere, but each rank its own dropout masks
+        torch.manual_seed(cfg.seed + rank)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name.endswith(".scale") or "cls_token" in name else decay).append(p)
@@ -325,32 +328,41 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         sampler.load_state_dict(state["sampler"])
         step, epoch = int(state["step"]), int(state["sampler"]["epoch"])
         losses = state["losses"].tolist()
-        restore_rng_state(state["rng"])
-        loss_gen.set_state(state["loss_generator"])
+        rng = state["rng"]
+        if not (isinstance(rng, list) and len(rng) == world):
+            raise CheckpointError(f"{resume}: holds no RNG states for {world} rank(s) (written by an older version?), "
+                                  "so it cannot be resumed exactly")
+        restore_rng_state(rng[rank], loss_gen)
         if main_proc:
             print(f"resumed from {resume} at step {step} (epoch {epoch}, batch {sampler.position})", file=sys.stderr)
 
-    train_model = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
-    fwd_model = torch.compile(train_model, dynamic=True) if cfg.compile else train_model
+    # dynamic=True: batches of any size share one graph; fullgraph=True also traces the dropout
+    # seeds the model draws as Python ints (without it each one breaks the graph)
+    train_model = torch.compile(model, dynamic=True, fullgraph=True) if cfg.compile else model
+    if world > 1:  # around the compiled module: dynamo cannot trace DDP's forward in one graph
+        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index]
+                                                          if device.type == "cuda" else None)
 
     def checkpoint(consumed: int) -> Optional[str]:
-        if ckpt_path is None or not main_proc:
+        """Rank 0 writes ``ckpt_path`` with every rank's RNG states; under DDP a collective that
+        returns on every rank once the file is in place (so a rank may resume from it at once)."""
+        if ckpt_path is None:
             return None
-        state = {
-            "task": cfg.task, "model_config": task.model_config, "dataset": fingerprint,
-            "run": {"max_nodes": cfg.max_nodes, "epochs": cfg.epochs, "seed": cfg.seed, "world_size": world},
-            "train_config": {k: v for k, v in cfg.to_dict().items() if k != "model"},
-            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "sampler": sampler.state_dict(consumed=consumed), "step": step,
-            "losses": torch.tensor(losses, dtype=torch.float64), "rng": capture_rng_state(),
-            "loss_generator": loss_gen.get_state(),
-        }
-        return str(save_checkpoint(ckpt_path, state))
+        rng = gather_rng_states(loss_gen)
+        if main_proc:
+            save_checkpoint(ckpt_path, {
+                "task": cfg.task, "model_config": task.model_config, "dataset": fingerprint,
+                "run": {"max_nodes": cfg.max_nodes, "epochs": cfg.epochs, "seed": cfg.seed, "world_size": world},
+                "train_config": {k: v for k, v in cfg.to_dict().items() if k != "model"},
+                "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "sampler": sampler.state_dict(consumed=consumed), "step": step,
+                "losses": torch.tensor(losses, dtype=torch.float64), "rng": rng,
+            })
+        if world > 1:
+            torch.distributed.barrier()
+        return str(ckpt_path)
 
     # ---- loop
     from tqdm.auto import tqdm
@@ -373,17 +385,20 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
             for batch in loader:
                 batch = batch.to(device, non_blocking=True) if device.type != "cpu" else batch
                 with _autocast(device, cfg.precision):
-                    loss, _ = task.loss(fwd_model, batch, consistency=cfg.consistency, generator=loss_gen)
+                    loss, _ = task.loss(train_model, batch, consistency=cfg.consistency, generator=loss_gen)
+                # the time limit is agreed on by all ranks (in the all_reduce), or one would wait alone
+                out_of_time = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
                 if world > 1:
                     import torch.distributed as dist
 
                     b = batch.num_graphs
-                    red = torch.tensor([float(b), loss.detach().float().item() * b, float(stop.set)],
+                    flags = [float(stop.set), float(out_of_time)]
+                    red = torch.tensor([float(b), loss.detach().float().item() * b, *flags],
                                        dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
                     dist.all_reduce(red)
                     b_global = red[0].item()
                     loss_value = red[1].item() / b_global
-                    stop_now = red[2].item() > 0
+                    stop_now, out_of_time = red[2].item() > 0, red[3].item() > 0
                     loss = loss * (b * world / b_global)
                 else:
                     loss_value, stop_now = loss.item(), stop.set
@@ -429,7 +444,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     stopped = True
                     break
-                if cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds:
+                if out_of_time:
                     stopped = True
                     if main_proc:
                         print(f"time limit {cfg.max_seconds:.0f} s reached at step {step}", file=sys.stderr)

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["relative_mse", "latency_consistency_loss", "accuracy_loss", "consistency_l1",
-           "LAMBDA_MSE", "LAMBDA_RANK", "CONSISTENCY_WEIGHT"]
+__all__ = ["relative_mse", "latency_consistency_loss", "accuracy_loss", "accuracy_consistency_loss",
+           "consistency_l1", "LAMBDA_MSE", "LAMBDA_RANK", "LAMBDA_CONSISTENCY", "CONSISTENCY_WEIGHT"]
 
 LAMBDA_MSE = 1.0
 LAMBDA_RANK = 0.2
+#: λ_c of the accuracy consistency loss (SPEC §6; NN-Former's ``--lambda_consistency 1.0``)
+LAMBDA_CONSISTENCY = 1.0
 #: weight of ``l1(p1, p2)`` in the latency consistency loss (SPEC §5)
 CONSISTENCY_WEIGHT = 0.01
 
@@ -40,7 +42,7 @@ def latency_consistency_loss(p1: Tensor, p2: Tensor, target: Tensor,
     """``mse(p1/y, 1) + mse(p2/y, 1) + weight · l1(p1, p2)`` for two stochastic passes."""
     a, y = _flat(p1, target)
     b, _ = _flat(p2, target)
-    return relative_mse(a, y) + relative_mse(b, y) + weight * F.l1_loss(a, b)
+    return relative_mse(a, y) + relative_mse(b, y) + weight * consistency_l1(a, b)
 
 
 def accuracy_loss(pred: Tensor, target: Tensor, *, lambda_mse: float = LAMBDA_MSE,
@@ -57,7 +59,18 @@ def accuracy_loss(pred: Tensor, target: Tensor, *, lambda_mse: float = LAMBDA_MS
     return loss
 
 
+def accuracy_consistency_loss(p1: Tensor, p2: Tensor, target: Tensor, *,
+                              lambda_consistency: float = LAMBDA_CONSISTENCY, **kw) -> Tensor:
+    """:func:`accuracy_loss` of the batch ``[p1; p2]`` (targets ``[y; y]``) plus
+    ``λ_c · l1(p1, p2)``: p1 (B,) predictions for the cells, p2 (B,) for their twins, target
+    (B,); ``kw`` go to :func:`accuracy_loss` (its permutation then spans all 2B entries)."""
+    a, y = _flat(p1, target)
+    b, _ = _flat(p2, target)
+    return accuracy_loss(torch.cat([a, b]), torch.cat([y, y]), **kw) + lambda_consistency * consistency_l1(a, b)
+
+
 def consistency_l1(a: Tensor, b: Tensor) -> Tensor:
-    """``l1(a, b)`` between the predictions for a sample and for its augmented twin."""
+    """``l1(a, b)`` between two predictions of the same graphs (two stochastic passes, or a cell
+    and its augmented twin)."""
     a, b = _flat(a, b)
     return F.l1_loss(a, b)

@@ -4,7 +4,8 @@
   (or their text file), saved ``.npz`` sets, the embedded default set, NAS-Bench-201
   per-device latencies. Loss: relative MSE (SPEC §5), optionally the consistency loss.
 * ``accuracy`` — :class:`nnformer_fast.NNFormer` on NAS-Bench-101/201 cells: SPEC §7 JSON,
-  the NAS-Bench-201 CSV, NASLib's zero-cost JSON files. Loss: MSE + rank loss (SPEC §6).
+  the NAS-Bench-201 CSV, NASLib's zero-cost JSON files. Loss: MSE + rank loss (SPEC §6),
+  optionally with the augmented-twin consistency term.
 
 Batches are built by a *batch builder*: a map-style dataset indexed by a LIST of item
 indices (what the bucketing sampler yields), so each DataLoader worker builds whole batches
@@ -26,7 +27,8 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphBatch
-from .losses import accuracy_loss, latency_consistency_loss, relative_mse
+from .losses import (LAMBDA_CONSISTENCY, LAMBDA_MSE, LAMBDA_RANK, accuracy_consistency_loss, accuracy_loss,
+                     latency_consistency_loss, relative_mse)
 
 __all__ = ["Batch", "LatencyTask", "AccuracyTask", "get_task", "load_dataset", "split_dataset",
            "LatencyBatchBuilder", "CellArrays", "CellBatchBuilder", "dataset_fingerprint", "TASKS"]
@@ -247,7 +249,8 @@ class AccuracyTask:
     DEFAULTS = dict(depths=[12], in_chans=32, dim=192, n_head=4, mlp_ratio=4.0, act_layer="relu", dropout=0.1,
                     droppath=0.0, avg_tokens=False, class_token=True, depth_embed=True)
 
-    def __init__(self, lambda_mse: float = 1.0, lambda_rank: float = 0.2, **model_config):
+    def __init__(self, lambda_mse: float = LAMBDA_MSE, lambda_rank: float = LAMBDA_RANK,
+                 lambda_consistency: float = LAMBDA_CONSISTENCY, **model_config):
         if "depth" in model_config:
             model_config["depths"] = [int(model_config.pop("depth"))]
         unknown = set(model_config) - set(self.DEFAULTS)
@@ -255,7 +258,7 @@ class AccuracyTask:
             raise ValueError(f"accuracy model: unknown options {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
         self.model_config = {**self.DEFAULTS, **model_config}
         self.model_config["depths"] = [int(d) for d in self.model_config["depths"]]
-        self.lambda_mse, self.lambda_rank = lambda_mse, lambda_rank
+        self.lambda_mse, self.lambda_rank, self.lambda_consistency = lambda_mse, lambda_rank, lambda_consistency
 
     def build_model(self) -> torch.nn.Module:
         from ..models import NNFormer
@@ -283,11 +286,17 @@ class AccuracyTask:
         return model(*batch.inputs).reshape(-1)
 
     def loss(self, model, batch: Batch, *, consistency: bool = False, generator=None) -> tuple[Tensor, Tensor]:
-        if consistency:
-            raise NotImplementedError("accuracy task: the augmented-twin consistency loss is not implemented")
-        p = self.forward(model, batch)
-        return accuracy_loss(p, batch.target, lambda_mse=self.lambda_mse, lambda_rank=self.lambda_rank,
-                             generator=generator), p
+        """(loss, (B,) predictions). With ``consistency`` the model sees a batch of 2B cells, every
+        cell and its augmented twin. As in NN-Former the twin is the cell itself: the model is
+        invariant to node relabelling, so an isomorphic twin would differ only in its dropout
+        masks, and those differ anyway between the two halves of the batch."""
+        kw = dict(lambda_mse=self.lambda_mse, lambda_rank=self.lambda_rank, generator=generator)
+        if not consistency:
+            p = self.forward(model, batch)
+            return accuracy_loss(p, batch.target, **kw), p
+        twins = dataclasses.replace(batch, inputs=_move(batch.inputs, lambda t: torch.cat([t, t])))
+        p1, p2 = self.forward(model, twins).chunk(2)
+        return accuracy_consistency_loss(p1, p2, batch.target, lambda_consistency=self.lambda_consistency, **kw), p1
 
 
 TASKS = {"latency": LatencyTask, "accuracy": AccuracyTask}
