@@ -177,7 +177,8 @@ def training_setup(latency_setup):
     model = NNFormerLatency().train()
     graph = GraphBatch.from_edge_index(edge_index, sizes)
     y = torch.rand(len(sizes)) + 0.5
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4), x, graph, static, y
+    # fused AdamW, as nnformer_fast.train.fit uses (one kernel for all parameters)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), x, graph, static, y
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
