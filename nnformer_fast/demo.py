@@ -22,6 +22,9 @@ import torch
 MODEL = dict(dim=128, n_layers=2, n_head=4, dropout=0.0)
 MAX_NODES = 2048          # node budget: small enough for the batch to stay in cache on a CPU
 BASELINE_BATCH = 16       # graphs per optimizer step in the reference loop
+#: reference steps timed after one warm-up step: 176 graphs, enough that one large graph more
+#: or less in the sample moves its throughput little (~10 s)
+BASELINE_STEPS = 11
 
 
 def _pick_threads() -> int:
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
     print(f"model: NNFormerLatency {MODEL}; {threads} CPU thread(s)")
 
     # ---- the reference loop, a few steps (after one warm-up step)
-    base = baseline_fit(train_set, model_config=MODEL, batch_size=BASELINE_BATCH, max_steps=4, impl="dense")
+    base = baseline_fit(train_set, model_config=MODEL, batch_size=BASELINE_BATCH,
+                        max_steps=BASELINE_STEPS + 1, impl="dense")
     print(f"reference loop (one graph at a time, fp32, dense): {base.graphs_per_s:7.1f} graphs/s "
           f"({base.steps - 1} timed steps)")
 
