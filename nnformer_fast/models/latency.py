@@ -41,8 +41,8 @@ class NNFormerLatency(nn.Module):
     GIN adjacency), static (B, 40) static features → (B, 1) predicted latency in ms. Every
     graph gets the output it would get alone.
 
-    ``shape_buckets`` (default on): on the CPU, pad each batch to one of a few repeated sizes
-    so oneDNN reuses its compiled bf16 GEMMs (see :mod:`nnformer_fast.models.buckets`).
+    ``shape_buckets`` (default on): in bf16 / fp16 on the CPU, pad each batch to one of a few
+    repeated sizes so oneDNN reuses its compiled GEMMs (see :mod:`nnformer_fast.models.buckets`).
     """
 
     shape_buckets: bool = True
