@@ -114,17 +114,20 @@ class GraphBatch:
         """A copy in pinned host memory, for ``to(cuda, non_blocking=True)``."""
         return self._map_tensors(lambda t: t.pin_memory())
 
-    def pad_nodes(self, k: int) -> "GraphBatch":
-        """This batch plus ``k`` padding nodes (ids ``N ... N+k-1``) forming one extra graph.
+    def pad_nodes(self, k: int, graphs: int = 1) -> "GraphBatch":
+        """This batch plus ``k`` padding nodes (ids ``N ... N+k-1``) in ``graphs`` extra graphs:
+        the first holds the k nodes, any others are empty.
 
         Padding nodes have no edges and empty relation rows (not even themselves): they see
         no node and no node sees them, so every op leaves the real nodes' results unchanged
         and gives the padding rows ``dag_attention`` output 0. Entry indices (and so the
         attention-dropout masks) of the real nodes do not move. O(N) copies, no rebuild.
-        Models use it to round the node count up to a few repeated sizes
+        Models use it to round the node and graph counts up to a few repeated sizes
         (:mod:`nnformer_fast.models.buckets`).
         """
-        if k <= 0:
+        if k < 0 or graphs < 0 or (k > 0 and graphs == 0):
+            raise ValueError(f"pad_nodes: k ({k}) and graphs ({graphs}) must be >= 0, graphs >= 1 when k > 0")
+        if k == 0 and graphs == 0:
             return self
         n, dev = self.num_nodes, self.device
 
@@ -136,7 +139,7 @@ class GraphBatch:
             rel_rowptr = empty_rows(rel_rowptr, (r + 1) * n)
         return dataclasses.replace(
             self,
-            ptr=torch.cat([self.ptr, self.ptr.new_tensor([n + k])]),
+            ptr=torch.cat([self.ptr, self.ptr.new_full((graphs,), n + k)]),
             batch=torch.cat([self.batch, torch.full((k,), self.num_graphs, device=dev)]),
             adj_rowptr=empty_rows(self.adj_rowptr, n), adjt_rowptr=empty_rows(self.adjt_rowptr, n),
             rel_rowptr=rel_rowptr, max_nodes=max(self.max_nodes, k),

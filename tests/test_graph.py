@@ -174,17 +174,22 @@ def test_native_and_torch_relation_builders_agree(family):
     assert ours[4] == theirs[4].tolist()
 
 
+def test_pad_nodes_rejects_nodes_without_a_graph():
+    with pytest.raises(ValueError, match="graphs >= 1 when k > 0"):
+        FAMILIES["chain"]().pad_nodes(3, 0)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("k", [0, 1, 6])
-def test_pad_nodes_adds_one_graph_of_unconnected_rows(family, k):
+@pytest.mark.parametrize("k,graphs", [(0, 0), (0, 2), (1, 1), (6, 3)])
+def test_pad_nodes_adds_graphs_of_unconnected_rows(family, k, graphs):
     graph = FAMILIES[family]()
-    padded = graph.pad_nodes(k)
-    if k == 0:
+    padded = graph.pad_nodes(k, graphs)
+    if k == graphs == 0:
         assert padded is graph
         return
-    n = graph.num_nodes
-    assert padded.num_nodes == n + k and padded.num_graphs == graph.num_graphs + 1
-    assert padded.batch[n:].eq(graph.num_graphs).all() and padded.ptr[-1] == n + k
+    n, b = graph.num_nodes, graph.num_graphs
+    assert padded.num_nodes == n + k and padded.num_graphs == b + graphs
+    assert padded.batch[n:].eq(b).all() and padded.ptr[b + 1:].eq(n + k).all()  # k nodes, then empty graphs
     for name in ("adj", "adjt"):  # same entries; the padding rows are empty
         rowptr = getattr(padded, f"{name}_rowptr")
         assert torch.equal(rowptr[:n + 1], getattr(graph, f"{name}_rowptr")) and rowptr[n:].eq(rowptr[n]).all()

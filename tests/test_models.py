@@ -4,7 +4,7 @@ import torch
 
 from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
 from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
-from nnformer_fast.models.buckets import bucket_size, wants_buckets
+from nnformer_fast.models.buckets import bucket_size, bucketed, wants_buckets
 from nnformer_fast.testing import assert_close, random_dag_edges
 
 ACCURACY_KEYS_PER_LAYER = [
@@ -242,6 +242,23 @@ def test_latency_shape_buckets_change_nothing(monkeypatch):
     assert_close(padded, plain, atol=1e-12, rtol=1e-12, name="bucketed output")
     for name, grad in plain_grads.items():
         assert_close(padded_grads[name], grad, atol=1e-12, rtol=1e-10, name=f"bucketed grad of {name}")
+
+
+def test_bucketed_call_pads_graphs_too(monkeypatch):
+    """``bucketed`` (how fit calls a compiled model) pads nodes AND graphs (here 40 graphs + 2,
+    one holding the padding nodes, one empty) and returns the unpadded result."""
+    monkeypatch.setattr("nnformer_fast.models.buckets.wants_buckets", lambda x: True)
+    sizes = [2 + i % 5 if i < 4 else 3 + i % 5 for i in range(40)]  # 196 nodes -> 200
+    x, graph, static, _ = latency_batch(sizes, seed=3)
+    torch.manual_seed(0)
+    model = NNFormerLatency(dim=32, dropout=0.0).double().eval()
+    model.shape_buckets = False  # as inside a compiled graph
+    seen = []
+    model.predictor[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    model.embedding.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    got = bucketed(model)(x.double(), graph, static.double())
+    assert seen == [200, 42]
+    assert_close(got, model(x.double(), graph, static.double()), atol=1e-12, rtol=1e-12, name="bucketed call")
 
 
 def test_shape_buckets_only_for_low_precision_cpu_gemms():

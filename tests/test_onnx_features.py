@@ -9,7 +9,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from nnformer_fast.data.onnx_features import (  # noqa: E402
-    NODE_FEATURES, OP_TYPES, STATIC_FEATURES, describe_onnx, embed_scalar, load_onnx_graph, node_features)
+    NODE_FEATURES, OP_TYPES, STATIC_FEATURES, NodeFeatureTable, describe_onnx, embed_scalar, load_onnx_graph,
+    node_features)
 
 RESNET18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "nnlqp_resnet18_noweight.onnx"
 
@@ -72,6 +73,21 @@ def test_node_features_layout():
     assert x[0, 0] == 1 and x[1, :32].sum() == 0
     assert np.allclose(x[1, 32:42], embed_scalar(8.0, 5))
     assert np.allclose(x[0, 112 + 20:112 + 40], embed_scalar(2.0, 10))
+
+
+def test_node_feature_table_equals_per_node_features():
+    rng = np.random.default_rng(0)
+    distinct = 7
+    op_ids = rng.integers(-1, 40, distinct)  # unknown ids (-1, >= 32) included
+    attrs = rng.integers(0, 5, (distinct, 8)).astype(np.float32)
+    shapes = rng.integers(1, 300, (distinct, 4)).astype(np.int32)
+    attrs[0, 0] = -0.0  # same features as 0.0: may take its own row, must give the same values
+    pick = rng.integers(0, distinct, 200)  # every row repeated
+    table = NodeFeatureTable(op_ids[pick], attrs[pick], shapes[pick])
+    assert table.num_distinct <= distinct
+    nodes = rng.permutation(200)[:50]
+    want = node_features(op_ids[pick][nodes], attrs[pick][nodes], shapes[pick][nodes])
+    np.testing.assert_array_equal(table[nodes], want)
 
 
 def test_topological_order_constant_folding_and_unknown_op(tmp_path):

@@ -186,19 +186,21 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile does not run here")
-def test_compile_matches_eager(lat, monkeypatch):
-    """``compile=True`` trains like eager, with dropout on, in one graph for every batch shape.
-    The aot_eager backend traces and partitions like inductor but skips its C++ code generation
-    (minutes on 2 cores) and draws dropout seeds from torch's generator, so eager's masks are
-    reproduced; inductor draws them from its own RNG."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compile_matches_eager(lat, monkeypatch, precision):
+    """``compile=True`` trains like eager, with dropout on, in one graph for every batch shape
+    (in bf16 on the CPU: padded to shape buckets before the compiled call, as eager pads
+    inside the model). The aot_eager backend traces and partitions like inductor but skips its
+    C++ code generation (minutes on 2 cores) and draws dropout seeds from torch's generator, so
+    eager's masks are reproduced; inductor draws them from its own RNG."""
     from torch._dynamo.utils import counters
 
     train, _ = lat
-    eager = fit(_cfg(epochs=2), train_set=train, test_set=None)
+    eager = fit(_cfg(epochs=2, precision=precision), train_set=train, test_set=None)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     torch._dynamo.reset()
     counters.clear()
-    compiled = fit(_cfg(epochs=2, compile=True), train_set=train, test_set=None)
+    compiled = fit(_cfg(epochs=2, compile=True, precision=precision), train_set=train, test_set=None)
     assert len(compiled.losses) == len(eager.losses) >= 8
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-4)
     for a, b in zip(eager.model.state_dict().values(), compiled.model.state_dict().values()):

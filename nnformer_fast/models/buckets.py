@@ -10,13 +10,15 @@ not change.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import GraphBatch
 
-__all__ = ["bucket_size", "pad_to_buckets", "wants_buckets"]
+__all__ = ["bucket_size", "bucketed", "pad_to_buckets", "wants_buckets"]
 
 
 def bucket_size(n: int) -> int:
@@ -27,17 +29,34 @@ def bucket_size(n: int) -> int:
 
 
 def pad_to_buckets(x: Tensor, graph: GraphBatch, per_graph: Tensor) -> tuple[Tensor, GraphBatch, Tensor]:
-    """Pad x (N, F) and graph to ``bucket_size(N)`` nodes (zero rows, one padding graph)
-    and per_graph (B, S) with zero rows to ``bucket_size`` of the new graph count.
+    """Pad x (N, F) to ``bucket_size(N)`` zero rows, per_graph (B, S) to ``bucket_size(B + 1)``
+    zero rows, and graph to match both (padding nodes in the first extra graph, any others
+    empty): the padded inputs fit together as any batch does, and always hold at least two
+    graphs (``torch.compile`` specialises a dimension of size 1).
 
     Row ``i < N`` of x and row ``b < B`` of per_graph keep their place, so slicing the first
     B outputs gives the unpadded result.
     """
-    n = x.shape[0]
+    n, b = x.shape[0], per_graph.shape[0]
     k = bucket_size(n) - n
-    graph = graph.pad_nodes(k)
-    rows = bucket_size(graph.num_graphs) - per_graph.shape[0]
-    return F.pad(x, (0, 0, 0, k)), graph, F.pad(per_graph, (0, 0, 0, rows))
+    rows = bucket_size(b + 1)
+    return F.pad(x, (0, 0, 0, k)), graph.pad_nodes(k, rows - b), F.pad(per_graph, (0, 0, 0, rows - b))
+
+
+def bucketed(model: Callable[[Tensor, GraphBatch, Tensor], Tensor]) -> Callable[[Tensor, GraphBatch, Tensor], Tensor]:
+    """``model(x, graph, static)`` (a compiled :class:`NNFormerLatency`) called on the batch
+    padded to bucket sizes, returning the rows of the B real graphs.
+
+    The compiled graph cannot pad for itself (the bucket size is computed from N in Python),
+    so the padding runs here, in eager mode, where :func:`wants_buckets` would pad.
+    """
+
+    def call(x: Tensor, graph: GraphBatch, static: Tensor) -> Tensor:
+        if not wants_buckets(x):
+            return model(x, graph, static)
+        return model(*pad_to_buckets(x, graph, static))[:graph.num_graphs]
+
+    return call
 
 
 def wants_buckets(x: Tensor) -> bool:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.buckets import bucketed
 from .checkpoint import CheckpointError, gather_rng_states, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import regression_metrics
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
@@ -86,7 +87,9 @@ class FitResult:
     model: nn.Module                      # trained model (EMA weights when ema > 0), eval mode
     losses: list                          # training loss of every step since step 1
     metrics: dict                         # held-out metrics (SPEC §6) of ``model``
-    throughput: dict                      # graphs_per_s, nodes_per_s, steps, seconds (this run)
+    throughput: dict                      # graphs_per_s, nodes_per_s, steps, seconds (this run);
+    #                                       warm_graphs_per_s: after the run's first epoch (compilation
+    #                                       and kernel warm-up), None when one epoch or less ran
     step: int
     checkpoint: Optional[str] = None
     interrupted: bool = False
@@ -342,6 +345,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     if world > 1:  # around the compiled module: dynamo cannot trace DDP's forward in one graph
         train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index]
                                                           if device.type == "cuda" else None)
+    if cfg.compile:  # the shape buckets the compiled model cannot pad for itself (CPU bf16/fp16)
+        train_model = bucketed(train_model)
 
     def checkpoint(consumed: int) -> Optional[str]:
         """Rank 0 writes ``ckpt_path`` with every rank's RNG states; under DDP a collective that
@@ -371,6 +376,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     seen_graphs = seen_nodes = 0
     t_start = time.perf_counter()
     run_steps = 0
+    epoch_times = []  # (graphs, seconds) of each epoch of this run
     interrupted = stopped = False
     history = []
     saved = None
@@ -452,6 +458,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
             bar.close()
             seen_graphs += g_epoch
             seen_nodes += n_epoch
+            epoch_times.append((g_epoch, time.perf_counter() - t_epoch))
             if stopped:
                 break
             epoch += 1
@@ -477,8 +484,13 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         metrics = evaluate_model(result_model, task, test_set, max_nodes=cfg.max_nodes * 2)[2]
     throughput = {"graphs_per_s": seen_graphs / seconds if seconds else 0.0,
                   "nodes_per_s": seen_nodes / seconds if seconds else 0.0,
-                  "steps": run_steps, "seconds": seconds}
+                  "steps": run_steps, "seconds": seconds, "warm_graphs_per_s": _warm_rate(epoch_times[1:])}
     return FitResult(result_model.eval(), losses, metrics, throughput, step, saved, False, history)
+
+
+def _warm_rate(epochs: list) -> Optional[float]:
+    graphs, seconds = sum(g for g, _ in epochs), sum(s for _, s in epochs)
+    return graphs / seconds if seconds > 0 else None
 
 
 def _eval_model(model: nn.Module, ema: Optional[ModelEMA], task) -> nn.Module:
