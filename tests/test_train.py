@@ -36,6 +36,9 @@ def test_latency_loss_decreases_bf16(lat):
     assert np.mean(r.losses[-q:]) < 0.8 * np.mean(r.losses[:q]), r.losses
     assert {"mape", "acc@1", "acc@5", "acc@10", "tau"} <= set(r.metrics)
     assert r.throughput["graphs_per_s"] > 0 and r.step == len(r.losses)
+    assert r.throughput["warm_graphs_per_s"] > 0  # epochs 2..12
+    one = fit(_cfg(epochs=1), train_set=train, test_set=None)
+    assert one.throughput["warm_graphs_per_s"] is None  # only the first epoch ran
 
 
 @pytest.mark.parametrize("consistency, dropout", [(False, 0.0), (True, 0.1)])
