@@ -20,8 +20,9 @@ import torch
 #: the demo's model: the reference architecture at a CPU-friendly width. Dropout is off in
 #: both loops (the reference design's dense formulation has none).
 MODEL = dict(dim=128, n_layers=2, n_head=4, dropout=0.0)
-#: node budget: fewer, larger steps amortise the per-step cost (measured: 3,072 trains ~15 %
-#: faster than 2,048 per graph and reaches the same held-out tau after the same epochs)
+#: node budget: fewer, larger steps amortise the per-step cost (measured: 3,072 trains 10-15 %
+#: faster per graph than 2,048 and stays above the reference loop's held-out tau after the same
+#: epochs; 4,096 falls below it)
 MAX_NODES = 3072
 BASELINE_BATCH = 16       # graphs per optimizer step in the reference loop
 #: reference steps timed after one warm-up step: 176 graphs, enough that one large graph more
@@ -118,29 +119,28 @@ def main(argv=None) -> int:
     # --compile: torch.compile fuses the elementwise work around the GEMMs and kernels (faster
     # steps once compiled) but costs a one-off compilation of about a minute on 2 cores, more
     # than it saves in a run this short; the first epoch holds it.
-    compile_model = args.compile
     result = fit(TrainConfig(model=MODEL, epochs=epochs, max_nodes=MAX_NODES, precision="bf16", lr=2e-3,
                              warmup=0.05, num_workers=0, seed=0, out=str(out), progress=sys.stderr.isatty(),
-                             compile=compile_model,
+                             compile=args.compile,
                              max_seconds=1.5 * args.budget_s),  # a safety net if the machine gets busy
                  train_set=train_set, test_set=test_set)
     m, t = result.metrics, result.throughput
     warm = t["warm_graphs_per_s"] or t["graphs_per_s"]
     ratio, ratio_all = warm / base.graphs_per_s, t["graphs_per_s"] / base.graphs_per_s
-    loop = "packed + bf16" + (" + torch.compile" if compile_model else "")
+    loop = "packed + bf16" + (" + torch.compile" if args.compile else "")
     print(f"trained {result.step} steps ({epochs} epochs planned) in {t['seconds']:.1f} s ({loop})")
     print(f"held-out ({m['n']} networks): MAPE {100 * m['mape']:.2f} %   Acc(10%) {100 * m['acc@10']:.1f} %   "
           f"Acc(5%) {100 * m['acc@5']:.1f} %   Kendall tau {m['tau']:.4f}")
     print(f"training throughput after the first epoch (as the reference after its first step): {loop} "
           f"{warm:7.1f} graphs/s vs reference one-graph fp32 {base.graphs_per_s:7.1f} graphs/s  ->  {ratio:.1f}x")
-    print(f"  over the whole run, first epoch included ({'compilation, ' if compile_model else ''}kernel warm-up): "
+    print(f"  over the whole run, first epoch included ({'compilation, ' if args.compile else ''}kernel warm-up): "
           f"{t['graphs_per_s']:7.1f} graphs/s ({t['nodes_per_s']:.0f} nodes/s)  ->  {ratio_all:.1f}x")
 
     from .train.loop import evaluate_model
 
     pred, y, _ = evaluate_model(result.model, LatencyTask(**MODEL), test_set)
     report = {"data": source, "model": MODEL, "threads": threads, "epochs": epochs, "steps": result.step,
-              "metrics": m, "compiled": compile_model, "packed_bf16_graphs_per_s": warm,
+              "metrics": m, "compiled": args.compile, "packed_bf16_graphs_per_s": warm,
               "packed_bf16_graphs_per_s_whole_run": t["graphs_per_s"],
               "reference_fp32_graphs_per_s": base.graphs_per_s, "speedup": ratio, "speedup_whole_run": ratio_all}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
