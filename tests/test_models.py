@@ -223,7 +223,7 @@ def test_latency_shape_buckets_change_nothing(monkeypatch):
     """Padded to a bucket (one padding graph, zero rows): the same outputs and gradients as
     unpadded, dropout included, and the layers really see the bucket size. (Float64 here, so
     bucketing, normally only for bf16 / fp16 on the CPU, is forced.)"""
-    monkeypatch.setattr("nnformer_fast.models.latency.wants_buckets", lambda x: True)
+    monkeypatch.setattr("nnformer_fast.models.buckets.wants_buckets", lambda x: True)
     x, graph, static, _ = latency_batch([12, 1, 30, 8], seed=7)  # 51 nodes -> 52; 4 graphs + padding = 5
     results = []
     for buckets in (False, True):

@@ -44,11 +44,12 @@ def pad_to_buckets(x: Tensor, graph: GraphBatch, per_graph: Tensor) -> tuple[Ten
 
 
 def bucketed(model: Callable[[Tensor, GraphBatch, Tensor], Tensor]) -> Callable[[Tensor, GraphBatch, Tensor], Tensor]:
-    """``model(x, graph, static)`` (a compiled :class:`NNFormerLatency`) called on the batch
-    padded to bucket sizes, returning the rows of the B real graphs.
+    """``model(x, graph, static)`` called on the batch padded to bucket sizes where
+    :func:`wants_buckets`, returning the rows of the B real graphs.
 
-    The compiled graph cannot pad for itself (the bucket size is computed from N in Python),
-    so the padding runs here, in eager mode, where :func:`wants_buckets` would pad.
+    :class:`NNFormerLatency` wraps its own layers with it; ``fit`` wraps a compiled model with
+    it, since the compiled graph cannot pad for itself (the bucket size is computed from N in
+    Python), so the padding runs outside it, in eager mode.
     """
 
     def call(x: Tensor, graph: GraphBatch, static: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from .buckets import pad_to_buckets, wants_buckets
+from .buckets import bucketed
 from .blocks import (
     AttentionBlock,
     BiGINMlp,
@@ -76,16 +76,16 @@ class NNFormerLatency(nn.Module):
 
     def forward(self, x: Tensor, graph: GraphBatch, static: Tensor) -> Tensor:
         _check_inputs(x, graph, static, self.in_features, self.static_features)
-        num_graphs = graph.num_graphs
-        if self.shape_buckets and wants_buckets(x):
-            x, graph, static = pad_to_buckets(x, graph, static)
+        return (bucketed(self._predict) if self.shape_buckets else self._predict)(x, graph, static)
+
+    def _predict(self, x: Tensor, graph: GraphBatch, static: Tensor) -> Tensor:
         x = self.embedding(x)
         for attn_block, ffn_block in zip(self.gnn_layers, self.FFN_layers):
             x = ffn_block(attn_block(x, graph), graph)
         nodes = self.pre_reduction(x)
         pooled = nodes.new_zeros(static.shape[0], nodes.shape[1]).index_add_(0, graph.batch, nodes)
         static_vec = torch.relu(self.norm_sf_drop(self.norm_sf_linear(static)))
-        return self.predictor(torch.cat([pooled.to(static_vec.dtype), static_vec], 1))[:num_graphs]
+        return self.predictor(torch.cat([pooled.to(static_vec.dtype), static_vec], 1))
 
 
 def _check_inputs(x: Tensor, graph: GraphBatch, static: Tensor, in_features: int, static_features: int) -> None:
