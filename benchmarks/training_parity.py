@@ -21,11 +21,11 @@ import sys
 import torch
 
 from nnformer_fast.data.default import load_default_latency_set
-from nnformer_fast.demo import MAX_NODES, MODEL
+from nnformer_fast.demo import LR, MAX_NODES, MODEL
 from nnformer_fast.train import TrainConfig, fit
 from nnformer_fast.train.baseline import baseline_fit
 
-LR, WARMUP = 2e-3, 0.05
+WARMUP = 0.05
 
 
 def main(argv=None) -> int:

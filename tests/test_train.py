@@ -211,3 +211,14 @@ def test_compile_matches_eager(lat, monkeypatch, precision):
     assert not counters["graph_break"]
     # one graph, plus at most one for batches of a single graph (sizes 0 and 1 are specialised)
     assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+
+
+def test_splits_share_one_node_feature_table():
+    data = synthetic_latency_set(40)
+    train, test = data.split_in_domain(test_fraction=0.25, seed=0)
+    table = train.node_feature_table()
+    assert test.node_feature_table() is table and data.node_feature_table() is table
+    batch = T.LatencyBatchBuilder(test)[[0, 1]]
+    x = batch.inputs[0].numpy()
+    nodes = np.concatenate([np.arange(*data.store["node_ptr"][e:e + 2]) for e in test.records["entry"][:2]])
+    np.testing.assert_array_equal(x, table[nodes])

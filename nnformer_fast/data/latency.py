@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._atomic import atomic_open
-from .onnx_features import FEATURE_VERSION, node_features, static_features
+from .onnx_features import FEATURE_VERSION, NodeFeatureTable, node_features, static_features
 
 __all__ = [
     "LatencyDataset",
@@ -259,9 +259,10 @@ class LatencyDataset(Dataset):
         self._apply_filters(families, platforms, stages)
 
     # ------------------------------------------------------------------ construction
-    def _init(self, store: dict, records: dict, source: str) -> None:
+    def _init(self, store: dict, records: dict, source: str, derived: dict | None = None) -> None:
         self.store, self.records, self.source = store, records, source
         self.cache_path = None
+        self._derived = {} if derived is None else derived  # computed from the store; views share it
 
     @classmethod
     def from_arrays(cls, store: dict, records: dict, source: str = "<arrays>", *, families=None, platforms=None,
@@ -332,8 +333,17 @@ class LatencyDataset(Dataset):
         """A view on the records ``indices`` sharing this dataset's store."""
         idx = np.asarray(indices, dtype=np.int64)
         view = LatencyDataset.__new__(LatencyDataset)
-        view._init(self.store, {k: v[idx] for k, v in self.records.items()}, self.source)
+        view._init(self.store, {k: v[idx] for k, v in self.records.items()}, self.source, self._derived)
         return view
+
+    def node_feature_table(self) -> NodeFeatureTable:
+        """The store's :class:`~nnformer_fast.data.onnx_features.NodeFeatureTable`, built on
+        first use and shared by every view of the store (``subset``, the splits)."""
+        table = self._derived.get("node_features")
+        if table is None:
+            s = self.store
+            table = self._derived["node_features"] = NodeFeatureTable(s["op_ids"], s["attrs"], s["shapes"])
+        return table
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:

@@ -101,8 +101,13 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
+    @property
+    def active(self) -> bool:
+        """Whether forward drops anything (training with ``p > 0``)."""
+        return self.training and self.p > 0.0
+
     def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.active:
             return x
         keep = torch.rand(graph.num_graphs, device=x.device) >= self.p
         return x * (keep.to(x.dtype) / (1.0 - self.p))[graph.batch, None]
@@ -122,6 +127,8 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, graph: GraphBatch) -> Tensor:
         y = getattr(self, self.inner_name)(self.norm(x), graph)
+        if self.layer_scale is not None and not self.drop_path.active:
+            return torch.addcmul(x, y, self.layer_scale.scale)  # x + y * scale in one pass
         if self.layer_scale is not None:
             y = self.layer_scale(y)
         return x + self.drop_path(y, graph)

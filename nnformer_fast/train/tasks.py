@@ -79,13 +79,12 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 class LatencyBatchBuilder(torch.utils.data.Dataset):
     """``builder[indices] -> Batch`` of ``(x (N, 192), GraphBatch, static (B, 40))`` for a
     :class:`~nnformer_fast.data.latency.LatencyDataset`. Reads its raw store arrays and
-    gathers node features from a :class:`~nnformer_fast.data.onnx_features.NodeFeatureTable`; any other dataset of
-    ``(x, edge_index, static, y)`` items goes through ``collate_latency``."""
+    gathers node features from the store's :meth:`~nnformer_fast.data.latency.LatencyDataset.node_feature_table`;
+    any other dataset of ``(x, edge_index, static, y)`` items goes through ``collate_latency``."""
 
     def __init__(self, dataset):
         self.dataset = dataset
-        self.vectorized = hasattr(dataset, "store") and hasattr(dataset, "records")
-        self._features = None  # NodeFeatureTable of the store, built on first use
+        self.vectorized = hasattr(dataset, "node_feature_table")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -97,18 +96,16 @@ class LatencyBatchBuilder(torch.utils.data.Dataset):
 
             x, graph, static, y = collate_latency([self.dataset[int(i)] for i in idx])
             return Batch((x, graph, static), y.float(), torch.from_numpy(idx), graph.num_nodes)
-        from ..data.onnx_features import NodeFeatureTable, static_features
+        from ..data.onnx_features import static_features
 
         s, rec = self.dataset.store, self.dataset.records
-        if self._features is None:
-            self._features = NodeFeatureTable(s["op_ids"], s["attrs"], s["shapes"])
         entry = rec["entry"][idx]
         node_ptr, edge_ptr = np.asarray(s["node_ptr"]), np.asarray(s["edge_ptr"])
         n = node_ptr[entry + 1] - node_ptr[entry]
         ne = edge_ptr[entry + 1] - edge_ptr[entry]
         nodes = _ranges(node_ptr[entry], n)
         edges_at = _ranges(edge_ptr[entry], ne)
-        x = self._features[nodes]
+        x = self.dataset.node_feature_table()[nodes]
         offsets = np.cumsum(n) - n
         edge_index = s["edges"][:, edges_at].astype(np.int64) + np.repeat(offsets, ne)[None, :]
         sc = np.asarray(s["scalars"][entry], dtype=np.float64)
