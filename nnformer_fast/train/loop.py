@@ -31,7 +31,6 @@ from torch import nn
 from ..models.buckets import bucketed
 from .checkpoint import CheckpointError, gather_rng_states, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import regression_metrics
-from .prefetch import prefetch
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import dataset_fingerprint, get_task, load_dataset, split_dataset
 
@@ -223,12 +222,11 @@ def evaluate_model(model: nn.Module, task, dataset, *, max_nodes: int = 8192, de
     model.eval()
     preds = np.zeros(len(dataset), dtype=np.float64)
     try:
-        with _batches(loader, num_workers) as batches:
-            for batch in batches:
-                batch = batch.to(device, non_blocking=True)
-                with _autocast(device, precision):
-                    p = task.forward(model, batch)
-                preds[batch.index.numpy()] = p.float().cpu().numpy()
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            with _autocast(device, precision):
+                p = task.forward(model, batch)
+            preds[batch.index.numpy()] = p.float().cpu().numpy()
     finally:
         model.train(was_training)
     y = task.targets(dataset)
@@ -390,74 +388,73 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
             bar = tqdm(total=steps_per_epoch[epoch], initial=consumed, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not (cfg.progress and main_proc), dynamic_ncols=True, leave=False)
             t_epoch, g_epoch, n_epoch = time.perf_counter(), 0, 0
-            with _batches(loader, cfg.num_workers) as batches:
-                for batch in batches:
-                    batch = batch.to(device, non_blocking=True) if device.type != "cpu" else batch
-                    with _autocast(device, cfg.precision):
-                        loss, _ = task.loss(train_model, batch, consistency=cfg.consistency, generator=loss_gen)
-                    # the time limit is agreed on by all ranks (in the all_reduce), or one would wait alone
-                    out_of_time = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
-                    if world > 1:
-                        import torch.distributed as dist
+            for batch in loader:
+                batch = batch.to(device, non_blocking=True) if device.type != "cpu" else batch
+                with _autocast(device, cfg.precision):
+                    loss, _ = task.loss(train_model, batch, consistency=cfg.consistency, generator=loss_gen)
+                # the time limit is agreed on by all ranks (in the all_reduce), or one would wait alone
+                out_of_time = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
+                if world > 1:
+                    import torch.distributed as dist
 
-                        b = batch.num_graphs
-                        flags = [float(stop.set), float(out_of_time)]
-                        red = torch.tensor([float(b), loss.detach().float().item() * b, *flags],
-                                           dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
-                        dist.all_reduce(red)
-                        b_global = red[0].item()
-                        loss_value = red[1].item() / b_global
-                        stop_now, out_of_time = red[2].item() > 0, red[3].item() > 0
-                        loss = loss * (b * world / b_global)
-                    else:
-                        loss_value, stop_now = loss.item(), stop.set
-                    if not math.isfinite(loss_value):
-                        idx = batch.index.tolist()
-                        shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
-                        raise FloatingPointError(
-                            f"non-finite training loss {loss_value} at step {step + 1} (epoch {epoch + 1}, batch "
-                            f"{consumed + 1} of {steps_per_epoch[epoch]}; {batch.num_graphs} graphs, "
-                            f"{batch.num_nodes} nodes; dataset items [{shown}])")
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(optimizer)
-                    else:
-                        loss.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    scheduler.step()
-                    if ema is not None:
-                        ema.update(model)
-                    step += 1
-                    run_steps += 1
-                    consumed += 1
-                    losses.append(loss_value)
-                    g_epoch += batch.num_graphs * world
-                    n_epoch += batch.num_nodes * world
-                    if bar.disable is False:
-                        dt = max(1e-9, time.perf_counter() - t_epoch)
-                        bar.set_postfix(loss=f"{loss_value:.4g}", graphs_s=f"{g_epoch / dt:.0f}",
-                                        nodes_s=f"{n_epoch / dt:.0f}", refresh=False)
-                        bar.update(1)
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        saved = checkpoint(consumed)
-                    if stop_now:
-                        interrupted = stopped = True
-                        break
-                    if cfg.max_steps is not None and step >= cfg.max_steps:
-                        stopped = True
-                        break
-                    if out_of_time:
-                        stopped = True
-                        if main_proc:
-                            print(f"time limit {cfg.max_seconds:.0f} s reached at step {step}", file=sys.stderr)
-                        break
+                    b = batch.num_graphs
+                    flags = [float(stop.set), float(out_of_time)]
+                    red = torch.tensor([float(b), loss.detach().float().item() * b, *flags],
+                                       dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+                    dist.all_reduce(red)
+                    b_global = red[0].item()
+                    loss_value = red[1].item() / b_global
+                    stop_now, out_of_time = red[2].item() > 0, red[3].item() > 0
+                    loss = loss * (b * world / b_global)
+                else:
+                    loss_value, stop_now = loss.item(), stop.set
+                if not math.isfinite(loss_value):
+                    idx = batch.index.tolist()
+                    shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
+                    raise FloatingPointError(
+                        f"non-finite training loss {loss_value} at step {step + 1} (epoch {epoch + 1}, batch "
+                        f"{consumed + 1} of {steps_per_epoch[epoch]}; {batch.num_graphs} graphs, "
+                        f"{batch.num_nodes} nodes; dataset items [{shown}])")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                run_steps += 1
+                consumed += 1
+                losses.append(loss_value)
+                g_epoch += batch.num_graphs * world
+                n_epoch += batch.num_nodes * world
+                if bar.disable is False:
+                    dt = max(1e-9, time.perf_counter() - t_epoch)
+                    bar.set_postfix(loss=f"{loss_value:.4g}", graphs_s=f"{g_epoch / dt:.0f}",
+                                    nodes_s=f"{n_epoch / dt:.0f}", refresh=False)
+                    bar.update(1)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    saved = checkpoint(consumed)
+                if stop_now:
+                    interrupted = stopped = True
+                    break
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    stopped = True
+                    break
+                if out_of_time:
+                    stopped = True
+                    if main_proc:
+                        print(f"time limit {cfg.max_seconds:.0f} s reached at step {step}", file=sys.stderr)
+                    break
             bar.close()
             seen_graphs += g_epoch
             seen_nodes += n_epoch
@@ -489,12 +486,6 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
                   "nodes_per_s": seen_nodes / seconds if seconds else 0.0,
                   "steps": run_steps, "seconds": seconds, "warm_graphs_per_s": _warm_rate(epoch_times[1:])}
     return FitResult(result_model.eval(), losses, metrics, throughput, step, saved, False, history)
-
-
-def _batches(loader, num_workers: int):
-    """A context holding the loader's batches: built in a background thread (:func:`prefetch`)
-    when the loader has no worker processes, which stops when the context exits."""
-    return contextlib.nullcontext(loader) if num_workers > 0 else contextlib.closing(prefetch(loader))
 
 
 def _warm_rate(epochs: list) -> Optional[float]:
