@@ -1,6 +1,7 @@
 """Short real trainings on tiny data: loss decreases, exact resume, Ctrl-C, NaN, bad inputs,
 the accuracy consistency loss, ``compile``."""
 import functools
+import json
 import os
 import signal
 from pathlib import Path
@@ -222,3 +223,21 @@ def test_splits_share_one_node_feature_table():
     x = batch.inputs[0].numpy()
     nodes = np.concatenate([np.arange(*data.store["node_ptr"][e:e + 2]) for e in test.records["entry"][:2]])
     np.testing.assert_array_equal(x, table[nodes])
+
+
+def test_demo_runs_end_to_end_on_a_small_set(tmp_path, capsys):
+    from nnformer_fast import demo
+
+    path = tmp_path / "lat.npz"
+    synthetic_latency_set(48).save(path)
+    threads = torch.get_num_threads()
+    try:
+        assert demo.main(["--data", str(path), "--budget-s", "1", "--out", str(tmp_path / "out"),
+                          "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["epochs"] >= 3 and report["steps"] > 0 and len(report["side_by_side"]) == demo.ROUNDS
+    ratios = sorted(r["packed_bf16_graphs_per_s"] / r["reference_fp32_graphs_per_s"] for r in report["side_by_side"])
+    assert report["speedup"] == pytest.approx(ratios[len(ratios) // 2])
+    assert "speedup (median of the rounds)" in capsys.readouterr().out
