@@ -34,8 +34,8 @@ BASELINE_BATCH = 16       # graphs per optimizer step in the reference loop
 #: or less in the sample moves its throughput little (~6 s)
 BASELINE_STEPS = 11
 #: side-by-side throughput rounds after training. Each round times both loops back to back, as
-#: this machine is shared: a lone measurement of either moves by 20-30 % with the load
-#: its neighbours put on the caches.
+#: this machine is shared: a lone measurement of either moves by 20-30 % with its
+#: neighbours' load.
 ROUNDS = 3
 
 
