@@ -52,4 +52,6 @@ PYBIND11_MODULE(_C, mod) {
 #endif
   });
   mod.def("cpu_flags", [] { return std::string(NNFF_CPU_FLAGS); });
+  mod.def("openmp", [] { return NNFF_OPENMP != 0; },
+          "whether the CPU kernels run on torch's intra-op threads (compiled with OpenMP)");
 }

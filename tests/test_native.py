@@ -5,6 +5,7 @@ Skipped as a whole when the extension is not built (or built against another tor
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -231,3 +232,35 @@ def test_low_precision_stores_match_torch_bitwise(dtype):
     exp = torch.where(keep, x.float() * 2.0, 0.0).to(dtype)
     assert torch.equal(out.isnan(), exp.isnan())
     assert torch.equal(out.view(bits)[~exp.isnan()], exp.view(bits)[~exp.isnan()])
+
+
+# ---------------------------------------------------------------------- threads
+@pytest.mark.skipif(sys.platform != "linux", reason="OpenMP is only required of the Linux (GCC) build")
+def test_built_with_openmp():
+    """Without OpenMP at::parallel_for (header code) silently runs every kernel on one thread."""
+    assert INFO["openmp"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_do_not_depend_on_thread_count(dtype):
+    """Every kernel writes each output element from one thread (gathers, no atomics): one
+    thread and two give bit-identical forward and backward results."""
+    graph = testing.random_batch([300, 5, 700, 64], seed=1)  # several parallel chunks per kernel
+    n = graph.num_nodes
+    q, k, v = qkv(n, 8, 32, dtype, requires_grad=True)
+    h, g = hg(n, 64, dtype, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            for x in (q, k, v, h, g):
+                x.grad = None
+            out = native.dag_attention(q, k, v, graph, dropout_p=0.1, seed=5)
+            y = native.bigin(h, g, graph)
+            (out.float().square().sum() + y.float().square().sum()).backward()
+            results.append([out, y] + [x.grad for x in (q, k, v, h, g)])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
