@@ -3,7 +3,7 @@ then report held-out MAPE, Acc(10%) and Kendall tau, and the training throughput
 packed bf16 loop beside the reference design's one-graph-at-a-time fp32 loop (same model size,
 same threads; both timed in alternating rounds after training).
 
-``python -m nnformer_fast.demo [--data PATH] [--budget-s 130] [--out runs/demo] [--compile] [--threads N]``
+``python -m nnformer_fast.demo [--data PATH] [--budget-s 100] [--out runs/demo] [--no-compile] [--threads N]``
 """
 from __future__ import annotations
 
@@ -49,11 +49,12 @@ def _reference_sample(train_set, n: int):
     return train_set.subset(order[pick])
 
 
-def _side_by_side(train_set) -> list[tuple[float, float]]:
-    """(reference, ours) training graphs/s of ``ROUNDS`` rounds, each timing the reference loop
-    after its warm-up step and then the second of two packed bf16 epochs (fresh models; the
-    first epoch after the reference loop ran 5-15 % slower than the training run's epochs),
-    so that both loops of a round see the same machine load."""
+def _side_by_side(train_set, compiled: bool) -> list[dict]:
+    """Training graphs/s of ``ROUNDS`` rounds, each timing the reference loop after its warm-up
+    step, then the second of two packed bf16 epochs of ours, eager and (``compiled``) through
+    torch.compile (fresh models each time; the first epoch after the reference loop ran 5-15 %
+    slower than the training run's epochs), so that all loops of a round see the same machine
+    load. Returns one ``{"reference": r, "eager": e[, "compiled": c]}`` per round."""
     from .train import TrainConfig, fit
     from .train.baseline import baseline_fit
 
@@ -62,9 +63,13 @@ def _side_by_side(train_set) -> list[tuple[float, float]]:
     for r in range(ROUNDS):
         ref = baseline_fit(sample, model_config=MODEL, batch_size=BASELINE_BATCH,
                            max_steps=BASELINE_STEPS + 1, impl="dense", seed=r)
-        ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=MAX_NODES, precision="bf16", lr=LR,
-                               progress=False, seed=r), train_set=train_set, test_set=None)
-        rounds.append((ref.graphs_per_s, ours.throughput["warm_graphs_per_s"]))
+        rates = {"reference": ref.graphs_per_s}
+        for loop in ("eager", "compiled") if compiled else ("eager",):
+            ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=MAX_NODES, precision="bf16", lr=LR,
+                                   compile=loop == "compiled", progress=False, seed=r),
+                       train_set=train_set, test_set=None)
+            rates[loop] = ours.throughput["warm_graphs_per_s"]
+        rounds.append(rates)
     return rounds
 
 
@@ -113,10 +118,11 @@ def _load(data: str | None, out: Path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="latency set (default: the embedded default set)")
-    ap.add_argument("--budget-s", type=float, default=130.0, help="training time budget in seconds")
+    ap.add_argument("--budget-s", type=float, default=100.0, help="training time budget in seconds")
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--compile", action="store_true", help="train through torch.compile (pays off in longer runs)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="train through torch.compile (default; --no-compile trains eager)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for both loops (default: picked)")
     args = ap.parse_args(argv)
     t_all = time.perf_counter()
@@ -138,18 +144,20 @@ def main(argv=None) -> int:
           f"{len(train_set)} train / {len(test_set)} held-out")
     print(f"model: NNFormerLatency {MODEL}; {threads} CPU thread(s)")
 
-    # ---- size the packed run to the budget from a one-epoch probe (a shorter one would time
-    # mostly oneDNN compiling kernels for new batch shapes, which the probe leaves warm)
-    probe = fit(TrainConfig(model=MODEL, epochs=1, max_nodes=MAX_NODES, precision="bf16",
+    # ---- size the packed run to the budget from the second epoch of a two-epoch probe. Its
+    # first epoch holds the one-off costs the training run then does not pay again: oneDNN
+    # compiling GEMMs for each batch shape and, with --compile, torch.compile's compilation
+    # (inductor fuses the casts, LayerNorms and residuals around the GEMMs and kernels; about
+    # 40 s on 2 cores with a cold cache; later models of the same class reuse it).
+    probe = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=MAX_NODES, precision="bf16", compile=args.compile,
                             progress=False, seed=0), train_set=train_set, test_set=None)
-    per_epoch = len(train_set) / max(probe.throughput["graphs_per_s"], 1e-9)
+    rate = probe.throughput["warm_graphs_per_s"]
+    per_epoch = len(train_set) / max(rate, 1e-9)
     epochs = int(max(3, min(args.max_epochs, args.budget_s // per_epoch)))
-    print(f"packed bf16 probe: {probe.throughput['graphs_per_s']:.1f} graphs/s -> {epochs} epochs "
-          f"(budget {args.budget_s:.0f} s)")
+    first_epoch_s = probe.throughput["seconds"] - per_epoch
+    print(f"packed bf16 probe{' (torch.compile)' if args.compile else ''}: {rate:.1f} graphs/s after a first "
+          f"epoch of {first_epoch_s:.0f} s -> {epochs} epochs (budget {args.budget_s:.0f} s)")
 
-    # --compile: torch.compile fuses the elementwise work around the GEMMs and kernels (faster
-    # steps once compiled) but costs a one-off compilation of about a minute on 2 cores, more
-    # than it saves in a run this short; the first epoch holds it.
     result = fit(TrainConfig(model=MODEL, epochs=epochs, max_nodes=MAX_NODES, precision="bf16", lr=LR,
                              warmup=0.05, num_workers=0, seed=0, out=str(out), progress=sys.stderr.isatty(),
                              compile=args.compile,
@@ -164,25 +172,27 @@ def main(argv=None) -> int:
           f"Acc(5%) {100 * m['acc@5']:.1f} %   Kendall tau {m['tau']:.4f}")
 
     # ---- throughput side by side, alternating
-    rounds = _side_by_side(train_set)
+    rounds = _side_by_side(train_set, args.compile)
+    loops = [k for k in rounds[0] if k != "reference"]
     print("training throughput side by side (graphs/s; reference: one graph at a time, fp32, dense, "
           f"{BASELINE_STEPS} steps of {BASELINE_BATCH} after a warm-up step; ours: a packed bf16 epoch after a "
-          "warm-up epoch, eager):")
-    for r, (ref, ours) in enumerate(rounds):
-        print(f"  round {r + 1}: reference {ref:6.1f}   ours {ours:6.1f}   ->  {ours / ref:.1f}x")
-    ratio = statistics.median(ours / ref for ref, ours in rounds)
-    ref_rate = statistics.median(ref for ref, _ in rounds)
-    print(f"speedup (median of the rounds): {ratio:.1f}x;  this run's training throughput "
-          f"after its first epoch / median reference: {(t['warm_graphs_per_s'] or t['graphs_per_s']) / ref_rate:.1f}x")
+          f"warm-up epoch, {' and '.join(loops)}):")
+    for r, rates in enumerate(rounds):
+        ref = rates["reference"]
+        print(f"  round {r + 1}: reference {ref:6.1f}" + "".join(
+            f"   {k} {rates[k]:6.1f} ({rates[k] / ref:.1f}x)" for k in loops))
+    speedup = {k: statistics.median(rates[k] / rates["reference"] for rates in rounds) for k in loops}
+    ref_rate = statistics.median(rates["reference"] for rates in rounds)
+    print("speedup (median of the rounds): " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items())
+          + f";  this run's training throughput after its first epoch / median reference: "
+          f"{(t['warm_graphs_per_s'] or t['graphs_per_s']) / ref_rate:.1f}x")
 
     from .train.loop import evaluate_model
 
     pred, y, _ = evaluate_model(result.model, LatencyTask(**MODEL), test_set)
     report = {"data": source, "model": MODEL, "threads": threads, "epochs": epochs, "steps": result.step,
               "metrics": m, "compiled": args.compile, "training_run": t,
-              "side_by_side": [{"reference_fp32_graphs_per_s": ref, "packed_bf16_graphs_per_s": ours}
-                               for ref, ours in rounds],
-              "speedup": ratio}
+              "side_by_side_graphs_per_s": rounds, "speedup": speedup}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     from .train.plots import scatter_plot
 
