@@ -162,7 +162,9 @@ inline void check_attention_bwd_inputs(const char* op, const at::Tensor& dout, c
 
 inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Tensor& g,
                                const at::Tensor& adj_rowptr, const at::Tensor& adj_col,
-                               const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col) {
+                               const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col,
+                               const c10::optional<at::Tensor>& bias_h,
+                               const c10::optional<at::Tensor>& bias_g) {
   check_float(h, op, "h", 2, h);
   check_float(g, op, "g", 2, h);
   check_same_shape(h, g, op, "h", "g");
@@ -170,6 +172,21 @@ inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Te
   const int64_t n = h.size(0);
   check_csr(adj_rowptr, adj_col, n, n, op, "adj", h.device());
   check_csr(adjt_rowptr, adjt_col, n, n, op, "adjt", h.device());
+  const at::ScalarType acc = acc_dtype(h.scalar_type());
+  for (const auto* bias : {&bias_h, &bias_g}) {
+    if (!bias->has_value()) continue;
+    const at::Tensor& b = **bias;
+    const char* name = bias == &bias_h ? "bias_h" : "bias_g";
+    TORCH_CHECK(b.scalar_type() == acc && b.dim() == 1 && b.size(0) == h.size(1) && b.is_contiguous() &&
+                    b.device() == h.device(),
+                op, ": ", name, " must be a contiguous (", h.size(1), ",) ", acc, " tensor on ", h.device(),
+                ", got ", b.scalar_type(), " of shape ", b.sizes(), " on ", b.device());
+  }
+}
+
+// The gradient of an optional (M,) bias: (M,) in the accumulation type of h, or (0,) without one.
+inline at::Tensor bias_grad_like(const c10::optional<at::Tensor>& bias, const at::Tensor& h) {
+  return at::empty({bias ? h.size(1) : 0}, h.options().dtype(acc_dtype(h.scalar_type())));
 }
 
 // Activations of the channel mixer (SPEC §3).

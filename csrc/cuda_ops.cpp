@@ -70,13 +70,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cuda(
   return {dq, dk, dv};
 }
 
+// The CUDA kernels do not fold the fc1 / gcn biases in: nnformer_fast.ops adds them first.
+void check_no_bias(const char* op, const c10::optional<at::Tensor>& bias_h,
+                   const c10::optional<at::Tensor>& bias_g) {
+  TORCH_CHECK(!bias_h.has_value() && !bias_g.has_value(), op,
+              ": the CUDA kernels take no bias_h / bias_g (add them to h and g first)");
+}
+
 at::Tensor bigin_fwd_cuda(const at::Tensor& h, const at::Tensor& g, const at::Tensor& adj_rowptr,
                           const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
-                          const at::Tensor& adjt_col, c10::string_view act) {
+                          const at::Tensor& adjt_col, c10::string_view act,
+                          const c10::optional<at::Tensor>& bias_h,
+                          const c10::optional<at::Tensor>& bias_g) {
   const char* op = "nnformer_fast::bigin_fwd";
   TORCH_CHECK(h.is_cuda(), op, ": h must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(h.device());
-  check_bigin_inputs(op, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col);
+  check_no_bias(op, bias_h, bias_g);
+  check_bigin_inputs(op, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g);
   const Act a = parse_act(std::string(act), op);
   auto y = at::empty_like(h);
   check_cuda(cuda::bigin_fwd(to_dtype(h.scalar_type()), h.data_ptr(), g.data_ptr(),
@@ -88,17 +98,16 @@ at::Tensor bigin_fwd_cuda(const at::Tensor& h, const at::Tensor& g, const at::Te
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> bigin_bwd_cuda(const at::Tensor& dy, const at::Tensor& h,
-                                                  const at::Tensor& g,
-                                                  const at::Tensor& adj_rowptr,
-                                                  const at::Tensor& adj_col,
-                                                  const at::Tensor& adjt_rowptr,
-                                                  const at::Tensor& adjt_col,
-                                                  c10::string_view act) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cuda(
+    const at::Tensor& dy, const at::Tensor& h, const at::Tensor& g, const at::Tensor& adj_rowptr,
+    const at::Tensor& adj_col, const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col,
+    c10::string_view act, const c10::optional<at::Tensor>& bias_h,
+    const c10::optional<at::Tensor>& bias_g) {
   const char* op = "nnformer_fast::bigin_bwd";
   TORCH_CHECK(h.is_cuda(), op, ": h must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(h.device());
-  check_bigin_inputs(op, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col);
+  check_no_bias(op, bias_h, bias_g);
+  check_bigin_inputs(op, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g);
   check_float(dy, op, "dy", 2, h);
   check_same_shape(h, dy, op, "h", "dy");
   const Act a = parse_act(std::string(act), op);
@@ -110,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> bigin_bwd_cuda(const at::Tensor& dy, const at
                              dh.data_ptr(), dg.data_ptr(), ws.data_ptr(), h.size(0), h.size(1),
                              static_cast<int>(a), c10::cuda::getCurrentCUDAStream().stream()),
              op);
-  return {dh, dg};
+  return {dh, dg, bias_grad_like(bias_h, h), bias_grad_like(bias_g, h)};
 }
 
 at::Tensor dropout_fwd_cuda(const at::Tensor& x, double p, int64_t seed) {

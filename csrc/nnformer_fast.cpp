@@ -23,11 +23,16 @@ TORCH_LIBRARY(nnformer_fast, m) {
   m.def("dag_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, float scale, float dropout_p, "
         "SymInt seed) -> (Tensor, Tensor, Tensor)");
-  // h, g: (N, M) contiguous, M even; act in {relu, leaky_relu, gelu, square_relu}.
+  // h, g: (N, M) contiguous, M even; act in {relu, leaky_relu, gelu, square_relu}. bias_h,
+  // bias_g: optional (M,) biases of fc1 and gcn in float32 (float64 for float64 h), folded in
+  // as h + bias_h and g + bias_g (CPU only: the CUDA kernels refuse them and the Python
+  // adapter adds them first). bigin_bwd returns (dh, dg, dbias_h, dbias_g); a bias gradient
+  // is (0,) when its bias is absent.
   m.def("bigin_fwd(Tensor h, Tensor g, Tensor adj_rowptr, Tensor adj_col, Tensor adjt_rowptr, "
-        "Tensor adjt_col, str act) -> Tensor");
+        "Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None) -> Tensor");
   m.def("bigin_bwd(Tensor dy, Tensor h, Tensor g, Tensor adj_rowptr, Tensor adj_col, "
-        "Tensor adjt_rowptr, Tensor adjt_col, str act) -> (Tensor, Tensor)");
+        "Tensor adjt_rowptr, Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   // Counter-based elementwise dropout (SPEC of ops/reference.py::dropout): element e of the
   // contiguous x is kept when hash32(e ^ hash32(seed)) >> 8 >= int(p * 2^24) and scaled by
   // 1 / (1 - p). Its backward is the same op applied to the gradient.

@@ -66,6 +66,11 @@ def test_opcheck(family):
     for act in reference.ACTIVATIONS:
         torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), act))
     torch.library.opcheck(ops.bigin_bwd, (torch.randn(n, 6), h.detach(), g.detach(), *bigin_csr(graph), "gelu"))
+    bias_h, bias_g = (torch.randn(6, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), "relu", bias_h, bias_g))
+    torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), "gelu", None, bias_g))
+    torch.library.opcheck(ops.bigin_bwd, (torch.randn(n, 6), h.detach(), g.detach(), *bigin_csr(graph), "gelu",
+                                          bias_h.detach(), None))
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(n, 3, 5).to(dtype).requires_grad_()
         torch.library.opcheck(ops.dropout_fwd, (x, 0.3, 5))
@@ -117,6 +122,12 @@ def test_malformed_inputs_raise():
         ops.bigin_fwd(h, g, *csr, "tanh")
     with pytest.raises(RuntimeError, match="one shape"):
         ops.bigin_bwd(h[:-1], h, g, *csr, "relu")
+    bias = torch.randn(6)
+    for name, bad in {"shape": torch.randn(5), "dtype": bias.double(), "contiguous": torch.randn(6, 2)[:, 0]}.items():
+        with pytest.raises(RuntimeError, match="bias_g must be a contiguous"):
+            ops.bigin_fwd(h, g, *csr, "relu", bias, bad)
+        with pytest.raises(RuntimeError, match="bias_h must be a contiguous"):
+            ops.bigin_bwd(h, h, g, *csr, "relu", bad, None)
 
 
 # ---------------------------------------------------------------------- dispatch, compile
@@ -249,17 +260,20 @@ def test_results_do_not_depend_on_thread_count(dtype):
     n = graph.num_nodes
     q, k, v = qkv(n, 8, 32, dtype, requires_grad=True)
     h, g = hg(n, 64, dtype, requires_grad=True)
+    bias_h, bias_g = hg(1, 64, torch.float32, seed=3, requires_grad=True)
+    leaves = (q, k, v, h, g, bias_h, bias_g)
     threads = torch.get_num_threads()
     results = []
     try:
         for t in (1, 2):
             torch.set_num_threads(t)
-            for x in (q, k, v, h, g):
+            for x in leaves:
                 x.grad = None
             out = native.dag_attention(q, k, v, graph, dropout_p=0.1, seed=5)
             y = native.bigin(h, g, graph)
-            (out.float().square().sum() + y.float().square().sum()).backward()
-            results.append([out, y] + [x.grad for x in (q, k, v, h, g)])
+            y_biased = native.bigin(h, g, graph, bias_h=bias_h[0], bias_g=bias_g[0])
+            (out.float().square().sum() + y.float().square().sum() + y_biased.float().square().sum()).backward()
+            results.append([out, y, y_biased] + [x.grad for x in leaves])
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*results):

@@ -140,6 +140,63 @@ def test_bigin_low_precision(backend, dtype, act):
     low_precision_error_ok(gl.grad, gp.grad[0], g64.grad[0])
 
 
+def _bigin_inputs(graph, width, dtype, seed):
+    """h, g (N, width) in dtype and float32 biases (width,), all leaves."""
+    gen = torch.Generator().manual_seed(seed)
+    h, g = (torch.randn(graph.num_nodes, width, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+            for _ in range(2))
+    bias_h, bias_g = (torch.randn(width, generator=gen).requires_grad_() for _ in range(2))
+    return h, g, bias_h, bias_g
+
+
+def _dense_bigin_biased(h, g, bias_h, bias_g, graph, act, dtype=torch.float64):
+    """The dense oracle on h + bias_h and g + bias_g in ``dtype``; returns (out, leaves)."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (h, g, bias_h, bias_g)]
+    hb, gb = leaves[0] + leaves[2], leaves[1] + leaves[3]
+    return dense_bigin(hb[None], gb[None], _dense_adj(graph).to(dtype), act)[0], leaves
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_bigin_biases_match_dense_oracle(backend, family, act):
+    if backend == "triton" and family in SLOW_ON_INTERPRETER:
+        pytest.skip("too slow on the Triton interpreter")
+    graph = FAMILIES[family]()
+    h, g, bias_h, bias_g = _bigin_inputs(graph, 22, torch.float32, seed=2)
+    _skip_unsupported(backend, "bigin", h, g)
+    out = bigin(h, g, graph, act=act, bias_h=bias_h, bias_g=bias_g)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    exact, leaves = _dense_bigin_biased(h, g, bias_h, bias_g, graph, act)
+    exact.backward(grad_out.double())
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close(out, exact, atol=atol, rtol=rtol, name=f"{backend} biased bigin {act}")
+    for name, ours, ref in zip(("dh", "dg", "dbias_h", "dbias_g"), (h, g, bias_h, bias_g), leaves):
+        # the bias gradients sum over every node: scale the tolerance with the node count
+        scale = graph.num_nodes if name.startswith("dbias") else 1
+        assert_close(ours.grad, ref.grad, atol=atol * scale, rtol=rtol, name=f"{backend} {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_bigin_float32_biases_on_low_precision_inputs(backend, dtype):
+    """The autocast case: fc1 / gcn outputs in bf16 / fp16, their biases float32 parameters."""
+    graph = FAMILIES["odd_sizes"]()
+    h, g, bias_h, bias_g = _bigin_inputs(graph, 38, dtype, seed=7)
+    _skip_unsupported(backend, "bigin", h, g)
+    out = bigin(h, g, graph, act="relu", bias_h=bias_h, bias_g=bias_g)
+    assert out.dtype == dtype
+    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    out.backward(grad_out.to(dtype))
+    assert bias_h.grad.dtype == bias_g.grad.dtype == torch.float32
+    exact, leaves = _dense_bigin_biased(h, g, bias_h, bias_g, graph, "relu")
+    exact.backward(grad_out)
+    plain, plain_leaves = _dense_bigin_biased(h, g, bias_h, bias_g, graph, "relu", dtype=dtype)
+    plain.backward(grad_out.to(dtype))
+    low_precision_error_ok(out, plain, exact)
+    for ours, theirs, ref in zip((h, g, bias_h, bias_g), plain_leaves, leaves):
+        low_precision_error_ok(ours.grad, theirs.grad, ref.grad)
+
+
 def test_gradcheck_float64(backend):
     if backend == "triton":
         pytest.skip("hundreds of interpreted launches; Triton gradients are compared with the fp64 oracle above")
@@ -152,8 +209,12 @@ def test_gradcheck_float64(backend):
     gen = torch.Generator().manual_seed(8)
     h, g = (torch.randn(graph.num_nodes, 6, generator=gen, dtype=torch.float64, requires_grad=True)
             for _ in range(2))
+    bias_h, bias_g = (torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
     for act in ACTIVATIONS:  # random inputs stay off relu's kink with probability 1
         assert torch.autograd.gradcheck(lambda a, b: bigin(a, b, graph, act=act), (h, g))
+        assert torch.autograd.gradcheck(lambda a, b, c, d: bigin(a, b, graph, act=act, bias_h=c, bias_g=d),
+                                        (h, g, bias_h, bias_g))
+    assert torch.autograd.gradcheck(lambda a, b, d: bigin(a, b, graph, bias_g=d), (h, g, bias_g))
 
 
 def test_dropout_is_seeded_and_drops_about_p(backend):

@@ -44,20 +44,25 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     return fn(q, k, v, graph, dropout_p=dropout_p, scale=scale, seed=seed)
 
 
-def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tensor:
+def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
+          bias_g: Optional[Tensor] = None) -> Tensor:
     """Fused bidirectional GIN aggregation (SPEC §3): ``act(h + [A·g1, Aᵀ·g2])``.
 
     Args:
         h: (N, M) output of fc1; g: (N, M) output of gcn; same float dtype, M even.
         graph: its GIN adjacency drives the aggregation.
         act: one of ``ACTIVATIONS``.
+        bias_h, bias_g: optional (M,) float biases of fc1 and gcn, for h and g computed
+            without them: the result is that of ``h + bias_h`` and ``g + bias_g``. The CPU
+            kernels add them inside (in float32), which saves the pass over the (N, M) outputs
+            a biased Linear makes, and sum their gradients in the backward pass.
     Returns:
         (N, M) in the dtype of h.
     """
-    check_bigin(h, g, graph)
+    check_bigin(h, g, graph, bias_h, bias_g)
     if act not in ACTIVATIONS:
         raise ValueError(f"bigin: unknown activation {act!r}; expected one of {ACTIVATIONS}")
-    return select("bigin", h, g).ops["bigin"](h, g, graph, act=act)
+    return select("bigin", h, g).ops["bigin"](h, g, graph, act=act, bias_h=bias_h, bias_g=bias_g)
 
 
 

@@ -1,6 +1,8 @@
 """Input checks at the public op boundary; kernels assume what these guarantee."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -42,8 +44,9 @@ def check_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, dropout_
     _check_device(graph, q=q, k=k, v=v)
 
 
-def check_bigin(h: Tensor, g: Tensor, graph: GraphBatch) -> None:
-    """h, g: (N, M) of one float dtype, M even, N = graph.num_nodes."""
+def check_bigin(h: Tensor, g: Tensor, graph: GraphBatch, bias_h: Optional[Tensor] = None,
+                bias_g: Optional[Tensor] = None) -> None:
+    """h, g: (N, M) of one float dtype, M even, N = graph.num_nodes; biases (M,) float or None."""
     _check_float("h", h)
     _check_float("g", g)
     if h.dim() != 2 or g.shape != h.shape:
@@ -54,7 +57,12 @@ def check_bigin(h: Tensor, g: Tensor, graph: GraphBatch) -> None:
         raise ValueError(f"bigin: h has {h.shape[0]} rows but the graph has {graph.num_nodes} nodes")
     if h.shape[1] % 2:
         raise ValueError(f"bigin: the width M must be even (g splits into two halves), got {h.shape[1]}")
-    _check_device(graph, h=h, g=g)
+    biases = {name: b for name, b in (("bias_h", bias_h), ("bias_g", bias_g)) if b is not None}
+    for name, b in biases.items():
+        _check_float(name, b)
+        if b.shape != (h.shape[1],):
+            raise ValueError(f"bigin: {name} must have shape ({h.shape[1]},), got {tuple(b.shape)}")
+    _check_device(graph, h=h, g=g, **biases)
 
 
 def check_dropout(x: Tensor, p: float) -> None:

@@ -18,6 +18,7 @@ from torch import Tensor
 from .._build import build_info
 from ..graph import GraphBatch
 from .backends import Backend, register
+from .reference import add_biases
 
 __all__ = ["dag_attention", "bigin", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
 
@@ -38,7 +39,8 @@ _OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
     and hasattr(torch.ops.nnformer_fast, "dag_attention_fwd") and hasattr(torch.ops.nnformer_fast, "dropout_fwd")
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernels (the dtype of lse and of the bigin biases)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -48,19 +50,22 @@ if _OPS_READY:
     # ------------------------------------------------------------------ fake (meta) kernels
     @torch.library.register_fake("nnformer_fast::dag_attention_fwd")
     def _attn_fwd_fake(q, k, v, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
-        return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=_lse_dtype(q.dtype))
+        return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=_acc_dtype(q.dtype))
 
     @torch.library.register_fake("nnformer_fast::dag_attention_bwd")
     def _attn_bwd_fake(dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     @torch.library.register_fake("nnformer_fast::bigin_fwd")
-    def _bigin_fwd_fake(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act):
+    def _bigin_fwd_fake(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h=None, bias_g=None):
         return torch.empty_like(h)
 
     @torch.library.register_fake("nnformer_fast::bigin_bwd")
-    def _bigin_bwd_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act):
-        return torch.empty_like(h), torch.empty_like(g)
+    def _bigin_bwd_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h=None, bias_g=None):
+        def bias_grad(bias):
+            return h.new_empty(h.shape[1] if bias is not None else 0, dtype=_acc_dtype(h.dtype))
+
+        return torch.empty_like(h), torch.empty_like(g), bias_grad(bias_h), bias_grad(bias_g)
 
     @torch.library.register_fake("nnformer_fast::dropout_fwd")
     def _dropout_fake(x, p, seed):
@@ -90,14 +95,16 @@ if _OPS_READY:
     torch.library.register_autograd("nnformer_fast::dag_attention_fwd", _attn_backward, setup_context=_attn_setup)
 
     def _bigin_setup(ctx, inputs, output):
-        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act = inputs
-        ctx.save_for_backward(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col)
+        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g = inputs
+        ctx.save_for_backward(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g)
         ctx.act = act
 
     def _bigin_backward(ctx, dy):
-        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col = ctx.saved_tensors
-        dh, dg = _ops.bigin_bwd(dy.contiguous(), h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, ctx.act)
-        return dh, dg, None, None, None, None, None
+        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g = ctx.saved_tensors
+        dh, dg, dbias_h, dbias_g = _ops.bigin_bwd(dy.contiguous(), h, g, adj_rowptr, adj_col, adjt_rowptr,
+                                                  adjt_col, ctx.act, bias_h, bias_g)
+        return (dh, dg, None, None, None, None, None, dbias_h if bias_h is not None else None,
+                dbias_g if bias_g is not None else None)
 
     torch.library.register_autograd("nnformer_fast::bigin_fwd", _bigin_backward, setup_context=_bigin_setup)
 
@@ -126,10 +133,18 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     return out
 
 
-def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tensor:
-    """Native ``bigin``: h, g (N, M) of one float dtype, M even → (N, M) in h's dtype."""
+def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
+          bias_g: Optional[Tensor] = None) -> Tensor:
+    """Native ``bigin``: h, g (N, M) of one float dtype, M even, optional (M,) biases → (N, M)
+    in h's dtype. The CPU kernels fold the biases in (taken in the accumulation dtype, float32
+    or float64); on CUDA they are added to h and g first."""
+    if h.device.type != "cpu":
+        h, g = add_biases(h, g, bias_h, bias_g)
+        bias_h = bias_g = None
+    acc = _acc_dtype(h.dtype)
+    bias_h, bias_g = (None if b is None else b.to(acc).contiguous() for b in (bias_h, bias_g))
     return torch.ops.nnformer_fast.bigin_fwd(h.contiguous(), g.contiguous(), graph.adj_rowptr, graph.adj_col,
-                                             graph.adjt_rowptr, graph.adjt_col, act)
+                                             graph.adjt_rowptr, graph.adjt_col, act, bias_h, bias_g)
 
 
 def dropout(x: Tensor, p: float, *, seed: int = 0) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..graph import NUM_RELATIONS, GraphBatch
 
-__all__ = ["dag_attention", "bigin", "dropout", "activation", "dropout_keep_mask", "ACTIVATIONS"]
+__all__ = ["dag_attention", "bigin", "add_biases", "dropout", "activation", "dropout_keep_mask", "ACTIVATIONS"]
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "square_relu")
 _MASK32 = 0xFFFFFFFF
@@ -91,18 +91,32 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     return torch.stack(outs, dim=2).reshape(n, h, dh).to(q.dtype)
 
 
-def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tensor:
+def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
+          bias_g: Optional[Tensor] = None) -> Tensor:
     """Fused bidirectional GIN aggregation (SPEC §3): ``act(h + [A·g1, Aᵀ·g2])``.
 
     h, g: (N, M) float16/bfloat16/float32/float64, M even; row i adds the sum of g1 over its
-    children and of g2 over its parents. Returns (N, M) in the dtype of h.
+    children and of g2 over its parents. bias_h, bias_g: optional (M,) biases of fc1 and gcn,
+    added to h and g first. Returns (N, M) in the dtype of h.
     """
     half = g.shape[1] // 2
     compute = torch.promote_types(h.dtype, torch.float32)
-    g1, g2 = g[:, :half].to(compute), g[:, half:].to(compute)
+    hc, gc = add_biases(h.to(compute), g.to(compute), bias_h, bias_g)
+    g1, g2 = gc[:, :half], gc[:, half:]
     from_children = torch.zeros_like(g1).index_add_(0, graph.adj_row, g1.index_select(0, graph.adj_col))
     from_parents = torch.zeros_like(g2).index_add_(0, graph.adjt_row, g2.index_select(0, graph.adjt_col))
-    return activation(h.to(compute) + torch.cat([from_children, from_parents], 1), act).to(h.dtype)
+    return activation(hc + torch.cat([from_children, from_parents], 1), act).to(h.dtype)
+
+
+def add_biases(h: Tensor, g: Tensor, bias_h: Optional[Tensor] = None,
+               bias_g: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """``(h + bias_h, g + bias_g)`` in the dtypes of h and g; a missing bias adds nothing. What
+    every ``bigin`` computes first; kernels that do not fold the biases in call this."""
+    if bias_h is not None:
+        h = h + bias_h.to(h.dtype)
+    if bias_g is not None:
+        g = g + bias_g.to(g.dtype)
+    return h, g
 
 
 def dropout(x: Tensor, p: float, *, seed: int = 0) -> Tensor:

@@ -22,6 +22,8 @@ Autotuning (GPU only; the interpreter runs one config): ``BLOCK_N`` x ``BLOCK_M`
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +31,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ..graph import GraphBatch
+from ..ops.reference import add_biases
 from ._common import _cast_out, acc_dtype_for, autotuned, avg_degree_bucket, kernel_op
 
 __all__ = ["bigin", "bigin_fwd", "bigin_bwd", "ACT_CODES"]
@@ -190,8 +193,11 @@ def _backward(ctx, grad_out):
 bigin_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu") -> Tensor:
+def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
+          bias_g: Optional[Tensor] = None) -> Tensor:
     """Fused bidirectional GIN aggregation on the Triton backend (signature of
     ``nnformer_fast.ops.bigin``). h, g: (N, M) float16/bfloat16/float32/float64 on CUDA (or
-    CPU under TRITON_INTERPRET=1), M even. Returns (N, M) in h's dtype; differentiable in h, g."""
+    CPU under TRITON_INTERPRET=1), M even; the optional (M,) biases are added to h and g
+    first. Returns (N, M) in h's dtype; differentiable in h, g and the biases."""
+    h, g = add_biases(h, g, bias_h, bias_g)
     return bigin_fwd(h, g, graph.adj_rowptr, graph.adj_col, graph.adjt_rowptr, graph.adjt_col, act)
