@@ -20,9 +20,10 @@ namespace {
 
 int64_t row_grain(int64_t m) { return std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, m)); }
 
-// Rows per block of bias-gradient partial sums (fixed: the sum order must not depend on how
-// at::parallel_for splits the rows among threads).
-constexpr int64_t kBiasRows = 64;
+// Rows per block of bias-gradient partial sums: at least 64, and at most 256 blocks (their
+// partial sums stay small). A function of n alone, so the order of the sums does not depend on
+// how at::parallel_for splits the blocks among threads.
+int64_t bias_block_rows(int64_t n) { return std::max<int64_t>(64, (n + 255) / 256); }
 
 // The (M,) biases of fc1 (h) and gcn (g) in the accumulation type; either may be null.
 template <typename acc_t>
@@ -98,7 +99,7 @@ inline void row_dz(acc_t* dz, const acc_t* z, const T* dy, int64_t m, Act a) {
   }
 }
 
-// Pass 1, over blocks of kBiasRows rows: dh = dz, rounded to T (it is the output dh); with
+// Pass 1, over blocks of bias_block_rows(n) rows: dh = dz, rounded to T (it is the output dh); with
 // biases, each block's partial sums of dz (d bh) and of the child / parent count times dz
 // (d bg), then the blocks' sums in block order into dbias_h, dbias_g (M,; either may be null).
 // Pass 2: dg_j = [sum of dz1 over the parents of j, sum of dz2 over the children of j], read
@@ -109,15 +110,15 @@ void bwd_kernel(const T* dy, const T* h, const T* g, Biases<acc_t> b, const int6
                 const int64_t* cl, const int64_t* rpt, const int64_t* clt, T* dh, T* dg,
                 acc_t* dbias_h, acc_t* dbias_g, int64_t n, int64_t m, Act a) {
   const int64_t half = m / 2;
-  const int64_t blocks = (n + kBiasRows - 1) / kBiasRows;
+  const int64_t rows = bias_block_rows(n), blocks = (n + rows - 1) / rows;
   std::vector<acc_t> partial(b.any() ? blocks * 2 * m : 0);  // per block: d bh (m), d bg (m)
-  const int64_t block_grain = std::max<int64_t>(1, row_grain(m) / kBiasRows);
+  const int64_t block_grain = std::max<int64_t>(1, row_grain(m) / rows);
   at::parallel_for(0, blocks, block_grain, [&](int64_t block_begin, int64_t block_end) {
     std::vector<acc_t> z(m), dz(m);
     for (int64_t blk = block_begin; blk < block_end; ++blk) {
       acc_t* sums = b.any() ? partial.data() + blk * 2 * m : nullptr;
       if (sums != nullptr) zero(sums, 2 * m);
-      for (int64_t i = blk * kBiasRows; i < std::min(n, (blk + 1) * kBiasRows); ++i) {
+      for (int64_t i = blk * rows; i < std::min(n, (blk + 1) * rows); ++i) {
         preact(z.data(), h, g, b, rp, cl, rpt, clt, i, m);
         row_dz(dz.data(), z.data(), dy + i * m, m, a);
         store(dh + i * m, dz.data(), m);
