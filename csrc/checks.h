@@ -160,6 +160,28 @@ inline void check_attention_bwd_inputs(const char* op, const at::Tensor& dout, c
   check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
 }
 
+// The adjacency CSRs and the optional (M,) biases of a bigin op whose node rows are like
+// ``rows`` (N, M), M even.
+inline void check_bigin_graph(const char* op, const at::Tensor& rows, const at::Tensor& adj_rowptr,
+                              const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
+                              const at::Tensor& adjt_col, const c10::optional<at::Tensor>& bias_h,
+                              const c10::optional<at::Tensor>& bias_g) {
+  TORCH_CHECK(rows.size(1) % 2 == 0, op, ": the width M must be even, got ", rows.size(1));
+  const int64_t n = rows.size(0);
+  check_csr(adj_rowptr, adj_col, n, n, op, "adj", rows.device());
+  check_csr(adjt_rowptr, adjt_col, n, n, op, "adjt", rows.device());
+  const at::ScalarType acc = acc_dtype(rows.scalar_type());
+  for (const auto* bias : {&bias_h, &bias_g}) {
+    if (!bias->has_value()) continue;
+    const at::Tensor& b = **bias;
+    const char* name = bias == &bias_h ? "bias_h" : "bias_g";
+    TORCH_CHECK(b.scalar_type() == acc && b.dim() == 1 && b.size(0) == rows.size(1) && b.is_contiguous() &&
+                    b.device() == rows.device(),
+                op, ": ", name, " must be a contiguous (", rows.size(1), ",) ", acc, " tensor on ",
+                rows.device(), ", got ", b.scalar_type(), " of shape ", b.sizes(), " on ", b.device());
+  }
+}
+
 inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Tensor& g,
                                const at::Tensor& adj_rowptr, const at::Tensor& adj_col,
                                const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col,
@@ -168,20 +190,7 @@ inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Te
   check_float(h, op, "h", 2, h);
   check_float(g, op, "g", 2, h);
   check_same_shape(h, g, op, "h", "g");
-  TORCH_CHECK(h.size(1) % 2 == 0, op, ": the width M must be even, got ", h.size(1));
-  const int64_t n = h.size(0);
-  check_csr(adj_rowptr, adj_col, n, n, op, "adj", h.device());
-  check_csr(adjt_rowptr, adjt_col, n, n, op, "adjt", h.device());
-  const at::ScalarType acc = acc_dtype(h.scalar_type());
-  for (const auto* bias : {&bias_h, &bias_g}) {
-    if (!bias->has_value()) continue;
-    const at::Tensor& b = **bias;
-    const char* name = bias == &bias_h ? "bias_h" : "bias_g";
-    TORCH_CHECK(b.scalar_type() == acc && b.dim() == 1 && b.size(0) == h.size(1) && b.is_contiguous() &&
-                    b.device() == h.device(),
-                op, ": ", name, " must be a contiguous (", h.size(1), ",) ", acc, " tensor on ", h.device(),
-                ", got ", b.scalar_type(), " of shape ", b.sizes(), " on ", b.device());
-  }
+  check_bigin_graph(op, h, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g);
 }
 
 // The gradient of an optional (M,) bias: (M,) in the accumulation type of h, or (0,) without one.

@@ -99,11 +99,15 @@ at::Tensor bigin_fwd_cuda(const at::Tensor& h, const at::Tensor& g, const at::Te
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cuda(
-    const at::Tensor& dy, const at::Tensor& h, const at::Tensor& g, const at::Tensor& adj_rowptr,
-    const at::Tensor& adj_col, const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col,
-    c10::string_view act, const c10::optional<at::Tensor>& bias_h,
-    const c10::optional<at::Tensor>& bias_g) {
+    const at::Tensor& dy, const c10::optional<at::Tensor>& h_opt, const c10::optional<at::Tensor>& g_opt,
+    const at::Tensor& adj_rowptr, const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
+    const at::Tensor& adjt_col, c10::string_view act, const c10::optional<at::Tensor>& bias_h,
+    const c10::optional<at::Tensor>& bias_g, const c10::optional<at::Tensor>& out) {
   const char* op = "nnformer_fast::bigin_bwd";
+  TORCH_CHECK(h_opt.has_value() && g_opt.has_value() && !out.has_value(), op,
+              ": the CUDA backward recomputes the pre-activation: pass h and g, not out");
+  const at::Tensor& h = *h_opt;
+  const at::Tensor& g = *g_opt;
   TORCH_CHECK(h.is_cuda(), op, ": h must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(h.device());
   check_no_bias(op, bias_h, bias_g);

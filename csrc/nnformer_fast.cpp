@@ -27,12 +27,14 @@ TORCH_LIBRARY(nnformer_fast, m) {
   // bias_g: optional (M,) biases of fc1 and gcn in float32 (float64 for float64 h), folded in
   // as h + bias_h and g + bias_g (CPU only: the CUDA kernels refuse them and the Python
   // adapter adds them first). bigin_bwd returns (dh, dg, dbias_h, dbias_g); a bias gradient
-  // is (0,) when its bias is absent.
+  // is (0,) when its bias is absent. It recomputes the pre-activation from h, g and the
+  // biases or, for relu and leaky_relu (CPU only), takes its sign from the forward output
+  // `out` instead, with h and g then None.
   m.def("bigin_fwd(Tensor h, Tensor g, Tensor adj_rowptr, Tensor adj_col, Tensor adjt_rowptr, "
         "Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None) -> Tensor");
-  m.def("bigin_bwd(Tensor dy, Tensor h, Tensor g, Tensor adj_rowptr, Tensor adj_col, "
-        "Tensor adjt_rowptr, Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("bigin_bwd(Tensor dy, Tensor? h, Tensor? g, Tensor adj_rowptr, Tensor adj_col, "
+        "Tensor adjt_rowptr, Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None, "
+        "Tensor? out=None) -> (Tensor, Tensor, Tensor, Tensor)");
   // Counter-based elementwise dropout (SPEC of ops/reference.py::dropout): element e of the
   // contiguous x is kept when hash32(e ^ hash32(seed)) >> 8 >= int(p * 2^24) and scaled by
   // 1 / (1 - p). Its backward is the same op applied to the gradient.

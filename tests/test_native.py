@@ -71,6 +71,9 @@ def test_opcheck(family):
     torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), "gelu", None, bias_g))
     torch.library.opcheck(ops.bigin_bwd, (torch.randn(n, 6), h.detach(), g.detach(), *bigin_csr(graph), "gelu",
                                           bias_h.detach(), None))
+    out = ops.bigin_fwd(h.detach(), g.detach(), *bigin_csr(graph), "relu")
+    torch.library.opcheck(ops.bigin_bwd, (torch.randn(n, 6), None, None, *bigin_csr(graph), "relu",
+                                          bias_h.detach(), bias_g.detach(), out))
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(n, 3, 5).to(dtype).requires_grad_()
         torch.library.opcheck(ops.dropout_fwd, (x, 0.3, 5))
@@ -122,12 +125,51 @@ def test_malformed_inputs_raise():
         ops.bigin_fwd(h, g, *csr, "tanh")
     with pytest.raises(RuntimeError, match="one shape"):
         ops.bigin_bwd(h[:-1], h, g, *csr, "relu")
+    y = ops.bigin_fwd(h, g, *csr, "relu")
+    with pytest.raises(RuntimeError, match="only for relu and leaky_relu"):
+        ops.bigin_bwd(h, None, None, *csr, "gelu", None, None, y)
+    with pytest.raises(RuntimeError, match="pass h and g"):
+        ops.bigin_bwd(h, None, g, *csr, "relu")
+    with pytest.raises(RuntimeError, match="one shape"):
+        ops.bigin_bwd(h, None, None, *csr, "relu", None, None, y[:-1])
     bias = torch.randn(6)
     for name, bad in {"shape": torch.randn(5), "dtype": bias.double(), "contiguous": torch.randn(6, 2)[:, 0]}.items():
         with pytest.raises(RuntimeError, match="bias_g must be a contiguous"):
             ops.bigin_fwd(h, g, *csr, "relu", bias, bad)
         with pytest.raises(RuntimeError, match="bias_h must be a contiguous"):
             ops.bigin_bwd(h, h, g, *csr, "relu", bad, None)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_bigin_backward_from_the_output_matches_the_recomputed_one(act, dtype):
+    """For relu and leaky_relu the backward may read the sign of the pre-activation off the
+    forward output: the same gradients, bit for bit, as recomputing it from h and g."""
+    graph = graph_of("odd_sizes")
+    n = graph.num_nodes
+    h, g = hg(n, 40, dtype, seed=4)
+    dy = hg(n, 40, dtype, seed=5)[0]
+    csr = bigin_csr(graph)
+    for bias_h, bias_g in [(None, None), tuple(hg(1, 40, seed=6)[i][0] for i in range(2))]:
+        out = ops.bigin_fwd(h, g, *csr, act, bias_h, bias_g)
+        recomputed = ops.bigin_bwd(dy, h, g, *csr, act, bias_h, bias_g)
+        from_out = ops.bigin_bwd(dy, None, None, *csr, act, bias_h, bias_g, out)
+        for a, b in zip(recomputed, from_out):
+            assert torch.equal(a, b)
+
+
+def test_relu_bigin_keeps_its_output_not_its_inputs_for_backward():
+    """Activation memory: with relu the autograd graph holds the output (which fc2 holds
+    anyway), not h and g; with gelu it needs h and g."""
+    graph = graph_of("odd_sizes")
+    h, g = hg(graph.num_nodes, 40, requires_grad=True)
+    for act, keeps_inputs in (("relu", False), ("gelu", True)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = native.bigin(h, g, graph, act=act)
+        pointers = {t.data_ptr() for t in saved}
+        assert (h.data_ptr() in pointers and g.data_ptr() in pointers) == keeps_inputs
+        assert (y.data_ptr() in pointers) != keeps_inputs
 
 
 # ---------------------------------------------------------------------- dispatch, compile

@@ -179,18 +179,20 @@ def test_bigin_biases_match_dense_oracle(backend, family, act):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_bigin_float32_biases_on_low_precision_inputs(backend, dtype):
-    """The autocast case: fc1 / gcn outputs in bf16 / fp16, their biases float32 parameters."""
+    """The autocast case: fc1 / gcn outputs in bf16 / fp16, their biases float32 parameters.
+    (gelu: a relu kink turns the few pre-activations that round across 0 into gradient errors
+    of the size of the output gradient, for the kernel and for plain PyTorch alike.)"""
     graph = FAMILIES["odd_sizes"]()
     h, g, bias_h, bias_g = _bigin_inputs(graph, 38, dtype, seed=7)
     _skip_unsupported(backend, "bigin", h, g)
-    out = bigin(h, g, graph, act="relu", bias_h=bias_h, bias_g=bias_g)
+    out = bigin(h, g, graph, act="gelu", bias_h=bias_h, bias_g=bias_g)
     assert out.dtype == dtype
-    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     out.backward(grad_out.to(dtype))
     assert bias_h.grad.dtype == bias_g.grad.dtype == torch.float32
-    exact, leaves = _dense_bigin_biased(h, g, bias_h, bias_g, graph, "relu")
+    exact, leaves = _dense_bigin_biased(h, g, bias_h, bias_g, graph, "gelu")
     exact.backward(grad_out)
-    plain, plain_leaves = _dense_bigin_biased(h, g, bias_h, bias_g, graph, "relu", dtype=dtype)
+    plain, plain_leaves = _dense_bigin_biased(h, g, bias_h, bias_g, graph, "gelu", dtype=dtype)
     plain.backward(grad_out.to(dtype))
     low_precision_error_ok(out, plain, exact)
     for ours, theirs, ref in zip((h, g, bias_h, bias_g), plain_leaves, leaves):

@@ -80,7 +80,8 @@ void fwd_kernel(const T* h, const T* g, Biases<acc_t> b, const int64_t* rp, cons
   });
 }
 
-// dz = dy[i] * act'(z) for one row (z: its pre-activation).
+// dz = dy[i] * act'(z) for one row (z: its pre-activation; for relu and leaky_relu only its sign
+// matters, so the forward output can stand in for it).
 template <typename T, typename acc_t>
 inline void row_dz(acc_t* dz, const acc_t* z, const T* dy, int64_t m, Act a) {
   load(dz, dy, m);
@@ -99,14 +100,16 @@ inline void row_dz(acc_t* dz, const acc_t* z, const T* dy, int64_t m, Act a) {
   }
 }
 
-// Pass 1, over blocks of bias_block_rows(n) rows: dh = dz, rounded to T (it is the output dh); with
+// Pass 1, over blocks of bias_block_rows(n) rows: dh = dz, rounded to T (it is the output dh),
+// with z recomputed from h, g and the biases, or (out != null: relu, leaky_relu) read as the
+// forward output, which saves the gather of g and lets autograd keep out instead of h and g; with
 // biases, each block's partial sums of dz (d bh) and of the child / parent count times dz
 // (d bg), then the blocks' sums in block order into dbias_h, dbias_g (M,; either may be null).
 // Pass 2: dg_j = [sum of dz1 over the parents of j, sum of dz2 over the children of j], read
 // back from dh: for fp16 / bf16 the rounded dz, as a plain low-precision backward would use,
 // and half the traffic of an fp32 copy.
 template <typename T, typename acc_t = typename AccType<T>::type>
-void bwd_kernel(const T* dy, const T* h, const T* g, Biases<acc_t> b, const int64_t* rp,
+void bwd_kernel(const T* dy, const T* h, const T* g, const T* out, Biases<acc_t> b, const int64_t* rp,
                 const int64_t* cl, const int64_t* rpt, const int64_t* clt, T* dh, T* dg,
                 acc_t* dbias_h, acc_t* dbias_g, int64_t n, int64_t m, Act a) {
   const int64_t half = m / 2;
@@ -119,7 +122,10 @@ void bwd_kernel(const T* dy, const T* h, const T* g, Biases<acc_t> b, const int6
       acc_t* sums = b.any() ? partial.data() + blk * 2 * m : nullptr;
       if (sums != nullptr) zero(sums, 2 * m);
       for (int64_t i = blk * rows; i < std::min(n, (blk + 1) * rows); ++i) {
-        preact(z.data(), h, g, b, rp, cl, rpt, clt, i, m);
+        if (out != nullptr)
+          load(z.data(), out + i * m, m);
+        else
+          preact(z.data(), h, g, b, rp, cl, rpt, clt, i, m);
         row_dz(dz.data(), z.data(), dy + i * m, m, a);
         store(dh + i * m, dz.data(), m);
         if (sums == nullptr) continue;
@@ -172,25 +178,36 @@ at::Tensor bigin_fwd_cpu(const at::Tensor& h, const at::Tensor& g, const at::Ten
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
-    const at::Tensor& dy, const at::Tensor& h, const at::Tensor& g, const at::Tensor& adj_rowptr,
-    const at::Tensor& adj_col, const at::Tensor& adjt_rowptr, const at::Tensor& adjt_col,
-    c10::string_view act, const c10::optional<at::Tensor>& bias_h,
-    const c10::optional<at::Tensor>& bias_g) {
+    const at::Tensor& dy, const c10::optional<at::Tensor>& h, const c10::optional<at::Tensor>& g,
+    const at::Tensor& adj_rowptr, const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
+    const at::Tensor& adjt_col, c10::string_view act, const c10::optional<at::Tensor>& bias_h,
+    const c10::optional<at::Tensor>& bias_g, const c10::optional<at::Tensor>& out) {
   const char* op = "nnformer_fast::bigin_bwd";
-  check_bigin_inputs(op, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g);
-  check_float(dy, op, "dy", 2, h);
-  check_same_shape(h, dy, op, "h", "dy");
   const Act a = parse_act(std::string(act), op);
-  auto dh = at::empty_like(h), dg = at::empty_like(g);
-  auto dbias_h = bias_grad_like(bias_h, h), dbias_g = bias_grad_like(bias_g, h);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "bigin_bwd", [&] {
+  check_float(dy, op, "dy", 2, dy);
+  if (out.has_value()) {
+    TORCH_CHECK(a == Act::kRelu || a == Act::kLeakyRelu, op,
+                ": out stands in for the pre-activation only for relu and leaky_relu");
+    check_float(*out, op, "out", 2, dy);
+    check_same_shape(dy, *out, op, "dy", "out");
+    check_bigin_graph(op, dy, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g);
+  } else {
+    TORCH_CHECK(h.has_value() && g.has_value(), op, ": pass h and g (or out, for relu and leaky_relu)");
+    check_bigin_inputs(op, *h, *g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g);
+    check_same_shape(*h, dy, op, "h", "dy");
+    check_float(dy, op, "dy", 2, *h);
+  }
+  auto dh = at::empty_like(dy), dg = at::empty_like(dy);
+  auto dbias_h = bias_grad_like(bias_h, dy), dbias_g = bias_grad_like(bias_g, dy);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "bigin_bwd", [&] {
     using acc_t = typename AccType<scalar_t>::type;
-    bwd_kernel<scalar_t>(dy.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                         biases<acc_t>(bias_h, bias_g), adj_rowptr.data_ptr<int64_t>(),
-                         adj_col.data_ptr<int64_t>(), adjt_rowptr.data_ptr<int64_t>(),
-                         adjt_col.data_ptr<int64_t>(), dh.data_ptr<scalar_t>(), dg.data_ptr<scalar_t>(),
+    auto ptr = [](const c10::optional<at::Tensor>& t) { return t ? t->data_ptr<scalar_t>() : nullptr; };
+    bwd_kernel<scalar_t>(dy.data_ptr<scalar_t>(), ptr(h), ptr(g), ptr(out), biases<acc_t>(bias_h, bias_g),
+                         adj_rowptr.data_ptr<int64_t>(), adj_col.data_ptr<int64_t>(),
+                         adjt_rowptr.data_ptr<int64_t>(), adjt_col.data_ptr<int64_t>(),
+                         dh.data_ptr<scalar_t>(), dg.data_ptr<scalar_t>(),
                          bias_h ? dbias_h.data_ptr<acc_t>() : nullptr,
-                         bias_g ? dbias_g.data_ptr<acc_t>() : nullptr, h.size(0), h.size(1), a);
+                         bias_g ? dbias_g.data_ptr<acc_t>() : nullptr, dy.size(0), dy.size(1), a);
   });
   return {dh, dg, dbias_h, dbias_g};
 }

@@ -23,6 +23,9 @@ from .reference import add_biases
 __all__ = ["dag_attention", "bigin", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
+#: activations whose derivative follows from the sign of their output: the CPU backward of
+#: ``bigin`` reads the forward output instead of recomputing the pre-activation
+SIGN_ACTIVATIONS = ("relu", "leaky_relu")
 _BUILD = build_info()
 if not _BUILD["native"]:
     LOAD_ERROR: Optional[str] = f"native extension not available ({_BUILD['error']}); " \
@@ -61,11 +64,12 @@ if _OPS_READY:
         return torch.empty_like(h)
 
     @torch.library.register_fake("nnformer_fast::bigin_bwd")
-    def _bigin_bwd_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h=None, bias_g=None):
+    def _bigin_bwd_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h=None, bias_g=None,
+                        out=None):
         def bias_grad(bias):
-            return h.new_empty(h.shape[1] if bias is not None else 0, dtype=_acc_dtype(h.dtype))
+            return dy.new_empty(dy.shape[1] if bias is not None else 0, dtype=_acc_dtype(dy.dtype))
 
-        return torch.empty_like(h), torch.empty_like(g), bias_grad(bias_h), bias_grad(bias_g)
+        return torch.empty_like(dy), torch.empty_like(dy), bias_grad(bias_h), bias_grad(bias_g)
 
     @torch.library.register_fake("nnformer_fast::dropout_fwd")
     def _dropout_fake(x, p, seed):
@@ -96,13 +100,17 @@ if _OPS_READY:
 
     def _bigin_setup(ctx, inputs, output):
         h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g = inputs
-        ctx.save_for_backward(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g)
+        # relu / leaky_relu on the CPU: the output's sign is the pre-activation's, so the
+        # backward keeps the output (which fc2 keeps anyway) instead of h and g
+        from_out = act in SIGN_ACTIVATIONS and h.device.type == "cpu"
+        saved = (None, None, output) if from_out else (h, g, None)
+        ctx.save_for_backward(*saved, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g)
         ctx.act = act
 
     def _bigin_backward(ctx, dy):
-        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g = ctx.saved_tensors
+        h, g, out, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g = ctx.saved_tensors
         dh, dg, dbias_h, dbias_g = _ops.bigin_bwd(dy.contiguous(), h, g, adj_rowptr, adj_col, adjt_rowptr,
-                                                  adjt_col, ctx.act, bias_h, bias_g)
+                                                  adjt_col, ctx.act, bias_h, bias_g, out)
         return (dh, dg, None, None, None, None, None, dbias_h if bias_h is not None else None,
                 dbias_g if bias_g is not None else None)
 
