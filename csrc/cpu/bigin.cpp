@@ -33,12 +33,6 @@ struct Biases {
   bool any() const { return h != nullptr || g != nullptr; }
 };
 
-// y[c] += a * x[c] (vectorised: the rows never alias).
-template <typename acc_t>
-inline void axpy(acc_t* __restrict y, acc_t a, const acc_t* __restrict x, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
-}
-
 // z = (h[i] + bh) + [sum_{children} (g1 + bg1), sum_{parents} (g2 + bg2)] in the accumulation type.
 template <typename T, typename acc_t>
 inline void preact(acc_t* z, const T* h, const T* g, Biases<acc_t> b, const int64_t* rp,
@@ -47,7 +41,7 @@ inline void preact(acc_t* z, const T* h, const T* g, Biases<acc_t> b, const int6
   load(z, h + i * m, m);
   for (int64_t e = rp[i]; e < rp[i + 1]; ++e) add(z, g + cl[e] * m, half);
   for (int64_t e = rpt[i]; e < rpt[i + 1]; ++e) add(z + half, g + clt[e] * m + half, half);
-  if (b.h != nullptr) axpy(z, acc_t(1), b.h, m);
+  if (b.h != nullptr) add(z, b.h, m);
   if (b.g != nullptr) {
     axpy(z, acc_t(rp[i + 1] - rp[i]), b.g, half);                 // child count * bg1
     axpy(z + half, acc_t(rpt[i + 1] - rpt[i]), b.g + half, half);  // parent count * bg2
@@ -129,7 +123,7 @@ void bwd_kernel(const T* dy, const T* h, const T* g, const T* out, Biases<acc_t>
         row_dz(dz.data(), z.data(), dy + i * m, m, a);
         store(dh + i * m, dz.data(), m);
         if (sums == nullptr) continue;
-        axpy(sums, acc_t(1), dz.data(), m);
+        add(sums, dz.data(), m);
         axpy(sums + m, acc_t(rp[i + 1] - rp[i]), dz.data(), half);
         axpy(sums + m + half, acc_t(rpt[i + 1] - rpt[i]), dz.data() + half, half);
       }
