@@ -3,7 +3,7 @@ then report held-out MAPE, Acc(10%) and Kendall tau, and the training throughput
 packed bf16 loop beside the reference design's one-graph-at-a-time fp32 loop (same model size,
 same threads; both timed in alternating rounds after training).
 
-``python -m nnformer_fast.demo [--data PATH] [--budget-s 100] [--out runs/demo] [--no-compile] [--threads N]``
+``python -m nnformer_fast.demo [--data PATH] [--budget-s 80] [--out runs/demo] [--no-compile] [--threads N]``
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def _load(data: str | None, out: Path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="latency set (default: the embedded default set)")
-    ap.add_argument("--budget-s", type=float, default=100.0, help="training time budget in seconds")
+    ap.add_argument("--budget-s", type=float, default=80.0, help="training time budget in seconds")
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
