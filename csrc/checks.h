@@ -108,8 +108,17 @@ inline void check_csr(const at::Tensor& rowptr, const at::Tensor& col, int64_t r
   check_range(col, cols, op, cl.c_str());
 }
 
-// Attention inputs: q, k, v (N, H, Dh) of one dtype/device, H % 4 == 0, 1 <= Dh <= 256;
-// the relation CSR has 4N rows over N nodes.
+// Attention shapes: H % 4 == 0, 1 <= Dh <= 256; the relation CSR has 4N rows over N nodes.
+inline void check_heads_and_relation(const char* op, int64_t n, int64_t h, int64_t dh,
+                                     const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+                                     const at::Device& device) {
+  TORCH_CHECK(h > 0 && h % 4 == 0, op, ": the head count must be a positive multiple of 4, got ",
+              h);
+  TORCH_CHECK(dh >= 1 && dh <= 256, op, ": the head dim must lie in [1, 256], got ", dh);
+  check_csr(rel_rowptr, rel_col, 4 * n, n, op, "rel", device);
+}
+
+// Attention inputs: q, k, v (N, H, Dh) of one dtype/device, contiguous.
 inline void check_attention_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
                                    const at::Tensor& v, const at::Tensor& rel_rowptr,
                                    const at::Tensor& rel_col) {
@@ -118,15 +127,28 @@ inline void check_attention_inputs(const char* op, const at::Tensor& q, const at
   check_float(v, op, "v", 3, q);
   check_same_shape(q, k, op, "q", "k");
   check_same_shape(q, v, op, "q", "v");
-  const int64_t n = q.size(0), h = q.size(1), dh = q.size(2);
-  TORCH_CHECK(h > 0 && h % 4 == 0, op, ": the head count must be a positive multiple of 4, got ",
-              h);
-  TORCH_CHECK(dh >= 1 && dh <= 256, op, ": the head dim must lie in [1, 256], got ", dh);
-  check_csr(rel_rowptr, rel_col, 4 * n, n, op, "rel", q.device());
+  check_heads_and_relation(op, q.size(0), q.size(1), q.size(2), rel_rowptr, rel_col, q.device());
+}
+
+// Packed attention input: qkv (N, 3, H, Dh) contiguous (the qkv Linear's output, viewed).
+inline void check_attention_qkv_input(const char* op, const at::Tensor& qkv,
+                                      const at::Tensor& rel_rowptr, const at::Tensor& rel_col) {
+  check_float(qkv, op, "qkv", 4, qkv);
+  TORCH_CHECK(qkv.size(1) == 3, op, ": qkv must have shape (N, 3, H, Dh), got ", qkv.sizes());
+  check_heads_and_relation(op, qkv.size(0), qkv.size(2), qkv.size(3), rel_rowptr, rel_col,
+                           qkv.device());
 }
 
 // Accumulation dtype of the float32 side outputs (lse, workspaces): float64 for float64 inputs.
 inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The transposed-entry permutation (one index per relation entry) and dropout_p in [0, 1).
+inline void check_tperm_and_dropout(const char* op, const at::Tensor& rel_tperm,
+                                    const at::Tensor& rel_col, double dropout_p) {
+  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), rel_col.device());
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
+              dropout_p);
+}
 
 // dag_attention_fwd: the attention inputs, the transposed-entry permutation and dropout_p.
 inline void check_attention_fwd_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
@@ -134,30 +156,38 @@ inline void check_attention_fwd_inputs(const char* op, const at::Tensor& q, cons
                                        const at::Tensor& rel_col, const at::Tensor& rel_tperm,
                                        double dropout_p) {
   check_attention_inputs(op, q, k, v, rel_rowptr, rel_col);
-  check_index(rel_tperm, op, "rel_tperm", rel_col.numel(), q.device());
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ",
-              dropout_p);
+  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
 }
 
-// dag_attention_bwd: the forward's inputs plus dout, out (N, H, Dh) and lse (N, H) of the
-// accumulation dtype; rel_tperm entries must index rel_col (the backward follows them).
+// The backward's extra inputs: dout, out (N, H, Dh) like `like` (q, or a third of qkv) and
+// lse (N, H) of the accumulation dtype; rel_tperm entries must index rel_col (the backward
+// follows them).
+inline void check_attention_bwd_extras(const char* op, const at::Tensor& like, const at::Tensor& dout,
+                                       const at::Tensor& out, const at::Tensor& lse,
+                                       const at::Tensor& rel_col, const at::Tensor& rel_tperm) {
+  check_float(dout, op, "dout", 3, like);
+  check_float(out, op, "out", 3, like);
+  TORCH_CHECK(dout.sizes() == like.sizes(), op, ": dout must have shape ", like.sizes(), ", got ",
+              dout.sizes());
+  TORCH_CHECK(out.sizes() == like.sizes(), op, ": out must have shape ", like.sizes(), ", got ",
+              out.sizes());
+  const int64_t n = like.size(0), heads = like.size(1);
+  const at::ScalarType want = acc_dtype(like.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == want && lse.dim() == 2 && lse.size(0) == n &&
+                  lse.size(1) == heads && lse.is_contiguous() && lse.device() == like.device(),
+              op, ": lse must be a contiguous (", n, ", ", heads, ") ", want, " tensor on ",
+              like.device(), ", got ", lse.scalar_type(), " ", lse.sizes());
+  check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
+}
+
+// dag_attention_bwd: the forward's inputs plus dout, out and lse.
 inline void check_attention_bwd_inputs(const char* op, const at::Tensor& dout, const at::Tensor& q,
                                        const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& out, const at::Tensor& lse,
                                        const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
                                        const at::Tensor& rel_tperm, double dropout_p) {
   check_attention_fwd_inputs(op, q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p);
-  check_float(dout, op, "dout", 3, q);
-  check_float(out, op, "out", 3, q);
-  check_same_shape(q, dout, op, "q", "dout");
-  check_same_shape(q, out, op, "q", "out");
-  const int64_t n = q.size(0), heads = q.size(1);
-  const at::ScalarType want = acc_dtype(q.scalar_type());
-  TORCH_CHECK(lse.scalar_type() == want && lse.dim() == 2 && lse.size(0) == n &&
-                  lse.size(1) == heads && lse.is_contiguous() && lse.device() == q.device(),
-              op, ": lse must be a contiguous (", n, ", ", heads, ") ", want, " tensor on ",
-              q.device(), ", got ", lse.scalar_type(), " ", lse.sizes());
-  check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
+  check_attention_bwd_extras(op, q, dout, out, lse, rel_col, rel_tperm);
 }
 
 // The adjacency CSRs and the optional (M,) biases of a bigin op whose node rows are like

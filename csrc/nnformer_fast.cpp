@@ -23,6 +23,13 @@ TORCH_LIBRARY(nnformer_fast, m) {
   m.def("dag_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, float scale, float dropout_p, "
         "SymInt seed) -> (Tensor, Tensor, Tensor)");
+  // The same on the packed output of the qkv Linear: qkv (N, 3, H, Dh) contiguous, read in
+  // place (no copies of q, k, v); the backward returns dqkv like qkv. CPU only: on CUDA the
+  // Python adapter unpacks and calls the ops above.
+  m.def("dag_attention_qkv_fwd(Tensor qkv, Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, "
+        "float scale, float dropout_p, SymInt seed) -> (Tensor, Tensor)");
+  m.def("dag_attention_qkv_bwd(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor rel_rowptr, "
+        "Tensor rel_col, Tensor rel_tperm, float scale, float dropout_p, SymInt seed) -> Tensor");
   // h, g: (N, M) contiguous, M even; act in {relu, leaky_relu, gelu, square_relu}. bias_h,
   // bias_g: optional (M,) biases of fc1 and gcn in float32 (float64 for float64 h), folded in
   // as h + bias_h and g + bias_g (CPU only: the CUDA kernels refuse them and the Python

@@ -62,6 +62,12 @@ def test_opcheck(family):
     dout = torch.randn_like(out)
     torch.library.opcheck(ops.dag_attention_bwd, (dout, qd, kd, vd, out, lse, graph.rel_rowptr, graph.rel_col,
                                                   graph.rel_tperm, 0.3, 0.25, 3))
+    packed = torch.stack([qd, kd, vd], 1).requires_grad_()
+    rel = (graph.rel_rowptr, graph.rel_col, graph.rel_tperm)
+    torch.library.opcheck(ops.dag_attention_qkv_fwd, (packed, *rel, 0.3, 0.0, 0))
+    torch.library.opcheck(ops.dag_attention_qkv_fwd, (packed, *rel, 0.3, 0.25, 3))
+    out, lse = ops.dag_attention_qkv_fwd(packed.detach(), *rel, 0.3, 0.25, 3)
+    torch.library.opcheck(ops.dag_attention_qkv_bwd, (dout, packed.detach(), out, lse, *rel, 0.3, 0.25, 3))
     h, g = hg(n, 6, requires_grad=True)
     for act in reference.ACTIVATIONS:
         torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), act))
@@ -113,6 +119,18 @@ def test_malformed_inputs_raise():
     with pytest.raises(RuntimeError, match="lse"):
         ops.dag_attention_bwd(out, q, k, v, out, lse[:-1], graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
                               0.3, 0.0, 0)
+    packed = torch.stack([q, k, v], 1)
+    rel = (graph.rel_rowptr, graph.rel_col, graph.rel_tperm)
+    with pytest.raises(RuntimeError, match=r"qkv must have shape \(N, 3, H, Dh\)"):
+        ops.dag_attention_qkv_fwd(packed[:, :2].contiguous(), *rel, 0.3, 0.0, 0)
+    with pytest.raises(RuntimeError, match="qkv must be contiguous"):
+        ops.dag_attention_qkv_fwd(packed.transpose(0, 1).contiguous().transpose(0, 1), *rel, 0.3, 0.0, 0)
+    with pytest.raises(RuntimeError, match="multiple of 4"):
+        ops.dag_attention_qkv_fwd(packed[:, :, :3].contiguous(), *rel, 0.3, 0.0, 0)
+    with pytest.raises(RuntimeError, match="lse"):
+        ops.dag_attention_qkv_bwd(out, packed, out, lse[:-1], *rel, 0.3, 0.0, 0)
+    with pytest.raises(RuntimeError, match="dout must have shape"):
+        ops.dag_attention_qkv_bwd(out[:, :2].contiguous(), packed, out, lse, *rel, 0.3, 0.0, 0)
     h, g = hg(n, 6)
     csr = list(bigin_csr(graph))
     with pytest.raises(RuntimeError, match="outside"):

@@ -12,7 +12,7 @@ import torch
 
 from nnformer_fast import GraphBatch
 from nnformer_fast.dense import dense_bigin, dense_dag_attention
-from nnformer_fast.ops import ACTIVATIONS, bigin, dag_attention, dropout
+from nnformer_fast.ops import ACTIVATIONS, bigin, dag_attention, dag_attention_qkv, dropout
 from nnformer_fast.ops import reference
 from nnformer_fast.ops.backends import ENV_VAR, _REGISTRY
 from nnformer_fast.testing import FAMILIES, TOLERANCES, assert_close, low_precision_error_ok, random_batch
@@ -92,6 +92,35 @@ def test_dag_attention_matches_dense_oracle(backend, family, dtype):
     if backend == "triton" and family in SLOW_ON_INTERPRETER:
         pytest.skip("too slow on the Triton interpreter")
     _check_backend_vs_oracle(backend, family, dtype)
+
+
+@pytest.mark.parametrize("family", ["diamond", "global_tokens", "odd_sizes"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dag_attention_qkv_is_dag_attention_on_the_thirds(backend, family, dtype):
+    """The packed op reads q, k, v in place (native, CPU) or unpacks them: bit for bit the same
+    outputs and gradients as dag_attention on qkv.unbind(1), dropout included."""
+    graph = FAMILIES[family]()
+    gen = torch.Generator().manual_seed(3)
+    qkv = torch.randn(graph.num_nodes, 3, 8, 24, generator=gen).to(dtype)
+    _skip_unsupported(backend, "dag_attention", *qkv.unbind(1))
+    grad_out = torch.randn(graph.num_nodes, 8, 24, generator=gen).to(dtype)
+    results = []
+    for packed in (True, False):
+        leaf = qkv.clone().requires_grad_()
+        out = (dag_attention_qkv(leaf, graph, dropout_p=0.2, seed=9) if packed
+               else dag_attention(*leaf.unbind(1), graph, dropout_p=0.2, seed=9))
+        out.backward(grad_out)
+        results.append((out, leaf.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_dag_attention_qkv_rejects_unpacked_input():
+    graph = FAMILIES["diamond"]()
+    with pytest.raises(ValueError, match=r"\(N, 3, H, Dh\)"):
+        dag_attention_qkv(torch.randn(graph.num_nodes, 4, 8), graph)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, Dh\)"):
+        dag_attention_qkv(torch.randn(graph.num_nodes, 2, 4, 8), graph)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -208,6 +237,8 @@ def test_gradcheck_float64(backend):
     for p in (0.0, 0.3):
         assert torch.autograd.gradcheck(lambda a, b, c: dag_attention(a, b, c, graph, dropout_p=p, seed=11),
                                         (q, k, v))
+        qkv = torch.stack([q, k, v], 1).detach().requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: dag_attention_qkv(t, graph, dropout_p=p, seed=11), (qkv,))
     gen = torch.Generator().manual_seed(8)
     h, g = (torch.randn(graph.num_nodes, 6, generator=gen, dtype=torch.float64, requires_grad=True)
             for _ in range(2))

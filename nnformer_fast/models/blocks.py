@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from ..ops import bigin, dag_attention, dropout
+from ..ops import bigin, dag_attention_qkv, dropout
 
 __all__ = ["HashDropout", "DAGAttention", "BiGINMlp", "LayerScale", "DropPath", "AttentionBlock", "FeedForwardBlock"]
 
@@ -62,9 +62,9 @@ class DAGAttention(nn.Module):
             degree = graph.out_degree().to(x.dtype)[:, None]
             x = x * torch.sigmoid(self.lin_d(degree))
         n, dim = x.shape
-        q, k, v = self.qkv(x).view(n, 3, self.n_head, dim // self.n_head).unbind(1)
+        qkv = self.qkv(x).view(n, 3, self.n_head, dim // self.n_head)
         p = self.attn_drop if self.training else 0.0
-        out = dag_attention(q, k, v, graph, dropout_p=p)
+        out = dag_attention_qkv(qkv, graph, dropout_p=p)
         return self.proj_drop(self.proj(out.reshape(n, dim)))
 
 

@@ -1,4 +1,5 @@
-"""Public ops: ``dag_attention``, ``bigin`` and ``dropout``, dispatched to the best available backend.
+"""Public ops: ``dag_attention`` (and ``dag_attention_qkv``), ``bigin`` and ``dropout``, dispatched to
+the best available backend.
 
 Backends: ``torch`` (always, :mod:`.reference`), ``native`` (the compiled extension) and
 ``triton`` register themselves in :mod:`.backends` when they load.
@@ -16,7 +17,7 @@ from .backends import Backend, backends, register, select
 from .checks import check_attention, check_bigin, check_dropout
 from .reference import ACTIVATIONS
 
-__all__ = ["dag_attention", "bigin", "dropout", "backends", "ACTIVATIONS"]
+__all__ = ["dag_attention", "dag_attention_qkv", "bigin", "dropout", "backends", "ACTIVATIONS"]
 
 register(Backend("torch", ops={"dag_attention": reference.dag_attention, "bigin": reference.bigin,
                              "dropout": reference.dropout}))
@@ -42,6 +43,30 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
     fn = select("dag_attention", q, k, v).ops["dag_attention"]
     return fn(q, k, v, graph, dropout_p=dropout_p, scale=scale, seed=seed)
+
+
+def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0, scale: Optional[float] = None,
+                      seed: Optional[int] = None) -> Tensor:
+    """:func:`dag_attention` on the packed output of a qkv Linear: ``dag_attention(*qkv.unbind(1), ...)``.
+
+    Args:
+        qkv: (N, 3, H, Dh), the (N, 3·H·Dh) output of a Linear viewed; the other arguments
+            and the result as for :func:`dag_attention`.
+    Backends that read the three thirds in place (native, on the CPU) skip copying q, k and
+    v out of qkv and stacking their gradients back into one; the others unpack it.
+    """
+    if not isinstance(qkv, Tensor) or qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"dag_attention_qkv: qkv must have shape (N, 3, H, Dh), got "
+                         f"{tuple(qkv.shape) if isinstance(qkv, Tensor) else type(qkv).__name__}")
+    q, k, v = qkv.unbind(1)
+    check_attention(q, k, v, graph, dropout_p)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
+    backend = select("dag_attention", q, k, v)
+    packed = backend.ops.get("dag_attention_qkv")
+    if packed is not None:
+        return packed(qkv, graph, dropout_p=dropout_p, scale=scale, seed=seed)
+    return backend.ops["dag_attention"](q, k, v, graph, dropout_p=dropout_p, scale=scale, seed=seed)
 
 
 def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,

@@ -20,7 +20,7 @@ from ..graph import GraphBatch
 from .backends import Backend, register
 from .reference import add_biases
 
-__all__ = ["dag_attention", "bigin", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
+__all__ = ["dag_attention", "dag_attention_qkv", "bigin", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
 #: activations whose derivative follows from the sign of their output: the CPU backward of
@@ -58,6 +58,15 @@ if _OPS_READY:
     @torch.library.register_fake("nnformer_fast::dag_attention_bwd")
     def _attn_bwd_fake(dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    @torch.library.register_fake("nnformer_fast::dag_attention_qkv_fwd")
+    def _attn_qkv_fwd_fake(qkv, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
+        n, _, heads, dh = qkv.shape
+        return qkv.new_empty(n, heads, dh), qkv.new_empty(n, heads, dtype=_acc_dtype(qkv.dtype))
+
+    @torch.library.register_fake("nnformer_fast::dag_attention_qkv_bwd")
+    def _attn_qkv_bwd_fake(dout, qkv, out, lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
+        return torch.empty_like(qkv)
 
     @torch.library.register_fake("nnformer_fast::bigin_fwd")
     def _bigin_fwd_fake(h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h=None, bias_g=None):
@@ -97,6 +106,22 @@ if _OPS_READY:
         return dq, dk, dv, None, None, None, None, None, None
 
     torch.library.register_autograd("nnformer_fast::dag_attention_fwd", _attn_backward, setup_context=_attn_setup)
+
+    def _attn_qkv_setup(ctx, inputs, output):
+        qkv, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed = inputs
+        out, lse = output
+        ctx.save_for_backward(qkv, out, lse, rel_rowptr, rel_col, rel_tperm)
+        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
+        ctx.mark_non_differentiable(lse)
+
+    def _attn_qkv_backward(ctx, dout, dlse):
+        qkv, out, lse, rel_rowptr, rel_col, rel_tperm = ctx.saved_tensors
+        dqkv = _ops.dag_attention_qkv_bwd(dout.contiguous(), qkv, out, lse, rel_rowptr, rel_col, rel_tperm,
+                                          ctx.scale, ctx.dropout_p, ctx.seed)
+        return dqkv, None, None, None, None, None, None
+
+    torch.library.register_autograd("nnformer_fast::dag_attention_qkv_fwd", _attn_qkv_backward,
+                                    setup_context=_attn_qkv_setup)
 
     def _bigin_setup(ctx, inputs, output):
         h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g = inputs
@@ -141,6 +166,18 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     return out
 
 
+def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0, scale: Optional[float] = None,
+                      seed: int = 0) -> Tensor:
+    """Native ``dag_attention`` on a packed qkv (N, 3, H, Dh) → (N, H, Dh). The CPU kernels
+    read q, k, v in place and return one dqkv; on CUDA the thirds are made contiguous first."""
+    if qkv.device.type != "cpu":
+        return dag_attention(*qkv.unbind(1), graph, dropout_p=dropout_p, scale=scale, seed=seed)
+    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+    out, _ = torch.ops.nnformer_fast.dag_attention_qkv_fwd(qkv.contiguous(), graph.rel_rowptr, graph.rel_col,
+                                                           graph.rel_tperm, scale, float(dropout_p), seed)
+    return out
+
+
 def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
           bias_g: Optional[Tensor] = None) -> Tensor:
     """Native ``bigin``: h, g (N, M) of one float dtype, M even, optional (M,) biases → (N, M)
@@ -173,7 +210,8 @@ def _unsupported(op: str, *tensors: Tensor) -> list:
 
 register(Backend(
     "native",
-    ops={"dag_attention": dag_attention, "bigin": bigin, "dropout": dropout},
+    ops={"dag_attention": dag_attention, "dag_attention_qkv": dag_attention_qkv, "bigin": bigin,
+         "dropout": dropout},
     load_error=LOAD_ERROR if LOAD_ERROR is not None or _OPS_READY else "native ops did not register",
     unsupported=_unsupported,
     preferred_on=("cpu", "cuda"),
