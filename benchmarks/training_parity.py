@@ -11,8 +11,8 @@ number of epochs:
   (``--compile``: through torch.compile, whose one-off compilation the first epoch holds).
 
 Prints the training throughput of each (graphs/s over all epochs, and ours after its first
-epoch) and the held-out MAPE, Acc(10%) and Kendall tau of each, then the throughput ratio. Takes ~5 minutes at 3 epochs
-on one core (the reference loop is most of it).
+epoch) and the held-out MAPE, Acc(10%) and Kendall tau of each, then the throughput ratio.
+Takes ~5 minutes at 3 epochs on one core (the reference loop is most of it).
 """
 from __future__ import annotations
 

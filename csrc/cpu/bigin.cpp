@@ -2,8 +2,9 @@
 // optional biases of fc1 and gcn folded in: h + bh, g + bg (so node i adds its child count
 // times bg1 and its parent count times bg2). Forward and backward are gathers over CSR rows
 // (children via adj, parents via adjt), and the bias gradients are summed over fixed blocks
-// of rows and then in block order, so results are deterministic whatever the thread count;
-// the activation is fused and recomputed in the backward pass.
+// of rows and then in block order, so results are deterministic whatever the thread count.
+// The activation is fused; the backward pass recomputes the pre-activation, or for relu and
+// leaky_relu reads its sign off the forward output.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
