@@ -10,7 +10,10 @@
 3. times every backend (native, triton, torch) and the dense formulation in bf16, the training
    default: dag_attention forward+backward, bigin and dropout with their achieved memory
    bandwidth beside a device-to-device copy measured in the same run;
-4. prints one table, then ``CUDA_PREFERENCE`` for ``nnformer_fast/ops/backends.py``: per op,
+4. times training on the embedded default latency set (issue 6): the reference design's loop
+   (one graph at a time, fp32, dense, the demo's sample) against ours (packed bf16 epochs at
+   the demo's node budget and at a GPU-sized one), graphs/s and the ratio;
+5. prints one table, then ``CUDA_PREFERENCE`` for ``nnformer_fast/ops/backends.py``: per op,
    the faster of CUDA C++ and Triton first.
 Exit status 1 when a check fails. Meant to take < 5 minutes on one H100, most of it Triton's
 first-call compilation and autotuning.
@@ -32,6 +35,7 @@ import torch
 
 import nnformer_fast
 from nnformer_fast import testing
+from nnformer_fast.demo import BASELINE_BATCH, BASELINE_STEPS, LR, MAX_NODES, MODEL, reference_sample
 from nnformer_fast.dense import dense_bigin, dense_dag_attention
 from nnformer_fast.ops import reference
 from nnformer_fast.ops.backends import _REGISTRY, CUDA_PREFERENCE
@@ -294,6 +298,37 @@ def timing_rows(device, bench: Callable, shapes: dict = SHAPES, dtype=torch.bflo
     return rows
 
 
+#: node budgets of the timed training epochs: the demo's (a CPU-sized step) and a GPU-sized one
+TRAINING_BUDGETS = (MAX_NODES, 16384)
+
+
+def training_rows(device, *, budgets=TRAINING_BUDGETS, train_limit: Optional[int] = None,
+                  reference_steps: int = BASELINE_STEPS) -> list[Row]:
+    """Training throughput on the embedded default latency set, the demo's model: the
+    reference design's loop (one graph at a time, fp32, dense; ``reference_steps`` steps of the
+    demo's stratified sample after a warm-up step) and ours (the second of two packed bf16
+    epochs at each node budget; the backends dispatch as in training). graphs/s in the note,
+    with ours as a multiple of the reference. ``train_limit``: the first that many training
+    networks only (a quick run)."""
+    from nnformer_fast.data.default import load_default_latency_set
+    from nnformer_fast.train import TrainConfig, fit
+    from nnformer_fast.train.baseline import baseline_fit
+
+    train_set, _ = load_default_latency_set().split_in_domain(test_fraction=0.2, seed=0)
+    if train_limit is not None:
+        train_set = train_set.subset(range(min(train_limit, len(train_set))))
+    sample = reference_sample(train_set, (reference_steps + 1) * BASELINE_BATCH)
+    ref = baseline_fit(sample, model_config=MODEL, batch_size=BASELINE_BATCH, max_steps=reference_steps + 1,
+                       impl="dense", device=device).graphs_per_s
+    rows = [Row("training", "reference loop, 16 graphs a step", "dense", "float32", note=f"{ref:.1f} graphs/s")]
+    for budget in budgets:
+        ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=budget, precision="bf16", lr=LR, device=str(device),
+                               progress=False), train_set=train_set, test_set=None)
+        rate = ours.throughput["warm_graphs_per_s"]
+        rows.append(Row("training", f"packed, {budget} nodes a step", "ours", "bfloat16",
+                        note=f"{rate:.1f} graphs/s, {rate / ref:.1f}x the reference loop"))
+    return rows
+
 # ------------------------------------------------------------------------------- report
 def format_table(rows: list[Row]) -> str:
     """Markdown table; time relative to CUDA C++ on the same case, bandwidth relative to the copy."""
@@ -373,6 +408,11 @@ def main() -> int:
     print("correctness done", flush=True)
     rows.append(copy_row(device, bench))
     rows += timing_rows(device, bench)
+    print("kernel timings done", flush=True)
+    try:
+        rows += training_rows(device)
+    except Exception as exc:  # a failure here must not lose the kernel table above
+        rows.append(Row("training", "default set", "-", "-", ok=False, note=f"{type(exc).__name__}: {exc}"))
     print(format_table(rows))
     print()
     print(format_preference(recommend(rows), card))

@@ -39,7 +39,7 @@ BASELINE_STEPS = 11
 ROUNDS = 3
 
 
-def _reference_sample(train_set, n: int):
+def reference_sample(train_set, n: int):
     """``n`` graphs of ``train_set`` at evenly spaced quantiles of their node count: the
     reference loop's timing sample, with the size mix of the whole set (the dense loop's cost
     grows faster than linearly with graph size; on the default set the RMS node count of a
@@ -58,7 +58,7 @@ def _side_by_side(train_set, compiled: bool) -> list[dict]:
     from .train import TrainConfig, fit
     from .train.baseline import baseline_fit
 
-    sample = _reference_sample(train_set, (BASELINE_STEPS + 1) * BASELINE_BATCH)
+    sample = reference_sample(train_set, (BASELINE_STEPS + 1) * BASELINE_BATCH)
     rounds = []
     for r in range(ROUNDS):
         ref = baseline_fit(sample, model_config=MODEL, batch_size=BASELINE_BATCH,

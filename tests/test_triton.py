@@ -223,6 +223,18 @@ def test_gpu_check_rows_run_here(gpu_check):
     assert gpu_check.format_table(rows).count("\n") == len(rows) + 1
 
 
+def test_gpu_check_training_rows_run_here(gpu_check):
+    """The GPU check's training comparison on the CPU, on a slice of the default set: one row
+    for the reference loop, one per node budget for ours, each with its graphs/s (and ours
+    with its multiple of the reference), measured by the same functions as the demo."""
+    rows = gpu_check.training_rows("cpu", budgets=(512, 1024), train_limit=48, reference_steps=1)
+    assert [(r.op, r.backend) for r in rows] == [("training", "dense"), ("training", "ours"), ("training", "ours")]
+    ref = float(rows[0].note.split()[0])
+    for r in rows[1:]:
+        rate, ratio = float(r.note.split()[0]), float(r.note.split(", ")[1].split("x")[0])
+        assert rate > 0 and ratio == pytest.approx(rate / ref, abs=0.06)
+    assert gpu_check.format_table(rows).count("\n") == len(rows) + 1
+
 def test_gpu_check_recommendation(gpu_check):
     """Per op the faster kernel backend comes first, unless it failed a check; the printed table
     is Python that evaluates to the recommendation."""

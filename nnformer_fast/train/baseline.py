@@ -39,10 +39,12 @@ class BaselineResult:
 
 def baseline_fit(train_set, *, model_config: Optional[dict] = None, epochs: int = 1, batch_size: int = 16,
                  lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0, max_steps: Optional[int] = None,
-                 impl: str = "dense", test_set=None, warmup_steps: int = 0) -> BaselineResult:
+                 impl: str = "dense", test_set=None, warmup_steps: int = 0, device="cpu") -> BaselineResult:
     """Train :class:`NNFormerLatency` the reference way (one graph at a time, fp32) on a
     latency dataset; returns losses, throughput (graphs/s over the timed steps; the first
-    step is a warm-up and not timed) and, with ``test_set``, held-out metrics."""
+    step is a warm-up and not timed) and, with ``test_set``, held-out metrics. On a GPU
+    ``device``, each graph is copied there in the loop, as the reference code does (every
+    step ends with ``loss.item()``, so the clock sees finished work)."""
     from ..dense import dense_nnformer_latency
     from .loop import evaluate_model
     from .tasks import LatencyTask
@@ -51,8 +53,9 @@ def baseline_fit(train_set, *, model_config: Optional[dict] = None, epochs: int 
         raise ValueError(f"impl must be 'dense' or 'packed', got {impl!r}")
     task = LatencyTask(**(model_config or {}))
     task.check_dataset(train_set, "training set")
+    device = torch.device(device)
     torch.manual_seed(seed)
-    model = task.build_model()
+    model = task.build_model().to(device)
     model.train()
     cfg = task.model_config
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -74,16 +77,17 @@ def baseline_fit(train_set, *, model_config: Optional[dict] = None, epochs: int 
             preds, ys = [], []
             for i in order[s:s + batch_size]:  # the reference's per-graph loop
                 x, edge_index, static, y = train_set[int(i)]
+                x, static, y = x.to(device), static.to(device), y.to(device)
                 n = x.shape[0]
                 if impl == "dense":
-                    adj = torch.zeros(n, n)
-                    adj[edge_index[0], edge_index[1]] = 1.0
+                    adj = torch.zeros(n, n, device=device)
+                    adj[edge_index[0].to(device), edge_index[1].to(device)] = 1.0
                     params = dict(model.named_parameters())
                     p = dense_nnformer_latency(params, x, adj, static, n_layers=cfg["n_layers"],
                                                n_head=cfg["n_head"], act=cfg["act"],
                                                degree_gating=cfg["degree_gating"])
                 else:
-                    graph = GraphBatch.from_edge_index(edge_index, [n])
+                    graph = GraphBatch.from_edge_index(edge_index, [n]).to(device)
                     p = model(x, graph, static[None])
                 preds.append(p.reshape(1))
                 ys.append(y.reshape(1))
