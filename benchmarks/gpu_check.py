@@ -320,7 +320,8 @@ def training_rows(device, *, budgets=TRAINING_BUDGETS, train_limit: Optional[int
     sample = reference_sample(train_set, (reference_steps + 1) * BASELINE_BATCH)
     ref = baseline_fit(sample, model_config=MODEL, batch_size=BASELINE_BATCH, max_steps=reference_steps + 1,
                        impl="dense", device=device).graphs_per_s
-    rows = [Row("training", "reference loop, 16 graphs a step", "dense", "float32", note=f"{ref:.1f} graphs/s")]
+    rows = [Row("training", f"reference loop, {BASELINE_BATCH} graphs a step", "dense", "float32",
+                note=f"{ref:.1f} graphs/s")]
     for budget in budgets:
         ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=budget, precision="bf16", lr=LR, device=str(device),
                                progress=False), train_set=train_set, test_set=None)
@@ -328,6 +329,7 @@ def training_rows(device, *, budgets=TRAINING_BUDGETS, train_limit: Optional[int
         rows.append(Row("training", f"packed, {budget} nodes a step", "ours", "bfloat16",
                         note=f"{rate:.1f} graphs/s, {rate / ref:.1f}x the reference loop"))
     return rows
+
 
 # ------------------------------------------------------------------------------- report
 def format_table(rows: list[Row]) -> str:

@@ -235,6 +235,7 @@ def test_gpu_check_training_rows_run_here(gpu_check):
         assert rate > 0 and ratio == pytest.approx(rate / ref, abs=0.06)
     assert gpu_check.format_table(rows).count("\n") == len(rows) + 1
 
+
 def test_gpu_check_recommendation(gpu_check):
     """Per op the faster kernel backend comes first, unless it failed a check; the printed table
     is Python that evaluates to the recommendation."""
