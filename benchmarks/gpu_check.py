@@ -35,7 +35,7 @@ import torch
 
 import nnformer_fast
 from nnformer_fast import testing
-from nnformer_fast.demo import BASELINE_BATCH, BASELINE_STEPS, LR, MAX_NODES, MODEL, reference_sample
+from nnformer_fast.demo import BASELINE_BATCH, BASELINE_STEPS, MAX_NODES, packed_rate, reference_rate
 from nnformer_fast.dense import dense_bigin, dense_dag_attention
 from nnformer_fast.ops import reference
 from nnformer_fast.ops.backends import _REGISTRY, CUDA_PREFERENCE
@@ -304,28 +304,21 @@ TRAINING_BUDGETS = (MAX_NODES, 16384)
 
 def training_rows(device, *, budgets=TRAINING_BUDGETS, train_limit: Optional[int] = None,
                   reference_steps: int = BASELINE_STEPS) -> list[Row]:
-    """Training throughput on the embedded default latency set, the demo's model: the
-    reference design's loop (one graph at a time, fp32, dense; ``reference_steps`` steps of the
-    demo's stratified sample after a warm-up step) and ours (the second of two packed bf16
-    epochs at each node budget; the backends dispatch as in training). graphs/s in the note,
+    """Training throughput on the embedded default latency set, measured as the demo measures
+    it (``demo.reference_rate``, ``demo.packed_rate``): the reference design's loop against
+    ours at each node budget (the backends dispatch as in training). graphs/s in the note,
     with ours as a multiple of the reference. ``train_limit``: the first that many training
     networks only (a quick run)."""
     from nnformer_fast.data.default import load_default_latency_set
-    from nnformer_fast.train import TrainConfig, fit
-    from nnformer_fast.train.baseline import baseline_fit
 
     train_set, _ = load_default_latency_set().split_in_domain(test_fraction=0.2, seed=0)
     if train_limit is not None:
         train_set = train_set.subset(range(min(train_limit, len(train_set))))
-    sample = reference_sample(train_set, (reference_steps + 1) * BASELINE_BATCH)
-    ref = baseline_fit(sample, model_config=MODEL, batch_size=BASELINE_BATCH, max_steps=reference_steps + 1,
-                       impl="dense", device=device).graphs_per_s
+    ref = reference_rate(train_set, steps=reference_steps, device=device)
     rows = [Row("training", f"reference loop, {BASELINE_BATCH} graphs a step", "dense", "float32",
                 note=f"{ref:.1f} graphs/s")]
     for budget in budgets:
-        ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=budget, precision="bf16", lr=LR, device=str(device),
-                               progress=False), train_set=train_set, test_set=None)
-        rate = ours.throughput["warm_graphs_per_s"]
+        rate = packed_rate(train_set, max_nodes=budget, device=str(device))
         rows.append(Row("training", f"packed, {budget} nodes a step", "ours", "bfloat16",
                         note=f"{rate:.1f} graphs/s, {rate / ref:.1f}x the reference loop"))
     return rows

@@ -39,7 +39,7 @@ BASELINE_STEPS = 11
 ROUNDS = 3
 
 
-def reference_sample(train_set, n: int):
+def _reference_sample(train_set, n: int):
     """``n`` graphs of ``train_set`` at evenly spaced quantiles of their node count: the
     reference loop's timing sample, with the size mix of the whole set (the dense loop's cost
     grows faster than linearly with graph size; on the default set the RMS node count of a
@@ -49,26 +49,39 @@ def reference_sample(train_set, n: int):
     return train_set.subset(order[pick])
 
 
+def reference_rate(train_set, *, steps: int = BASELINE_STEPS, seed: int = 0, device="cpu") -> float:
+    """Training graphs/s of the reference design's loop (one graph at a time, fp32, dense) over
+    ``steps`` steps of ``BASELINE_BATCH`` graphs after a warm-up step, on the size-stratified
+    sample of ``train_set``."""
+    from .train.baseline import baseline_fit
+
+    sample = _reference_sample(train_set, (steps + 1) * BASELINE_BATCH)
+    return baseline_fit(sample, model_config=MODEL, batch_size=BASELINE_BATCH, max_steps=steps + 1, impl="dense",
+                        seed=seed, device=device).graphs_per_s
+
+
+def packed_rate(train_set, *, compiled: bool = False, max_nodes: int = MAX_NODES, seed: int = 0,
+                device: str = "auto") -> float:
+    """Training graphs/s of ours: the second of two packed bf16 epochs of a fresh model (the
+    first holds the one-off costs: oneDNN's and, ``compiled``, torch.compile's compilation)."""
+    from .train import TrainConfig, fit
+
+    ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=max_nodes, precision="bf16", lr=LR, compile=compiled,
+                           device=device, progress=False, seed=seed), train_set=train_set, test_set=None)
+    return ours.throughput["warm_graphs_per_s"]
+
+
 def _side_by_side(train_set, compiled: bool) -> list[dict]:
     """Training graphs/s of ``ROUNDS`` rounds, each timing the reference loop after its warm-up
     step, then the second of two packed bf16 epochs of ours, eager and (``compiled``) through
     torch.compile (fresh models each time; the first epoch after the reference loop ran 5-15 %
     slower than the training run's epochs), so that all loops of a round see the same machine
     load. Returns one ``{"reference": r, "eager": e[, "compiled": c]}`` per round."""
-    from .train import TrainConfig, fit
-    from .train.baseline import baseline_fit
-
-    sample = reference_sample(train_set, (BASELINE_STEPS + 1) * BASELINE_BATCH)
     rounds = []
     for r in range(ROUNDS):
-        ref = baseline_fit(sample, model_config=MODEL, batch_size=BASELINE_BATCH,
-                           max_steps=BASELINE_STEPS + 1, impl="dense", seed=r)
-        rates = {"reference": ref.graphs_per_s}
+        rates = {"reference": reference_rate(train_set, seed=r)}
         for loop in ("eager", "compiled") if compiled else ("eager",):
-            ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=MAX_NODES, precision="bf16", lr=LR,
-                                   compile=loop == "compiled", progress=False, seed=r),
-                       train_set=train_set, test_set=None)
-            rates[loop] = ours.throughput["warm_graphs_per_s"]
+            rates[loop] = packed_rate(train_set, compiled=loop == "compiled", seed=r)
         rounds.append(rates)
     return rounds
 
