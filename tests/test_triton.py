@@ -26,8 +26,7 @@ import nnformer_fast.ops as ops  # noqa: E402
 import nnformer_fast.triton as tbackend  # noqa: E402
 from nnformer_fast.ops import reference  # noqa: E402
 from nnformer_fast.ops.backends import _REGISTRY, CUDA_PREFERENCE, ENV_VAR, Backend, select  # noqa: E402
-from nnformer_fast.testing import (assert_close, family_batch,  # noqa: E402
-                                   )
+from nnformer_fast.testing import assert_close, family_batch, random_batch  # noqa: E402
 
 if not tbackend.available:
     pytest.skip(f"triton backend unavailable: {tbackend.load_error}", allow_module_level=True)
@@ -105,6 +104,44 @@ def test_dropout_bit_exact_and_backward(dtype):
             (dx_ref,) = torch.autograd.grad(y_ref, x, dy)
             assert torch.equal(dx, dx_ref), (n, seed, p)
 
+
+# ------------------------------------------------------------------------------- launch configs
+def _config_id(config) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.kwargs.items()) + f",w={config.num_warps}"
+
+
+@pytest.mark.parametrize("config", tattn.ATTENTION_CONFIGS, ids=_config_id)
+def test_every_attention_launch_config_matches_the_reference(config, monkeypatch):
+    """The interpreter runs ``INTERPRET_CONFIG``; a GPU autotunes over ``ATTENTION_CONFIGS``.
+    Each of those, forced, gives the reference's output and gradients with dropout, on lists
+    shorter and longer than a block (global tokens make dense rows)."""
+    for kernel in (tattn._fwd_kernel, tattn._bwd_dq_kernel, tattn._bwd_dkdv_kernel):
+        monkeypatch.setattr(kernel, "configs", [config])
+    graph = random_batch([1, 6, 13], avg_degree=2.0, seed=3, global_token=True).to(DEVICE)
+    q, k, v = _qkv(graph.num_nodes, 4, 24, torch.float32)
+    dy = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    out = tattn.dag_attention(q, k, v, graph, dropout_p=0.2, seed=5)
+    grads = torch.autograd.grad(out, (q, k, v), dy)
+    ref = reference.dag_attention(q, k, v, graph, dropout_p=0.2, seed=5)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dy)
+    for name, actual, expected in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads)):
+        assert_close(actual, expected, atol=2e-5, rtol=2e-5, name=name)
+
+
+@pytest.mark.parametrize("config", tbigin.BIGIN_CONFIGS, ids=_config_id)
+def test_every_bigin_launch_config_matches_the_reference(config, monkeypatch):
+    """As above for ``BIGIN_CONFIGS``: gelu forward and backward, a width that is not a
+    multiple of any ``BLOCK_M`` and nodes with more parents than ``BLOCK_E``."""
+    monkeypatch.setattr(tbigin._bigin_kernel, "configs", [config])
+    graph = random_batch([1, 6, 13], avg_degree=3.0, seed=3).to(DEVICE)
+    h, g = _hg(graph.num_nodes, 2 * 37, torch.float32)
+    dy = torch.randn(h.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    out = tbigin.bigin(h, g, graph, act="gelu")
+    grads = torch.autograd.grad(out, (h, g), dy)
+    ref = reference.bigin(h, g, graph, act="gelu")
+    ref_grads = torch.autograd.grad(ref, (h, g), dy)
+    for name, actual, expected in zip(("out", "dh", "dg"), (out, *grads), (ref, *ref_grads)):
+        assert_close(actual, expected, atol=2e-5, rtol=2e-5, name=name)
 
 # ------------------------------------------------------------------------------- registration
 def test_forced_backend_and_public_ops(monkeypatch):
@@ -194,6 +231,49 @@ def test_imports_without_triton():
     assert res.returncode == 0, res.stderr
     assert "triton is not installed" in res.stdout
 
+
+# ------------------------------------------------------------------------------- compiled for a GPU
+def _without_interpreter(args: list, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``python args`` with TRITON_INTERPRET unset, so the real kernels are defined."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.slow
+def test_every_kernel_and_launch_config_compiles_for_hopper():
+    """The interpreter never compiles a kernel and runs one config per kernel: here every
+    kernel is lowered to an sm_90 cubin with every autotune config at the training default, and
+    with one config for the other dtypes and head dims (no GPU needed)."""
+    res = _without_interpreter(["-m", "nnformer_fast.triton.compile_check", "--quick", "--jobs", "2"], timeout=900)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    for kernel in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "_bigin_kernel", "_dropout_kernel"):
+        compiled = [line for line in res.stdout.splitlines() if f".{kernel} " in line]
+        configs = 1 if kernel == "_dropout_kernel" else len(tattn.ATTENTION_CONFIGS)
+        assert len(compiled) >= configs, f"{kernel}: {len(compiled)} compiles\n{res.stdout[-3000:]}"
+
+
+def test_compile_check_reports_what_only_a_gpu_rejects():
+    """A global read by a kernel must be a constexpr on the GPU, not under the interpreter
+    (the bug this check first found, in bigin's gelu): the check names the failing kernels."""
+    code = ("import torch\n"
+            "import nnformer_fast.triton.bigin as b\n"
+            "from nnformer_fast.triton import compile_check as c\n"
+            "b._SQRT1_2 = 0.7071067811865476\n"
+            "for job in c.jobs_for(c.Case(torch.float32, 16, False)):\n"
+            "    if job.kernel == '_bigin_kernel' and job.num_warps == 2:\n"
+            "        try:\n"
+            "            c.compile_job(job, 90)\n"
+            "            print(job.name, job.constexprs['ACT'], 'ok')\n"
+            "        except Exception:\n"
+            "            print(job.name, job.constexprs['ACT'], 'FAILED')\n")
+    res = _without_interpreter(["-c", code], timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    gelu = [line for line in lines if line.startswith("bigin._bigin_kernel 3 ")]
+    assert len(gelu) == 2 and all(line.endswith("FAILED") for line in gelu), res.stdout  # forward, backward
+    others = [line for line in lines if line not in gelu]
+    assert others and all(line.endswith("ok") for line in others), res.stdout
 
 # ------------------------------------------------------------------------------- benchmarks/gpu_check.py
 @pytest.fixture(scope="module")

@@ -49,8 +49,10 @@ BIGIN_CONFIGS = [
 ]
 INTERPRET_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_M": 32, "BLOCK_E": 4})
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+# globals a kernel reads must be constexprs (the interpreter also takes plain floats; the GPU
+# compiler does not)
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit

@@ -54,14 +54,17 @@ __all__ = ["dag_attention", "dag_attention_fwd", "dag_attention_bwd", "MAX_HEAD_
 MAX_HEAD_DIM = 256
 
 #: Launch configurations: ``BLOCK_N`` rows (nodes) per program, ``BLOCK_J`` neighbours per
-#: block of a row's list. The autotuner picks per (head dim, dtype, average degree).
+#: block of a row's list. The autotuner picks per (head dim, dtype, average degree). At head
+#: dim 128 each thread holds 32 elements of a (BLOCK_N, BLOCK_J, BLOCK_D) tile: with 4 warps
+#: the two 8,192-element tiles spilled registers in every kernel (compiled for sm_90,
+#: ``python -m nnformer_fast.triton.compile_check``), with 8 they do not.
 ATTENTION_CONFIGS = [
     triton.Config({"BLOCK_N": 1, "BLOCK_J": 16}, num_warps=2),
     triton.Config({"BLOCK_N": 2, "BLOCK_J": 8}, num_warps=2),
     triton.Config({"BLOCK_N": 4, "BLOCK_J": 8}, num_warps=4),
     triton.Config({"BLOCK_N": 8, "BLOCK_J": 4}, num_warps=4),
-    triton.Config({"BLOCK_N": 4, "BLOCK_J": 16}, num_warps=4),
-    triton.Config({"BLOCK_N": 1, "BLOCK_J": 64}, num_warps=4),
+    triton.Config({"BLOCK_N": 4, "BLOCK_J": 16}, num_warps=8),
+    triton.Config({"BLOCK_N": 1, "BLOCK_J": 64}, num_warps=8),
 ]
 INTERPRET_CONFIG = triton.Config({"BLOCK_N": 32, "BLOCK_J": 8})
 _KEY = ["BLOCK_D", "AVG_DEG"]
