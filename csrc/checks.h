@@ -6,10 +6,66 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <c10/util/intrusive_ptr.h>
 
+#include <array>
+#include <atomic>
+#include <mutex>
 #include <string>
 
 namespace nnff {
+
+// Index tensors whose values passed a scan, remembered by identity: the same live tensor
+// (its TensorImpl, held weakly: that keeps the address from going to a new tensor while
+// remembered, and tells when it was freed) at the same version (every in-place write bumps
+// it) with the same data pointer, size and bounds is not scanned again. One packed batch's CSRs serve every layer's ops, forward and
+// backward, and on CUDA each scan is a device->host sync. Inference tensors keep no version,
+// so they are scanned every time.
+class CheckedIndices {
+ public:
+  bool contains(const at::Tensor& t, int64_t a, int64_t b) const {
+    if (t.is_inference()) return false;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Entry& e : entries_) {
+      if (e.raw == t.unsafeGetTensorImpl() && e.version == t._version() && e.data == t.data_ptr() &&
+          e.numel == t.numel() && e.a == a && e.b == b && e.impl.lock().get() == e.raw) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void insert(const at::Tensor& t, int64_t a, int64_t b) {
+    ++scans_;
+    if (t.is_inference()) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_[next_] = Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(t.getIntrusivePtr()),
+                            t.unsafeGetTensorImpl(), t._version(), t.data_ptr(), t.numel(), a, b};
+    next_ = (next_ + 1) % entries_.size();
+  }
+
+  // Scans so far (tests read it through nnformer_fast._C.index_scans).
+  int64_t scans() const { return scans_.load(); }
+
+ private:
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl> impl{c10::weak_intrusive_ptr<c10::TensorImpl>(
+        c10::intrusive_ptr<c10::TensorImpl>())};
+    const c10::TensorImpl* raw = nullptr;
+    int64_t version = -1;
+    const void* data = nullptr;
+    int64_t numel = -1, a = 0, b = 0;
+  };
+  mutable std::mutex mutex_;
+  std::array<Entry, 64> entries_;  // a few batches' CSRs (5 index tensors a batch)
+  size_t next_ = 0;
+  std::atomic<int64_t> scans_{0};
+};
+
+inline CheckedIndices& checked_indices() {
+  static CheckedIndices cache;
+  return cache;
+}
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
@@ -61,9 +117,10 @@ inline void check_index(const at::Tensor& t, const char* op, const char* name, i
   }
 }
 
-// Values of `t` lie in [0, hi). On CUDA this costs one device->host sync.
+// Values of `t` lie in [0, hi). On CUDA a scan costs one device->host sync; a tensor that
+// passed before, unchanged, is not scanned again (CheckedIndices).
 inline void check_range(const at::Tensor& t, int64_t hi, const char* op, const char* name) {
-  if (t.numel() == 0) return;
+  if (t.numel() == 0 || checked_indices().contains(t, hi, -1)) return;
   if (t.is_cpu()) {
     const int64_t* p = t.data_ptr<int64_t>();
     for (int64_t i = 0, n = t.numel(); i < n; ++i) {
@@ -74,16 +131,14 @@ inline void check_range(const at::Tensor& t, int64_t hi, const char* op, const c
     auto bad = at::logical_or(t < 0, t >= hi).any().item<bool>();
     TORCH_CHECK(!bad, op, ": ", name, " holds ids outside [0, ", hi, ")");
   }
+  checked_indices().insert(t, hi, -1);
 }
 
-// CSR with `rows` rows over columns [0, cols): rowptr (rows+1,), rowptr[0] == 0, monotone,
-// rowptr[rows] == col.numel(), every column id in range.
-inline void check_csr(const at::Tensor& rowptr, const at::Tensor& col, int64_t rows, int64_t cols,
-                      const char* op, const char* name, const at::Device& device) {
-  std::string rp = std::string(name) + "_rowptr", cl = std::string(name) + "_col";
-  check_index(rowptr, op, rp.c_str(), rows + 1, device);
-  check_index(col, op, cl.c_str(), -1, device);
-  const int64_t nnz = col.numel();
+// CSR offsets of `rows` rows and `nnz` entries: rowptr[0] == 0, monotone, rowptr[rows] == nnz.
+// On CUDA a scan costs one device->host sync (skipped like check_range's).
+inline void check_csr_offsets(const at::Tensor& rowptr, int64_t rows, int64_t nnz, const char* op,
+                              const std::string& rp, const std::string& cl) {
+  if (checked_indices().contains(rowptr, rows, nnz)) return;
   if (rowptr.is_cpu()) {
     const int64_t* p = rowptr.data_ptr<int64_t>();
     TORCH_CHECK(p[0] == 0, op, ": ", rp, "[0] must be 0, got ", p[0]);
@@ -105,6 +160,17 @@ inline void check_csr(const at::Tensor& rowptr, const at::Tensor& col, int64_t r
     TORCH_CHECK(s[1] == nnz, op, ": ", rp, "[-1] = ", s[1], " but ", cl, " has ", nnz,
                 " entries");
   }
+  checked_indices().insert(rowptr, rows, nnz);
+}
+
+// CSR with `rows` rows over columns [0, cols): rowptr (rows+1,), valid offsets (above), every
+// column id in range.
+inline void check_csr(const at::Tensor& rowptr, const at::Tensor& col, int64_t rows, int64_t cols,
+                      const char* op, const char* name, const at::Device& device) {
+  std::string rp = std::string(name) + "_rowptr", cl = std::string(name) + "_col";
+  check_index(rowptr, op, rp.c_str(), rows + 1, device);
+  check_index(col, op, cl.c_str(), -1, device);
+  check_csr_offsets(rowptr, rows, col.numel(), op, rp, cl);
   check_range(col, cols, op, cl.c_str());
 }
 

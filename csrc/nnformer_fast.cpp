@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #ifndef NNFF_TORCH_VERSION
 #define NNFF_TORCH_VERSION "unknown"
 #endif
@@ -68,4 +70,6 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("cpu_flags", [] { return std::string(NNFF_CPU_FLAGS); });
   mod.def("openmp", [] { return NNFF_OPENMP != 0; },
           "whether the CPU kernels run on torch's intra-op threads (compiled with OpenMP)");
+  mod.def("index_scans", [] { return nnff::checked_indices().scans(); },
+          "value scans of index tensors so far (an unchanged tensor that passed is not scanned again)");
 }

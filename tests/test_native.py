@@ -18,6 +18,7 @@ INFO = nnformer_fast.build_info()
 if not (INFO["native"] and INFO["torch_match"]):
     pytest.skip(f"native extension not usable: {INFO['error'] or INFO}", allow_module_level=True)
 
+from nnformer_fast import _C  # noqa: E402
 from nnformer_fast.ops import native  # noqa: E402
 
 ops = torch.ops.nnformer_fast
@@ -85,6 +86,53 @@ def test_opcheck(family):
         torch.library.opcheck(ops.dropout_fwd, (x, 0.3, 5))
         torch.library.opcheck(ops.dropout_fwd, (x, 0.0, -2))
 
+
+
+# ---------------------------------------------------------------------- index checks, once a tensor
+def test_index_tensors_are_scanned_once_until_written():
+    """An unchanged CSR that passed is not scanned again (on CUDA each scan is a host sync),
+    but an in-place write, even of one entry, is caught at the next op."""
+    graph = testing.random_batch([7, 5], seed=1)
+    n = graph.num_nodes
+    q, k, v = qkv(n, 4, 8)
+    h, g = hg(n, 6)
+    # fresh tensors: building the graph already scanned some of its own
+    rowptr, col, tperm = (t.clone() for t in (graph.rel_rowptr, graph.rel_col, graph.rel_tperm))
+    csr = [t.clone() for t in bigin_csr(graph)]
+    before = _C.index_scans()
+    out, lse = ops.dag_attention_fwd(q, k, v, rowptr, col, tperm, 0.3, 0.0, 0)
+    ops.bigin_fwd(h, g, *csr, "relu")
+    assert _C.index_scans() - before == 6  # rel: offsets + columns; adj and adjt: offsets + columns each
+    for _ in range(3):
+        out, lse = ops.dag_attention_fwd(q, k, v, rowptr, col, tperm, 0.3, 0.0, 0)
+        ops.bigin_fwd(h, g, *csr, "relu")
+    ops.dag_attention_bwd(out, q, k, v, out, lse, rowptr, col, tperm, 0.3, 0.0, 0)
+    assert _C.index_scans() - before == 7  # only rel_tperm's range was new
+
+    col[0] = n + 5
+    with pytest.raises(RuntimeError, match="outside"):
+        ops.dag_attention_fwd(q, k, v, rowptr, col, tperm, 0.3, 0.0, 0)
+    csr[0][1] = 10**6
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        ops.bigin_fwd(h, g, *csr, "relu")
+
+
+def test_a_new_tensor_over_checked_memory_is_scanned():
+    """Identity, not contents: a new tensor over the memory of a checked, freed one (same
+    data pointer, size and version) is scanned, not trusted. (The cache holds tensors weakly,
+    which also keeps a remembered TensorImpl's address from being reused.)"""
+    graph = testing.random_batch([7, 5], seed=1)
+    n = graph.num_nodes
+    h, g = hg(n, 6)
+    rowptr, col, rowptr_t, col_t = bigin_csr(graph)
+    memory = col.numpy().copy()
+    good = torch.from_numpy(memory)
+    ops.bigin_fwd(h, g, rowptr, good, rowptr_t, col_t, "relu")
+    del good
+    memory[0] = n + 1  # written behind torch's back: no version bump anywhere
+    bad = torch.from_numpy(memory)
+    with pytest.raises(RuntimeError, match="outside"):
+        ops.bigin_fwd(h, g, rowptr, bad, rowptr_t, col_t, "relu")
 
 # ---------------------------------------------------------------------- malformed inputs
 def test_malformed_inputs_raise():
