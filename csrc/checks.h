@@ -57,7 +57,7 @@ class CheckedIndices {
     int64_t numel = -1, a = 0, b = 0;
   };
   mutable std::mutex mutex_;
-  std::array<Entry, 64> entries_;  // a few batches' CSRs (5 index tensors a batch)
+  std::array<Entry, 64> entries_;  // a few batches' CSRs (7 index tensors a batch)
   size_t next_ = 0;
   std::atomic<int64_t> scans_{0};
 };
