@@ -1,7 +1,8 @@
 """One harness for every backend of the public ops, against the dense float64 oracle.
 
 Parametrised over the registered backends that can run here (``torch`` always; ``native``
-when the extension is built; ``triton`` under TRITON_INTERPRET=1 on the CPU).
+when the extension is built; ``triton`` under TRITON_INTERPRET=1 on the CPU; the CUDA kernels
+as ``cuda_emulated`` on the CPU where nvcc is found, tests/cuda_emulator).
 """
 import contextlib
 import math
@@ -9,6 +10,7 @@ import os
 
 import pytest
 import torch
+from cuda_emulator import NAME as CUDA_EMULATED
 
 from nnformer_fast import GraphBatch
 from nnformer_fast.dense import dense_bigin, dense_dag_attention
@@ -21,6 +23,9 @@ BACKENDS = [name for name, b in _REGISTRY.items() if b.load_error is None]
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 # The Triton interpreter is slow: run it on the small families only.
 SLOW_ON_INTERPRETER = {"one_big"}
+#: Backends that run one kernel program or warp at a time on the CPU (the Triton interpreter, the
+#: CUDA emulator): too slow for the largest batches.
+EMULATED = ({"triton"} if not torch.cuda.is_available() else set()) | {CUDA_EMULATED}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -229,8 +234,8 @@ def test_bigin_float32_biases_on_low_precision_inputs(backend, dtype):
 
 
 def test_gradcheck_float64(backend):
-    if backend == "triton":
-        pytest.skip("hundreds of interpreted launches; Triton gradients are compared with the fp64 oracle above")
+    if backend in EMULATED:
+        pytest.skip("hundreds of emulated launches; the gradients are compared with the fp64 oracle above")
     graph = random_batch([3, 5, 1], seed=7, global_token=False)
     q, k, v = (t.requires_grad_() for t in _attention_inputs(graph, 4, 3, torch.float64))
     _skip_unsupported(backend, "dag_attention", q, k, v)
@@ -325,7 +330,6 @@ def test_forcing_unknown_backend_lists_known(monkeypatch):
 # ---------------------------------------------------------------------------------------
 # Kernel backends against the reference: properties the torch backend has by construction.
 KERNELS = [b for b in BACKENDS if b != "torch"]
-INTERPRETED = {"triton"} if not torch.cuda.is_available() else set()
 
 
 @pytest.fixture(params=KERNELS or [pytest.param("none", marks=pytest.mark.skip("no kernel backend loaded"))])
@@ -398,8 +402,8 @@ def test_kernel_deterministic(kernel):
 
 @pytest.mark.parametrize("sizes", [[20011], [1 + (i * 7) % 5 for i in range(4096)]], ids=["20k_nodes", "4096_tiny"])
 def test_kernel_extreme_sizes(kernel, sizes):
-    if kernel in INTERPRETED:
-        pytest.skip("too slow on the Triton interpreter")
+    if kernel in EMULATED:
+        pytest.skip("too slow emulated")
     graph = random_batch(sizes, avg_degree=2.5, seed=5, max_span=10)
     _compare_attention(kernel, graph, 4, 16, torch.float32, 5e-5, 5e-5, dropout_p=0.2, seed=9)
     h, g = (torch.randn(graph.num_nodes, 16, requires_grad=True) for _ in range(2))
@@ -536,7 +540,7 @@ if given is not None:
                 for _ in range(2))
         dy = torch.randn_like(h)
         for name in KERNELS:
-            if name in INTERPRETED:
+            if name in EMULATED:
                 continue
             results = {}
             for backend in (name, "torch"):

@@ -119,7 +119,7 @@ cudaError_t bigin_fwd(DType dtype, const void* h, const void* g, const int64_t* 
   if (n * m == 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    bigin_fwd_kernel<T><<<grid_for(n * m), kThreads, 0, stream>>>(
+    NNFF_LAUNCH(grid_for(n * m), kThreads, stream, bigin_fwd_kernel<T>)(
         static_cast<const T*>(h), static_cast<const T*>(g), adj_rowptr, adj_col, adjt_rowptr,
         adjt_col, static_cast<T*>(y), n, m, act);
     return cudaGetLastError();
@@ -135,12 +135,12 @@ cudaError_t bigin_bwd(DType dtype, const void* dy, const void* h, const void* g,
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
     acc_t* dz = static_cast<acc_t*>(workspace);
-    bigin_bwd_dz_kernel<T><<<grid_for(n * m), kThreads, 0, stream>>>(
+    NNFF_LAUNCH(grid_for(n * m), kThreads, stream, bigin_bwd_dz_kernel<T>)(
         static_cast<const T*>(dy), static_cast<const T*>(h), static_cast<const T*>(g), adj_rowptr,
         adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dh), dz, n, m, act);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    bigin_bwd_dg_kernel<T><<<grid_for(n * m), kThreads, 0, stream>>>(
+    NNFF_LAUNCH(grid_for(n * m), kThreads, stream, bigin_bwd_dg_kernel<T>)(
         dz, adj_rowptr, adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dg), n, m);
     return cudaGetLastError();
   });

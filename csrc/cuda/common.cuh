@@ -8,6 +8,12 @@
 #include "../common.h"
 #include "kernels.h"
 
+// Kernel launch with no dynamic shared memory: NNFF_LAUNCH(grid, block, stream, kernel)(args).
+// tests/cuda_emulator defines it first, to run the kernels on the CPU.
+#ifndef NNFF_LAUNCH
+#define NNFF_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>
+#endif
+
 namespace nnff {
 namespace cuda {
 

@@ -258,7 +258,7 @@ cudaError_t dag_attention_fwd(DType dtype, const void* q, const void* k, const v
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
     constexpr int VEC = decltype(vc)::value;
-    attn_fwd_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_fwd_kernel<T, VEC>)(
         static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), rel_rowptr,
         rel_col, static_cast<T*>(out), static_cast<acc_t*>(lse), n, static_cast<int>(heads),
         static_cast<int>(dh), static_cast<acc_t>(scale), drop,
@@ -283,14 +283,14 @@ cudaError_t dag_attention_bwd(DType dtype, const void* dout, const void* q, cons
     acc_t* buf_p = static_cast<acc_t*>(workspace);
     acc_t* buf_ds = buf_p + nnz * (heads / 4);
     const acc_t sc = static_cast<acc_t>(scale);
-    attn_bwd_dq_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_bwd_dq_kernel<T, VEC>)(
         static_cast<const T*>(dout), static_cast<const T*>(q), static_cast<const T*>(k),
         static_cast<const T*>(v), static_cast<const T*>(out), static_cast<const acc_t*>(lse),
         rel_rowptr, rel_col, static_cast<T*>(dq), buf_p, buf_ds, n, static_cast<int>(heads),
         static_cast<int>(dh), sc, drop, static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    attn_bwd_dkdv_kernel<T, VEC><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_bwd_dkdv_kernel<T, VEC>)(
         static_cast<const T*>(dout), static_cast<const T*>(q), rel_rowptr, rel_col, rel_tperm, buf_p,
         buf_ds, static_cast<T*>(dk), static_cast<T*>(dv), n, static_cast<int>(heads),
         static_cast<int>(dh), sc);

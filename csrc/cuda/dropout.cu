@@ -32,7 +32,7 @@ cudaError_t dropout_fwd(DType dtype, const void* x, void* y, int64_t n, double p
   return dispatch(dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
-    dropout_kernel<T><<<blocks, kDropoutThreads, 0, stream>>>(
+    NNFF_LAUNCH(blocks, kDropoutThreads, stream, dropout_kernel<T>)(
         static_cast<const T*>(x), static_cast<T*>(y), n, d.salt, d.threshold,
         static_cast<acc_t>(1.0 / (1.0 - p)));
     return cudaGetLastError();

@@ -36,7 +36,7 @@ cudaError_t bigin_bwd(DType dtype, const void* dy, const void* h, const void* g,
                       const int64_t* adjt_rowptr, const int64_t* adjt_col, void* dh, void* dg,
                       void* workspace, int64_t n, int64_t m, int act, cudaStream_t stream);
 
-// Elementwise counter-based dropout of n contiguous elements of `dtype` (y may equal x);
+// Elementwise counter-based dropout of n contiguous elements of `dtype` into y (not x itself);
 // p in [0, 1). Element e is kept when hash32(e ^ hash32(seed)) >> 8 >= int(p * 2^24).
 cudaError_t dropout_fwd(DType dtype, const void* x, void* y, int64_t n, double p, int64_t seed,
                         cudaStream_t stream);

@@ -1,0 +1,165 @@
+"""The CUDA kernels of ``csrc/cuda``, run on the CPU by a warp emulator, as the test-only backend
+``cuda_emulated``: the op harness of tests/test_ops.py runs them like every other backend.
+
+``build`` compiles the unchanged ``.cu`` sources as host C++ with ``emulator.h`` included first
+(``nvcc -x c++``: nvcc only supplies the CUDA headers) and ``launchers.cpp``, the C entry points
+of the launchers, into one shared library. The glue below is what ``csrc/cuda_ops.cpp`` does on a
+GPU: allocate outputs and workspaces, pass raw pointers, and attach the backward launchers as
+autograd. Emulated warps are slow (32 threads each): meant for the small graph families.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from nnformer_fast.graph import GraphBatch
+from nnformer_fast.ops.backends import Backend, register
+from nnformer_fast.ops.reference import add_biases
+
+NAME = "cuda_emulated"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+_ACTS = {"relu": 0, "leaky_relu": 1, "gelu": 2, "square_relu": 3}
+
+
+def compile_emulated(sources: list, lib: Path) -> Path:
+    """Compile CUDA sources (and C++ beside them) for the emulator into the shared library ``lib``."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise FileNotFoundError("nvcc not found (it supplies the CUDA headers)")
+    subprocess.run([nvcc, "-x", "c++", "-std=c++20", "-O1", "-shared", "-Xcompiler", "-fPIC",
+                    "-include", str(HERE / "emulator.h"), f"-I{ROOT / 'csrc'}", *map(str, sources), "-o", str(lib)],
+                   check=True, capture_output=True, text=True)
+    return lib
+
+
+def build(out_dir: Path) -> Path:
+    """Compile the kernels of csrc/cuda and their C entry points into ``out_dir``."""
+    sources = sorted((ROOT / "csrc" / "cuda").glob("*.cu")) + [HERE / "launchers.cpp"]
+    return compile_emulated(sources, out_dir / "libnnff_cuda_emulated.so")
+
+
+class _Kernels:
+    """The launchers of one built library; every call checks the return code and the emulator's
+    error count (a shuffle with exited lanes, say)."""
+
+    def __init__(self, path: Path):
+        self.lib = ctypes.CDLL(str(path))
+        self.lib.nnff_emu_errors.restype = ctypes.c_long
+
+    def __call__(self, name: str, *args) -> None:
+        before = self.lib.nnff_emu_errors()
+        converted = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, Tensor)
+                     else ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]
+        rc = getattr(self.lib, f"nnff_emu_{name}")(*converted)
+        errors = self.lib.nnff_emu_errors() - before
+        if rc != 0 or errors:
+            raise RuntimeError(f"cuda emulator: {name} returned {rc} with {errors} emulator errors")
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _backend(kernels: _Kernels) -> Backend:
+    class Attention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, graph, dropout_p, scale, seed):
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            n, heads, dh = q.shape
+            out = torch.empty_like(q)
+            lse = torch.empty(n, heads, dtype=_acc(q.dtype))
+            kernels("dag_attention_fwd", _DTYPES[q.dtype], q, k, v, graph.rel_rowptr, graph.rel_col, out, lse,
+                    n, heads, dh, scale, dropout_p, seed)
+            ctx.save_for_backward(q, k, v, out, lse)
+            ctx.graph, ctx.args = graph, (scale, dropout_p, seed)
+            return out
+
+        @staticmethod
+        def backward(ctx, dout):
+            q, k, v, out, lse = ctx.saved_tensors
+            graph, (scale, dropout_p, seed) = ctx.graph, ctx.args
+            n, heads, dh = q.shape
+            dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+            nnz = graph.rel_col.numel()
+            workspace = torch.empty(2 * nnz * (heads // 4), dtype=lse.dtype)
+            kernels("dag_attention_bwd", _DTYPES[q.dtype], dout.contiguous(), q, k, v, out, lse, graph.rel_rowptr,
+                    graph.rel_col, graph.rel_tperm, nnz, dq, dk, dv, workspace, n, heads, dh, scale,
+                    dropout_p, seed)
+            return dq, dk, dv, None, None, None, None
+
+    class Bigin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h, g, graph, act):
+            h, g = h.contiguous(), g.contiguous()
+            y = torch.empty_like(h)
+            csr = (graph.adj_rowptr, graph.adj_col, graph.adjt_rowptr, graph.adjt_col)
+            kernels("bigin_fwd", _DTYPES[h.dtype], h, g, *csr, y, h.shape[0], h.shape[1], _ACTS[act])
+            ctx.save_for_backward(h, g)
+            ctx.csr, ctx.act = csr, act
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            h, g = ctx.saved_tensors
+            dh, dg = torch.empty_like(h), torch.empty_like(g)
+            workspace = torch.empty(h.shape, dtype=_acc(h.dtype))
+            kernels("bigin_bwd", _DTYPES[h.dtype], dy.contiguous(), h, g, *ctx.csr, dh, dg, workspace,
+                    h.shape[0], h.shape[1], _ACTS[ctx.act])
+            return dh, dg, None, None
+
+    class Dropout(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, p, seed):
+            ctx.args = (p, seed)
+            return Dropout.apply_kernel(x, p, seed)
+
+        @staticmethod
+        def backward(ctx, dy):
+            return Dropout.apply_kernel(dy, *ctx.args), None, None
+
+        @staticmethod
+        def apply_kernel(x, p, seed):
+            x = x.contiguous()
+            y = torch.empty_like(x)
+            kernels("dropout_fwd", _DTYPES[x.dtype], x, y, x.numel(), p, seed)
+            return y
+
+    def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
+                      scale: Optional[float] = None, seed: int = 0) -> Tensor:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        return Attention.apply(q, k, v, graph, float(dropout_p), scale, int(seed))
+
+    def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
+              bias_g: Optional[Tensor] = None) -> Tensor:
+        h, g = add_biases(h, g, bias_h, bias_g)  # as on a GPU: the CUDA kernels take no biases
+        return Bigin.apply(h, g, graph, act)
+
+    def dropout(x: Tensor, p: float, *, seed: int = 0) -> Tensor:
+        return Dropout.apply(x, float(p), int(seed))
+
+    def unsupported(op: str, *tensors: Tensor) -> list:
+        return [] if tensors[0].device.type == "cpu" else ["runs CPU tensors (the emulated GPU)"]
+
+    return Backend(NAME, ops={"dag_attention": dag_attention, "bigin": bigin, "dropout": dropout},
+                   unsupported=unsupported, preferred_on=())
+
+
+def register_backend(out_dir: Path) -> Optional[str]:
+    """Build and register ``cuda_emulated``; returns why it could not be, or None."""
+    try:
+        kernels = _Kernels(build(out_dir))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr[-2000:] if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        register(Backend(NAME, load_error=f"cuda emulator not built: {detail}"))
+        return detail
+    register(_backend(kernels))
+    return None

@@ -1,0 +1,46 @@
+"""The CUDA emulator of tests/cuda_emulator, which runs the CUDA kernels in the op harness of
+tests/test_ops.py (backend ``cuda_emulated``): it builds wherever nvcc is found, and it reports
+the warp-level misuse that a GPU would leave undefined."""
+from __future__ import annotations
+
+import ctypes
+import shutil
+
+import pytest
+import torch
+from cuda_emulator import NAME, compile_emulated
+
+from nnformer_fast.ops.backends import _REGISTRY
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found (the CUDA headers)")
+
+_WARP_SUM = r"""
+#include "cuda/common.cuh"
+
+__global__ void sum_over_lanes(float* out, int exited_lane) {
+  if (static_cast<int>(threadIdx.x) == exited_lane) return;
+  out[threadIdx.x] = nnff::cuda::warp_sum(static_cast<float>(threadIdx.x));
+}
+
+extern "C" long run(float* out, int exited_lane) {
+  const long before = nnff_emu::errors.load();
+  NNFF_LAUNCH(1, 64, nullptr, sum_over_lanes)(out, exited_lane);
+  return nnff_emu::errors.load() - before;
+}
+"""
+
+
+def test_the_cuda_kernels_build_for_the_emulator():
+    assert _REGISTRY[NAME].load_error is None, _REGISTRY[NAME].load_error
+
+
+def test_the_emulator_shuffles_like_a_warp_and_reports_exited_lanes(tmp_path):
+    source = tmp_path / "warp_sum.cu"
+    source.write_text(_WARP_SUM)
+    lib = ctypes.CDLL(str(compile_emulated([source], tmp_path / "libwarp_sum.so")))
+    out = torch.zeros(64)
+    assert lib.run(ctypes.c_void_p(out.data_ptr()), -1) == 0
+    # every lane of each warp holds its warp's sum: 0 + ... + 31, and 32 + ... + 63
+    assert torch.equal(out, torch.tensor([496.0] * 32 + [1520.0] * 32))
+    # lane 5 returned before the shuffles: undefined on a GPU, an error here
+    assert lib.run(ctypes.c_void_p(out.data_ptr()), 5) > 0
