@@ -3,7 +3,8 @@
     python benchmarks/gpu_check.py [--no-build]
 
 1. builds the extension with the CUDA kernels (``NNFF_CUDA=1 pip install --no-build-isolation
-   -e .``) unless ``nnformer_fast.build_info()`` already reports CUDA kernels;
+   --no-deps -e .``) unless ``nnformer_fast.build_info()`` already reports CUDA kernels; a
+   failed build prints its error lines and the check goes on without them;
 2. checks each kernel backend against the reference on the GPU: dag_attention and bigin
    (forward + gradients over the graph families; fp32/fp64 against float64, fp16/bf16 by the
    flash-attention rule) and dropout (bit-exact with its gradient, and past 2**32 elements);
@@ -13,10 +14,13 @@
 4. times training on the embedded default latency set (issue 6): the reference design's loop
    (one graph at a time, fp32, dense, the demo's sample) against ours (packed bf16 epochs at
    the demo's node budget and at a GPU-sized one), graphs/s and the ratio;
-5. prints one table, then ``CUDA_PREFERENCE`` for ``nnformer_fast/ops/backends.py``: per op,
-   the faster of CUDA C++ and Triton first.
+5. prints the table after each section (the last one is complete; a failing section adds a
+   failed row and the others still run), then ``CUDA_PREFERENCE`` for
+   ``nnformer_fast/ops/backends.py``: per op, the faster of CUDA C++ and Triton first.
 Exit status 1 when a check fails. Meant to take < 5 minutes on one H100, most of it Triton's
-first-call compilation and autotuning.
+first-call compilation and autotuning. On a lent device machine (a bare checkout, its own
+torch), as one call: ``set -o pipefail; PYTHONUNBUFFERED=1 timeout 560 python3
+benchmarks/gpu_check.py 2>&1 | tee $OUT/gpu_check.log``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,23 +442,30 @@ def main() -> int:
     print(f"device: {card}, torch {torch.__version__}", flush=True)
 
     rows = [] if build_error is None else [Row("-", "CUDA extension build", "native", "-", ok=False, note=build_error)]
+    start = time.perf_counter()
+
+    def section(name: str, make_rows: Callable[[], list]) -> None:
+        """Add a section's rows and print the table so far: a failing section, or a run cut
+        short by the lease, keeps what came before."""
+        try:
+            rows.extend(make_rows())
+        except Exception as exc:
+            rows.append(Row(name, "section failed", "-", "-", ok=False, note=f"{type(exc).__name__}: {exc}"[:400]))
+        print(f"\n{name}: done after {time.perf_counter() - start:.0f} s\n{format_table(rows)}", flush=True)
+
     probe = torch.zeros(1, device=device)
     for name in KERNEL_BACKENDS:
         reasons = _REGISTRY[name].reasons("dropout", probe) if name in _REGISTRY else ["not registered"]
         if reasons:
             rows.append(Row("-", "loads on CUDA", name, "-", ok=False, note="; ".join(reasons)))
-        else:
+            continue
+
+        def checks(name=name):
             with first_triton_configs():
-                rows += correctness_rows(name, device)
-    print("correctness done", flush=True)
-    rows.append(copy_row(device, bench))
-    rows += timing_rows(device, bench)
-    print("kernel timings done", flush=True)
-    try:
-        rows += training_rows(device)
-    except Exception as exc:  # a failure here must not lose the kernel table above
-        rows.append(Row("training", "default set", "-", "-", ok=False, note=f"{type(exc).__name__}: {exc}"))
-    print(format_table(rows))
+                return correctness_rows(name, device)
+        section(f"correctness, {name}", checks)
+    section("kernel timings", lambda: [copy_row(device, bench), *timing_rows(device, bench)])
+    section("training", lambda: training_rows(device))
     print()
     print(format_preference(recommend(rows), card))
     return 1 if any(r.ok is False for r in rows) else 0
