@@ -18,17 +18,18 @@ namespace nnff {
 // Index tensors whose values passed a scan, remembered by identity: the same live tensor
 // (its TensorImpl, held weakly: that keeps the address from going to a new tensor while
 // remembered, and tells when it was freed) at the same version (every in-place write bumps
-// it) with the same data pointer, size and bounds is not scanned again. One packed batch's CSRs serve every layer's ops, forward and
-// backward, and on CUDA each scan is a device->host sync. Inference tensors keep no version,
-// so they are scanned every time.
+// it), with the same data pointer, size and bounds, is not scanned again. One packed batch's
+// CSRs serve every layer's ops, forward and backward, and on CUDA each scan is a
+// device->host sync. Inference tensors keep no version, so they are scanned every time.
 class CheckedIndices {
  public:
   bool contains(const at::Tensor& t, int64_t a, int64_t b) const {
     if (t.is_inference()) return false;
+    const Entry key = entry_of(t, a, b);
     std::lock_guard<std::mutex> lock(mutex_);
     for (const Entry& e : entries_) {
-      if (e.raw == t.unsafeGetTensorImpl() && e.version == t._version() && e.data == t.data_ptr() &&
-          e.numel == t.numel() && e.a == a && e.b == b && e.impl.lock().get() == e.raw) {
+      if (e.raw == key.raw && e.version == key.version && e.data == key.data && e.numel == key.numel &&
+          e.a == a && e.b == b && e.impl.lock().get() == e.raw) {
         return true;
       }
     }
@@ -39,8 +40,7 @@ class CheckedIndices {
     ++scans_;
     if (t.is_inference()) return;
     std::lock_guard<std::mutex> lock(mutex_);
-    entries_[next_] = Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(t.getIntrusivePtr()),
-                            t.unsafeGetTensorImpl(), t._version(), t.data_ptr(), t.numel(), a, b};
+    entries_[next_] = entry_of(t, a, b);
     next_ = (next_ + 1) % entries_.size();
   }
 
@@ -49,13 +49,18 @@ class CheckedIndices {
 
  private:
   struct Entry {
-    c10::weak_intrusive_ptr<c10::TensorImpl> impl{c10::weak_intrusive_ptr<c10::TensorImpl>(
-        c10::intrusive_ptr<c10::TensorImpl>())};
+    c10::weak_intrusive_ptr<c10::TensorImpl> impl{c10::intrusive_ptr<c10::TensorImpl>()};
     const c10::TensorImpl* raw = nullptr;
     int64_t version = -1;
     const void* data = nullptr;
     int64_t numel = -1, a = 0, b = 0;
   };
+
+  static Entry entry_of(const at::Tensor& t, int64_t a, int64_t b) {
+    return Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(t.getIntrusivePtr()), t.unsafeGetTensorImpl(),
+                 static_cast<int64_t>(t._version()), t.data_ptr(), t.numel(), a, b};
+  }
+
   mutable std::mutex mutex_;
   std::array<Entry, 64> entries_;  // a few batches' CSRs (7 index tensors a batch)
   size_t next_ = 0;
