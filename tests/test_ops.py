@@ -386,6 +386,35 @@ def test_kernel_strided_qkv_from_one_projection(kernel):
     assert_close(ours, expected, atol=1e-12, rtol=1e-10, name="strided q, k, v")
 
 
+def test_models_train_the_same_on_every_kernel_backend(kernel):
+    """A training step of both models (dropout on) on ``kernel`` against the torch backend: loss
+    and every parameter's gradient, with the kernels inside the real models (packed qkv, folded
+    biases, dropout seeds drawn by the models)."""
+    from nnformer_fast import NNFormer, NNFormerLatency
+
+    gen = torch.Generator().manual_seed(5)
+    graph = random_batch([9, 14, 5], avg_degree=2.0, seed=11, max_span=5)
+    latency_inputs = (torch.randn(graph.num_nodes, 192, generator=gen), graph, torch.randn(3, 40, generator=gen))
+    adj = torch.triu((torch.rand(3, 6, 6, generator=gen) < 0.4).float(), 1)
+    cells = dict(code=torch.randn(3, 6, 32, generator=gen), code_depth=torch.randn(3, 1, 32, generator=gen),
+                 code_rel_pos=adj.long(), code_adj=adj)
+    torch.manual_seed(0)
+    for model, inputs in ((NNFormerLatency(dim=32, n_head=4, n_layers=2, dropout=0.1), latency_inputs),
+                          (NNFormer(depths=[2], dim=32, n_head=4), (cells,))):
+        model.train()
+        params = list(model.parameters())
+        results = {}
+        for backend in (kernel, "torch"):
+            with _forced(backend):
+                torch.manual_seed(1)  # the same dropout seeds on both
+                loss = model(*inputs).square().sum()
+                results[backend] = [loss, *torch.autograd.grad(loss, params, allow_unused=True)]
+        for i, (ours, ref) in enumerate(zip(results[kernel], results["torch"])):
+            assert (ours is None) == (ref is None), i
+            if ours is not None:
+                assert_close(ours, ref, atol=1e-4, rtol=1e-4, name=f"{type(model).__name__} {kernel} output {i}")
+
+
 def test_kernel_deterministic(kernel):
     graph = random_batch([30, 41, 7], avg_degree=3.0, seed=7, max_span=8, global_token=True)
     q, k, v = (t.requires_grad_() for t in _attention_inputs(graph, 8, 40, torch.float32))
