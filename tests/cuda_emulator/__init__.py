@@ -3,7 +3,8 @@
 
 ``build`` compiles the unchanged ``.cu`` sources as host C++ with ``emulator.h`` included first
 (``nvcc -x c++``: nvcc only supplies the CUDA headers) and ``launchers.cpp``, the C entry points
-of the launchers, into one shared library. The glue below is what ``csrc/cuda_ops.cpp`` does on a
+of the launchers, into one shared library, with UBSan's alignment check: a misaligned vector
+load, which faults on a GPU, is reported on stderr. The glue below is what ``csrc/cuda_ops.cpp`` does on a
 GPU: allocate outputs and workspaces, pass raw pointers, and attach the backward launchers as
 autograd. Emulated warps are slow (32 threads each): meant for the small graph families.
 """
@@ -35,7 +36,8 @@ def compile_emulated(sources: list, lib: Path) -> Path:
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise FileNotFoundError("nvcc not found (it supplies the CUDA headers)")
-    subprocess.run([nvcc, "-x", "c++", "-std=c++20", "-O1", "-shared", "-Xcompiler", "-fPIC",
+    subprocess.run([nvcc, "-x", "c++", "-std=c++20", "-O1", "-shared", "-Xcompiler", "-fPIC,-fsanitize=alignment",
+                    "-Xlinker", "-lubsan",
                     "-include", str(HERE / "emulator.h"), f"-I{ROOT / 'csrc'}", *map(str, sources), "-o", str(lib)],
                    check=True, capture_output=True, text=True)
     return lib

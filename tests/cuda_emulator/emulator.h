@@ -6,8 +6,9 @@
 // each lane runs until it reaches a warp-wide operation (__shfl_xor_sync, __syncwarp), and no
 // lane passes one before every live lane has reached it. A shuffle or __syncwarp with a partial
 // mask, or while some lanes have returned, is undefined on a GPU: here it counts an error
-// (nnff_emu::errors). Not emulated: the GPU memory model, fast-math rounding and shared memory
-// (the kernels use none).
+// (nnff_emu::errors). Misaligned vector loads are left to UBSan's alignment check, which the
+// build adds. Not emulated: the GPU memory model, fast-math rounding and shared memory (the
+// kernels use none).
 #pragma once
 
 #include <cuda_runtime.h>
