@@ -13,8 +13,8 @@
    bandwidth beside a device-to-device copy measured in the same run;
 4. times training on the embedded default latency set (issue 6): the reference design's loop
    (one graph at a time, fp32, dense, the demo's sample) against ours (packed bf16 epochs at
-   the demo's node budget and at GPU-sized ones, batches built by DataLoader workers),
-   graphs/s and the ratio;
+   the demo's node budget and at GPU-sized ones, batches built by DataLoader workers; once
+   more in fp16 with GradScaler, a path only a GPU runs), graphs/s and the ratio;
 5. prints the table after each section (the last one is complete; a failing section adds a
    failed row and the others still run), then ``CUDA_PREFERENCE`` for
    ``nnformer_fast/ops/backends.py``: per op, the faster of CUDA C++ and Triton first.
@@ -373,9 +373,14 @@ def training_rows(device, *, budgets=TRAINING_BUDGETS, train_limit: Optional[int
                 note=f"{ref:.1f} graphs/s")]
     print(rows[-1], flush=True)  # each row as it comes: a lease cut short keeps them
     workers = GPU_LOADER_WORKERS if torch.device(device).type == "cuda" else 0
-    for budget in budgets:
-        rate = packed_rate(train_set, max_nodes=budget, device=str(device), num_workers=workers)
-        rows.append(Row("training", f"packed, {budget} nodes a step, {workers} loader workers", "ours", "bfloat16",
+    runs = [(budget, "bf16") for budget in budgets]
+    if torch.device(device).type == "cuda":  # fp16 + GradScaler trains on a GPU only: run it once
+        runs.append((budgets[-1], "fp16"))
+    for budget, precision in runs:
+        rate = packed_rate(train_set, max_nodes=budget, device=str(device), num_workers=workers,
+                           precision=precision)
+        rows.append(Row("training", f"packed, {budget} nodes a step, {workers} loader workers", "ours",
+                        {"bf16": "bfloat16", "fp16": "float16"}[precision],
                         note=f"{rate:.1f} graphs/s, {rate / ref:.1f}x the reference loop"))
         print(rows[-1], flush=True)
     return rows

@@ -61,13 +61,14 @@ def reference_rate(train_set, *, steps: int = BASELINE_STEPS, seed: int = 0, dev
 
 
 def packed_rate(train_set, *, compiled: bool = False, max_nodes: int = MAX_NODES, seed: int = 0,
-                device: str = "auto", num_workers: int = 0) -> float:
-    """Training graphs/s of ours: the second of two packed bf16 epochs of a fresh model (the
-    first holds the one-off costs: oneDNN's and, ``compiled``, torch.compile's compilation).
-    ``num_workers``: DataLoader workers building the batches (0: the training process)."""
+                device: str = "auto", num_workers: int = 0, precision: str = "bf16") -> float:
+    """Training graphs/s of ours: the second of two packed epochs (bf16 autocast unless
+    ``precision`` says otherwise) of a fresh model (the first holds the one-off costs: oneDNN's
+    and, ``compiled``, torch.compile's compilation). ``num_workers``: DataLoader workers
+    building the batches (0: the training process)."""
     from .train import TrainConfig, fit
 
-    ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=max_nodes, precision="bf16", lr=LR, compile=compiled,
+    ours = fit(TrainConfig(model=MODEL, epochs=2, max_nodes=max_nodes, precision=precision, lr=LR, compile=compiled,
                            device=device, num_workers=num_workers, progress=False, seed=seed),
                train_set=train_set, test_set=None)
     return ours.throughput["warm_graphs_per_s"]
