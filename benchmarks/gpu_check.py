@@ -8,6 +8,7 @@
 2. checks each kernel backend against the reference on the GPU: dag_attention and bigin
    (forward + gradients over the graph families; fp32/fp64 against float64, fp16/bf16 by the
    flash-attention rule) and dropout (bit-exact with its gradient, and past 2**32 elements);
+   and both models, forward and backward, against the same models on the CPU;
 3. times every backend (native, triton, torch) and the dense formulation in bf16, the training
    default: dag_attention forward+backward, bigin and dropout with their achieved memory
    bandwidth beside a device-to-device copy measured in the same run;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import re
@@ -283,6 +285,42 @@ def correctness_rows(backend: str, device, families=None, *, past_2_32: bool = T
     return rows
 
 
+def _moved(x, device):
+    """A tensor, GraphBatch or dict of tensors on ``device``."""
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+def model_rows(device) -> list[Row]:
+    """Both models, fp32, forward and backward on ``device`` against the same weights and
+    inputs on the CPU: the models' and GraphBatch's own device code (the accuracy model builds
+    its graph from device tensors), not only the ops. Eval mode: no dropout."""
+    from nnformer_fast import NNFormer, NNFormerLatency
+
+    gen = torch.Generator().manual_seed(5)
+    graph = testing.random_batch([9, 14, 5, 40], avg_degree=2.0, seed=11, max_span=5)
+    latency_inputs = (torch.randn(graph.num_nodes, 192, generator=gen), graph, torch.randn(4, 40, generator=gen))
+    adj = torch.triu((torch.rand(4, 7, 7, generator=gen) < 0.4).float(), 1)
+    cells = dict(code=torch.randn(4, 7, 32, generator=gen), code_depth=torch.randn(4, 1, 32, generator=gen),
+                 code_rel_pos=adj.long(), code_adj=adj)
+    torch.manual_seed(0)
+    rows = []
+    for name, model, inputs in (("latency", NNFormerLatency(dim=64, n_head=4, n_layers=2), latency_inputs),
+                                ("accuracy", NNFormer(depths=[2], dim=64, n_head=4), (cells,))):
+        model.eval()
+        results = []
+        for where in ("cpu", device):
+            on = copy.deepcopy(model).to(where)
+            out = on(*(_moved(x, where) for x in inputs))
+            grads = torch.autograd.grad(out.square().sum(), list(on.parameters()), allow_unused=True)
+            results.append([t.detach().cpu() for t in (out, *grads) if t is not None])
+        worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(*results))
+        rows.append(Row("model", f"{name} fwd+bwd vs the CPU", "auto", "float32", ok=worst < 1e-4,
+                        note=f"worst relative error {worst:.1e} over the output and {len(results[0]) - 1} gradients"))
+    return rows
+
+
 # ------------------------------------------------------------------------------- timings
 def copy_row(device, bench: Callable, nbytes: int = 256 * 2**20) -> Row:
     """Bandwidth of a device-to-device copy of ``nbytes`` (bytes read + bytes written)."""
@@ -477,6 +515,7 @@ def main() -> int:
             with first_triton_configs():
                 return correctness_rows(name, device)
         section(f"correctness, {name}", checks)
+    section("models", lambda: model_rows(device))
     section("kernel timings", lambda: [copy_row(device, bench), *timing_rows(device, bench)])
     section("training", lambda: training_rows(device))
     print()

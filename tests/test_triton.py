@@ -303,6 +303,12 @@ def test_gpu_check_rows_run_here(gpu_check):
     assert gpu_check.format_table(rows).count("\n") == len(rows) + 1
 
 
+def test_gpu_check_model_rows_run_here(gpu_check):
+    """The models' device check runs its whole path here (CPU against CPU: equal)."""
+    rows = gpu_check.model_rows("cpu")
+    assert [r.op for r in rows] == ["model", "model"] and all(r.ok for r in rows), rows
+
+
 def test_gpu_check_checks_correctness_on_the_first_triton_configs(gpu_check, monkeypatch):
     """The GPU check's correctness pass runs each autotuned kernel on its first config only
     (no autotuning over ten families and four dtypes), then restores every config."""
