@@ -93,7 +93,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one compiled kernel uses per thread (registers) and per block (bytes)."""
+    """What one compiled kernel uses: registers and stack bytes (spills) per thread, shared
+    memory bytes per block."""
     registers: int
     stack: int
     shared: int
