@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from cuda_emulator import NAME, compile_emulated
+from cuda_emulator import NAME, compile_emulated, ensure_registered
 
 from nnformer_fast.ops.backends import _REGISTRY
 
@@ -31,6 +31,7 @@ extern "C" long run(float* out, int exited_lane) {
 
 
 def test_the_cuda_kernels_build_for_the_emulator():
+    assert ensure_registered() is None
     assert _REGISTRY[NAME].load_error is None, _REGISTRY[NAME].load_error
 
 
@@ -57,6 +58,7 @@ def test_misaligned_rows_take_the_scalar_loads(dtype, tol, monkeypatch, capfd):
     from nnformer_fast.ops.backends import ENV_VAR
     from nnformer_fast.testing import assert_close, random_batch
 
+    assert ensure_registered() is None
     monkeypatch.setenv(ENV_VAR, NAME)
     graph = random_batch([6, 9], avg_degree=2.0, seed=2, global_token=True)
     shape = (graph.num_nodes, 4, 64)

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 from cuda_emulator import NAME as CUDA_EMULATED
+from cuda_emulator import ensure_registered
 
 from nnformer_fast import GraphBatch
 from nnformer_fast.dense import dense_bigin, dense_dag_attention
@@ -19,6 +20,7 @@ from nnformer_fast.ops import reference
 from nnformer_fast.ops.backends import ENV_VAR, _REGISTRY
 from nnformer_fast.testing import FAMILIES, TOLERANCES, assert_close, low_precision_error_ok, random_batch
 
+ensure_registered()  # the CUDA kernels on the CPU, where nvcc is found (tests/cuda_emulator)
 BACKENDS = [name for name, b in _REGISTRY.items() if b.load_error is None]
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 # The Triton interpreter is slow: run it on the small families only.

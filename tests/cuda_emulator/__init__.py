@@ -10,10 +10,13 @@ autograd. Emulated warps are slow (32 threads each): meant for the small graph f
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import math
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -165,3 +168,12 @@ def register_backend(out_dir: Path) -> Optional[str]:
         return detail
     register(_backend(kernels))
     return None
+
+
+@functools.cache
+def ensure_registered() -> Optional[str]:
+    """``register_backend`` once per process, into a temporary folder removed at exit. Test
+    modules call it before they list the backends (the build takes a few seconds)."""
+    out_dir = Path(tempfile.mkdtemp(prefix="nnff_cuda_emulated_"))
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+    return register_backend(out_dir)
