@@ -143,6 +143,7 @@ def test_every_bigin_launch_config_matches_the_reference(config, monkeypatch):
     for name, actual, expected in zip(("out", "dh", "dg"), (out, *grads), (ref, *ref_grads)):
         assert_close(actual, expected, atol=2e-5, rtol=2e-5, name=name)
 
+
 # ------------------------------------------------------------------------------- registration
 def test_forced_backend_and_public_ops(monkeypatch):
     graph = _graph("diamond")
@@ -274,6 +275,7 @@ def test_compile_check_reports_what_only_a_gpu_rejects():
     assert len(gelu) == 2 and all(line.endswith("FAILED") for line in gelu), res.stdout  # forward, backward
     others = [line for line in lines if line not in gelu]
     assert others and all(line.endswith("ok") for line in others), res.stdout
+
 
 # ------------------------------------------------------------------------------- benchmarks/gpu_check.py
 @pytest.fixture(scope="module")
