@@ -298,16 +298,11 @@ def model_rows(device) -> list[Row]:
     its graph from device tensors), not only the ops. Eval mode: no dropout."""
     from nnformer_fast import NNFormer, NNFormerLatency
 
-    gen = torch.Generator().manual_seed(5)
-    graph = testing.random_batch([9, 14, 5, 40], avg_degree=2.0, seed=11, max_span=5)
-    latency_inputs = (torch.randn(graph.num_nodes, 192, generator=gen), graph, torch.randn(4, 40, generator=gen))
-    adj = torch.triu((torch.rand(4, 7, 7, generator=gen) < 0.4).float(), 1)
-    cells = dict(code=torch.randn(4, 7, 32, generator=gen), code_depth=torch.randn(4, 1, 32, generator=gen),
-                 code_rel_pos=adj.long(), code_adj=adj)
     torch.manual_seed(0)
     rows = []
-    for name, model, inputs in (("latency", NNFormerLatency(dim=64, n_head=4, n_layers=2), latency_inputs),
-                                ("accuracy", NNFormer(depths=[2], dim=64, n_head=4), (cells,))):
+    for name, model, inputs in (("latency", NNFormerLatency(dim=64, n_head=4, n_layers=2),
+                                 testing.latency_inputs([9, 14, 5, 40], seed=11)),
+                                ("accuracy", NNFormer(depths=[2], dim=64, n_head=4), (testing.random_cells(4, 7),))):
         model.eval()
         results = []
         for where in ("cpu", device):

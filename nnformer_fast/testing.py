@@ -9,8 +9,8 @@ from torch import Tensor
 
 from .graph import GraphBatch
 
-__all__ = ["random_dag_edges", "random_batch", "FAMILIES", "family_batch", "assert_close", "TOLERANCES",
-           "low_precision_error_ok"]
+__all__ = ["random_dag_edges", "random_batch", "latency_inputs", "random_cells", "FAMILIES", "family_batch",
+           "assert_close", "TOLERANCES", "low_precision_error_ok"]
 
 
 def random_dag_edges(n: int, avg_degree: float, generator: torch.Generator, *, max_span: int | None = None) -> Tensor:
@@ -46,6 +46,24 @@ def random_batch(sizes: list[int], avg_degree: float = 2.0, seed: int = 0, *, ma
         offset += n
     mask = torch.cat(masks, 1) if global_token else None
     return GraphBatch.from_edge_index(torch.cat(edges, 1), sizes, mask_edge_index=mask)
+
+
+def latency_inputs(sizes: list[int], seed: int = 0) -> tuple[Tensor, GraphBatch, Tensor]:
+    """``NNFormerLatency`` inputs at its default widths for random DAGs of ``sizes`` nodes:
+    node features (N, 192), the packed graph, static features (B, 40), float32."""
+    gen = torch.Generator().manual_seed(seed)
+    graph = random_batch(sizes, avg_degree=2.0, seed=seed, max_span=5)
+    return torch.randn(graph.num_nodes, 192, generator=gen), graph, torch.randn(len(sizes), 40, generator=gen)
+
+
+def random_cells(cells: int, tokens: int, channels: int = 32, seed: int = 0) -> dict:
+    """The accuracy model's padded dict (SPEC §4) for random cells: code (B, L, C) and
+    code_depth (B, 1, C) float32, a random upper-triangular adjacency (B, L, L) as code_adj
+    and, as integers, code_rel_pos."""
+    gen = torch.Generator().manual_seed(seed)
+    adj = torch.triu((torch.rand(cells, tokens, tokens, generator=gen) < 0.4).float(), 1)
+    return dict(code=torch.randn(cells, tokens, channels, generator=gen),
+                code_depth=torch.randn(cells, 1, channels, generator=gen), code_rel_pos=adj.long(), code_adj=adj)
 
 
 def _star(fan_out: bool) -> GraphBatch:

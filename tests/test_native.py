@@ -272,9 +272,8 @@ def test_compile_fullgraph():
 
 def test_compile_models_fullgraph():
     from nnformer_fast import NNFormer, NNFormerLatency
-    graph = testing.random_batch([12, 20], avg_degree=2.0, seed=8, max_span=5)
+    x, graph, static = testing.latency_inputs([12, 20], seed=8)
     lat = NNFormerLatency(dim=32, n_head=4, n_layers=1)
-    x, static = torch.randn(graph.num_nodes, 192), torch.randn(2, 40)
     torch._dynamo.reset()
     compiled = torch.compile(lat, fullgraph=True, backend="aot_eager")
     lat.eval()
@@ -282,9 +281,7 @@ def test_compile_models_fullgraph():
     lat.train()
     compiled(x, graph, static).sum().backward()  # dropout seeds drawn inside the graph
 
-    b, l, c = 3, 6, 32
-    adj = torch.triu((torch.rand(b, l, l, generator=torch.Generator().manual_seed(0)) < 0.4).float(), 1)
-    sample = dict(code=torch.randn(b, l, c), code_depth=torch.randn(b, 1, c), code_rel_pos=adj.long(), code_adj=adj)
+    sample = testing.random_cells(3, 6)
     acc = NNFormer(depths=[1], dim=32).eval()
     expected = acc(sample)
     sample["graph"] = acc.build_graph(sample)  # graph building is data-dependent: done outside

@@ -18,7 +18,8 @@ from nnformer_fast.dense import dense_bigin, dense_dag_attention
 from nnformer_fast.ops import ACTIVATIONS, bigin, dag_attention, dag_attention_qkv, dropout
 from nnformer_fast.ops import reference
 from nnformer_fast.ops.backends import ENV_VAR, _REGISTRY
-from nnformer_fast.testing import FAMILIES, TOLERANCES, assert_close, low_precision_error_ok, random_batch
+from nnformer_fast.testing import (FAMILIES, TOLERANCES, assert_close, latency_inputs, low_precision_error_ok,
+                                   random_batch, random_cells)
 
 ensure_registered()  # the CUDA kernels on the CPU, where nvcc is found (tests/cuda_emulator)
 BACKENDS = [name for name, b in _REGISTRY.items() if b.load_error is None]
@@ -394,15 +395,9 @@ def test_models_train_the_same_on_every_kernel_backend(kernel):
     biases, dropout seeds drawn by the models)."""
     from nnformer_fast import NNFormer, NNFormerLatency
 
-    gen = torch.Generator().manual_seed(5)
-    graph = random_batch([9, 14, 5], avg_degree=2.0, seed=11, max_span=5)
-    latency_inputs = (torch.randn(graph.num_nodes, 192, generator=gen), graph, torch.randn(3, 40, generator=gen))
-    adj = torch.triu((torch.rand(3, 6, 6, generator=gen) < 0.4).float(), 1)
-    cells = dict(code=torch.randn(3, 6, 32, generator=gen), code_depth=torch.randn(3, 1, 32, generator=gen),
-                 code_rel_pos=adj.long(), code_adj=adj)
     torch.manual_seed(0)
-    for model, inputs in ((NNFormerLatency(dim=32, n_head=4, n_layers=2, dropout=0.1), latency_inputs),
-                          (NNFormer(depths=[2], dim=32, n_head=4), (cells,))):
+    for model, inputs in ((NNFormerLatency(dim=32, n_head=4, n_layers=2, dropout=0.1), latency_inputs([9, 14, 5], 11)),
+                          (NNFormer(depths=[2], dim=32, n_head=4), (random_cells(3, 6),))):
         model.train()
         params = list(model.parameters())
         results = {}
