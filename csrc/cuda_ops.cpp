@@ -26,6 +26,48 @@ void check_cuda(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
 }
 
+// The attention kernels index (node, head) pairs in 32 bits.
+void check_pairs(const char* op, int64_t n, int64_t heads) {
+  TORCH_CHECK(n * heads < (int64_t{1} << 32), op, ": at most 2^32 (node, head) pairs on CUDA, got ",
+              n, " nodes x ", heads, " heads");
+}
+
+// The launchers on q, k, v (and dq, dk, dv) whose node rows are `ld` elements apart: separate
+// contiguous tensors (ld = H * Dh) or the thirds of one packed qkv (ld = 3 * H * Dh).
+std::tuple<at::Tensor, at::Tensor> run_fwd(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, int64_t ld,
+                                           const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+                                           double scale, double dropout_p, int64_t seed) {
+  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
+  check_pairs(op, n, heads);
+  auto out = at::empty({n, heads, dh}, q.options());
+  auto lse = at::empty({n, heads}, q.options().dtype(acc_dtype(q.scalar_type())));
+  check_cuda(cuda::dag_attention_fwd(to_dtype(q.scalar_type()), q.data_ptr(), k.data_ptr(),
+                                     v.data_ptr(), ld, rel_rowptr.data_ptr<int64_t>(),
+                                     rel_col.data_ptr<int64_t>(), out.data_ptr(), lse.data_ptr(),
+                                     n, heads, dh, scale, dropout_p, seed,
+                                     c10::cuda::getCurrentCUDAStream().stream()),
+             op);
+  return {out, lse};
+}
+
+void run_bwd(const char* op, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+             const at::Tensor& v, int64_t ld, const at::Tensor& lse, const at::Tensor& rel_rowptr,
+             const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
+             int64_t seed, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
+  check_pairs(op, n, heads);
+  auto ws = at::empty({2 * rel_col.numel() * (heads / 4)}, lse.options());
+  check_cuda(cuda::dag_attention_bwd(to_dtype(q.scalar_type()), dout.data_ptr(), q.data_ptr(),
+                                     k.data_ptr(), v.data_ptr(), ld, lse.data_ptr(),
+                                     rel_rowptr.data_ptr<int64_t>(), rel_col.data_ptr<int64_t>(),
+                                     rel_tperm.data_ptr<int64_t>(), rel_col.numel(),
+                                     dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), ws.data_ptr(),
+                                     n, heads, dh, scale, dropout_p, seed,
+                                     c10::cuda::getCurrentCUDAStream().stream()),
+             op);
+}
+
 std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rel_rowptr,
     const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
@@ -34,16 +76,7 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cuda(
   TORCH_CHECK(q.is_cuda(), op, ": q must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(q.device());
   check_attention_fwd_inputs(op, q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p);
-  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
-  auto out = at::empty_like(q);
-  auto lse = at::empty({n, heads}, q.options().dtype(acc_dtype(q.scalar_type())));
-  check_cuda(cuda::dag_attention_fwd(to_dtype(q.scalar_type()), q.data_ptr(), k.data_ptr(),
-                                     v.data_ptr(), rel_rowptr.data_ptr<int64_t>(),
-                                     rel_col.data_ptr<int64_t>(), out.data_ptr(), lse.data_ptr(),
-                                     n, heads, dh, scale, dropout_p, seed,
-                                     c10::cuda::getCurrentCUDAStream().stream()),
-             op);
-  return {out, lse};
+  return run_fwd(op, q, k, v, q.stride(0), rel_rowptr, rel_col, scale, dropout_p, seed);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cuda(
@@ -56,18 +89,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cuda(
   const c10::cuda::CUDAGuard guard(q.device());
   check_attention_bwd_inputs(op, dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm,
                              dropout_p);
-  const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  auto ws = at::empty({2 * rel_col.numel() * (heads / 4)}, lse.options());
-  check_cuda(cuda::dag_attention_bwd(to_dtype(q.scalar_type()), dout.data_ptr(), q.data_ptr(),
-                                     k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
-                                     rel_rowptr.data_ptr<int64_t>(), rel_col.data_ptr<int64_t>(),
-                                     rel_tperm.data_ptr<int64_t>(), rel_col.numel(),
-                                     dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), ws.data_ptr(),
-                                     n, heads, dh, scale, dropout_p, seed,
-                                     c10::cuda::getCurrentCUDAStream().stream()),
-             op);
+  run_bwd(op, dout, q, k, v, q.stride(0), lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p,
+          seed, dq, dk, dv);
   return {dq, dk, dv};
+}
+
+// The packed ops: q, k, v are the thirds qkv[:, 0], qkv[:, 1], qkv[:, 2] of the qkv Linear's
+// output, read in place; the backward writes dq, dk, dv into one dqkv like qkv.
+std::tuple<at::Tensor, at::Tensor> dag_attention_qkv_fwd_cuda(
+    const at::Tensor& qkv, const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+    const at::Tensor& rel_tperm, double scale, double dropout_p, int64_t seed) {
+  const char* op = "nnformer_fast::dag_attention_qkv_fwd";
+  TORCH_CHECK(qkv.is_cuda(), op, ": qkv must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  check_attention_qkv_input(op, qkv, rel_rowptr, rel_col);
+  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
+  return run_fwd(op, qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0),
+                 rel_rowptr, rel_col, scale, dropout_p, seed);
+}
+
+at::Tensor dag_attention_qkv_bwd_cuda(const at::Tensor& dout, const at::Tensor& qkv,
+                                      const at::Tensor& out, const at::Tensor& lse,
+                                      const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+                                      const at::Tensor& rel_tperm, double scale, double dropout_p,
+                                      int64_t seed) {
+  const char* op = "nnformer_fast::dag_attention_qkv_bwd";
+  TORCH_CHECK(qkv.is_cuda(), op, ": qkv must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  check_attention_qkv_input(op, qkv, rel_rowptr, rel_col);
+  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
+  const at::Tensor q = qkv.select(1, 0);
+  check_attention_bwd_extras(op, q, dout, out, lse, rel_col, rel_tperm);
+  auto dqkv = at::empty_like(qkv);
+  at::Tensor dq = dqkv.select(1, 0), dk = dqkv.select(1, 1), dv = dqkv.select(1, 2);
+  run_bwd(op, dout, q, qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), lse, rel_rowptr, rel_col,
+          rel_tperm, scale, dropout_p, seed, dq, dk, dv);
+  return dqkv;
 }
 
 // The CUDA kernels do not fold the fc1 / gcn biases in: nnformer_fast.ops adds them first.
@@ -144,6 +202,8 @@ at::Tensor dropout_fwd_cuda(const at::Tensor& x, double p, int64_t seed) {
 TORCH_LIBRARY_IMPL(nnformer_fast, CUDA, m) {
   m.impl("dag_attention_fwd", &nnff::dag_attention_fwd_cuda);
   m.impl("dag_attention_bwd", &nnff::dag_attention_bwd_cuda);
+  m.impl("dag_attention_qkv_fwd", &nnff::dag_attention_qkv_fwd_cuda);
+  m.impl("dag_attention_qkv_bwd", &nnff::dag_attention_qkv_bwd_cuda);
   m.impl("bigin_fwd", &nnff::bigin_fwd_cuda);
   m.impl("bigin_bwd", &nnff::bigin_bwd_cuda);
   m.impl("dropout_fwd", &nnff::dropout_fwd_cuda);

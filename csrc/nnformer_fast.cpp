@@ -26,8 +26,7 @@ TORCH_LIBRARY(nnformer_fast, m) {
         "Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, float scale, float dropout_p, "
         "SymInt seed) -> (Tensor, Tensor, Tensor)");
   // The same on the packed output of the qkv Linear: qkv (N, 3, H, Dh) contiguous, read in
-  // place (no copies of q, k, v); the backward returns dqkv like qkv. CPU only: on CUDA the
-  // Python adapter unpacks and calls the ops above.
+  // place (no copies of q, k, v); the backward returns dqkv like qkv.
   m.def("dag_attention_qkv_fwd(Tensor qkv, Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, "
         "float scale, float dropout_p, SymInt seed) -> (Tensor, Tensor)");
   m.def("dag_attention_qkv_bwd(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor rel_rowptr, "

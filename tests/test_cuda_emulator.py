@@ -14,12 +14,16 @@ from nnformer_fast.ops.backends import _REGISTRY
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found (the CUDA headers)")
 
-_WARP_SUM = r"""
+_LANE_SUMS = r"""
 #include "cuda/common.cuh"
 
+// out[0]: warp sums; out[1]: sums over groups of 8 lanes; out[2]: sums across those groups.
 __global__ void sum_over_lanes(float* out, int exited_lane) {
   if (static_cast<int>(threadIdx.x) == exited_lane) return;
-  out[threadIdx.x] = nnff::cuda::warp_sum(static_cast<float>(threadIdx.x));
+  const float x = static_cast<float>(threadIdx.x);
+  out[threadIdx.x] = nnff::cuda::group_sum<32>(x);
+  out[64 + threadIdx.x] = nnff::cuda::group_sum<8>(x);
+  out[128 + threadIdx.x] = nnff::cuda::across_groups_sum<8>(x);
 }
 
 extern "C" long run(float* out, int exited_lane) {
@@ -36,13 +40,19 @@ def test_the_cuda_kernels_build_for_the_emulator():
 
 
 def test_the_emulator_shuffles_like_a_warp_and_reports_exited_lanes(tmp_path):
-    source = tmp_path / "warp_sum.cu"
-    source.write_text(_WARP_SUM)
-    lib = ctypes.CDLL(str(compile_emulated([source], tmp_path / "libwarp_sum.so")))
-    out = torch.zeros(64)
+    source = tmp_path / "lane_sums.cu"
+    source.write_text(_LANE_SUMS)
+    lib = ctypes.CDLL(str(compile_emulated([source], tmp_path / "liblane_sums.so")))
+    out = torch.zeros(3, 64)
     assert lib.run(ctypes.c_void_p(out.data_ptr()), -1) == 0
+    lane = torch.arange(64.0)
     # every lane of each warp holds its warp's sum: 0 + ... + 31, and 32 + ... + 63
-    assert torch.equal(out, torch.tensor([496.0] * 32 + [1520.0] * 32))
+    assert torch.equal(out[0], torch.tensor([496.0] * 32 + [1520.0] * 32))
+    # groups of 8 lanes: lanes 8g..8g+7 hold 64g + 28; across them lane l holds the sum of
+    # the lanes of its warp with the same l % 8
+    assert torch.equal(out[1], (lane // 8) * 64 + 28)
+    warp = (lane // 32) * 32
+    assert torch.equal(out[2], 4 * (warp + lane % 8) + 48)
     # lane 5 returned before the shuffles: undefined on a GPU, an error here
     assert lib.run(ctypes.c_void_p(out.data_ptr()), 5) > 0
 
@@ -78,3 +88,65 @@ def test_misaligned_rows_take_the_scalar_loads(dtype, tol, monkeypatch, capfd):
     assert "misaligned" not in capfd.readouterr().err
     for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
         assert_close(a, b, atol=tol, rtol=tol, name=name)
+
+
+def _emulated_and_float64(op, inputs, grad, monkeypatch):
+    """op(*leaves) and the gradients of the leaves on ``cuda_emulated``, then on the torch
+    backend from the same values in float64."""
+    from nnformer_fast.ops.backends import ENV_VAR
+
+    results = []
+    for backend, dtype in ((NAME, None), ("torch", torch.float64)):
+        monkeypatch.setenv(ENV_VAR, backend)
+        leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in inputs]
+        out = op(*leaves)
+        results.append([out, *torch.autograd.grad(out, leaves, grad.to(out.dtype))])
+    return results
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("head_dim", [8, 40, 128, 256])
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed_qkv"])
+def test_attention_lane_groups(head_dim, dtype, tol, packed, monkeypatch):
+    """Each lanes-per-row width (8, 16 and 32 lanes for head dims up to 64, 128 and 256) with
+    16-byte loads, on separate q, k, v and on the thirds of one packed qkv (rows 3·H·Dh apart).
+    A global token's long neighbour list spreads over all groups of its warp, short lists leave
+    groups idle, the one-node graph's rows are empty; dropout on."""
+    from nnformer_fast.ops import dag_attention, dag_attention_qkv
+    from nnformer_fast.testing import assert_close, random_batch
+
+    assert ensure_registered() is None
+    graph = random_batch([5, 13, 1], avg_degree=3.0, seed=4, global_token=True)
+    gen = torch.Generator().manual_seed(head_dim)
+    qkv = torch.randn(graph.num_nodes, 3, 4, head_dim, generator=gen, dtype=torch.float64).to(dtype)
+    grad = torch.randn(graph.num_nodes, 4, head_dim, generator=gen, dtype=torch.float64)
+
+    def attention(t):
+        if packed:
+            return dag_attention_qkv(t, graph, dropout_p=0.2, seed=5)
+        return dag_attention(*t.unbind(1), graph, dropout_p=0.2, seed=5)
+
+    ours, expected = _emulated_and_float64(attention, [qkv], grad, monkeypatch)
+    for name, a, b in zip(("out", "dqkv"), ours, expected):
+        assert a.dtype == dtype
+        assert_close(a.double(), b, atol=tol, rtol=tol, name=f"{name}, head dim {head_dim}")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("width", [2, 6, 48, 2056, 2060, 2064])
+def test_bigin_row_widths(width, dtype, tol, monkeypatch):
+    """Rows of 1 to 256 threads, and rows wider than a block (a thread takes several vectors);
+    16-byte vectors where each half of a row is whole vectors (48 and 2064 in both dtypes, 2056 in
+    float32), one element per thread otherwise."""
+    from nnformer_fast.ops import bigin
+    from nnformer_fast.testing import assert_close, random_batch
+
+    assert ensure_registered() is None
+    graph = random_batch([5, 13, 1], avg_degree=3.0, seed=4, global_token=True)
+    gen = torch.Generator().manual_seed(width)
+    h, g, grad = (torch.randn(graph.num_nodes, width, generator=gen, dtype=torch.float64) for _ in range(3))
+    ours, expected = _emulated_and_float64(lambda h, g: bigin(h, g, graph, act="gelu"),
+                                           [h.to(dtype), g.to(dtype)], grad, monkeypatch)
+    for name, a, b in zip(("y", "dh", "dg"), ours, expected):
+        assert a.dtype == dtype
+        assert_close(a.double(), b, atol=tol, rtol=tol, name=f"{name}, width {width}")

@@ -1,6 +1,8 @@
-// Fused bidirectional GIN aggregation on CUDA (SPEC §3): one thread per output element
-// (adjacent threads read adjacent channels of a neighbour row: coalesced gathers); backward
-// recomputes the pre-activation and gathers over the CSRs, without atomics.
+// Fused bidirectional GIN aggregation on CUDA (SPEC §3). Each node's row is handled by a
+// power-of-two run of threads (up to the whole block) that split its channels in 16-byte
+// vectors when M and the pointers allow, so neighbour rows are gathered in coalesced wide
+// loads and the CSR row bounds are read once per row. Backward recomputes the
+// pre-activation and gathers over the CSRs, without atomics.
 #include <cmath>
 
 #include "common.cuh"
@@ -9,7 +11,8 @@ namespace nnff {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kShiftMax = 8;
+constexpr int kThreads = 1 << kShiftMax;
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t act_fwd(int a, acc_t x) {
@@ -35,93 +38,141 @@ __device__ __forceinline__ acc_t act_grad(int a, acc_t x) {
   }
 }
 
-template <typename T>
-__device__ __forceinline__ typename Acc<T>::type preact(const T* __restrict__ h,
-                                                        const T* __restrict__ g,
-                                                        const int64_t* __restrict__ rp,
-                                                        const int64_t* __restrict__ cl,
-                                                        const int64_t* __restrict__ rpt,
-                                                        const int64_t* __restrict__ clt,
-                                                        int64_t i, int64_t c, int64_t m) {
-  using acc_t = typename Acc<T>::type;
-  acc_t z = to_acc(h[i * m + c]);
+// The 2^shift threads of row `row` of a block work on node blockIdx.x * (kThreads >> shift)
+// + row; thread `lane` of them takes every (2^shift)-th VEC-channel vector of that node.
+struct RowTask {
+  int64_t node;
+  int lane, lanes;
+
+  __device__ __forceinline__ explicit RowTask(int shift) {
+    node = (static_cast<int64_t>(blockIdx.x) << (kShiftMax - shift)) + (threadIdx.x >> shift);
+    lane = threadIdx.x & ((1 << shift) - 1);
+    lanes = 1 << shift;
+  }
+};
+
+template <typename T, int VEC, typename acc_t>
+__device__ __forceinline__ void add_vec(const T* __restrict__ src, acc_t (&z)[VEC]) {
+  acc_t x[VEC];
+  load_vec<T, VEC>(src, x);
+#pragma unroll
+  for (int w = 0; w < VEC; ++w) z[w] += x[w];
+}
+
+// z[w] += src[col[e], c + w] over the entries e of CSR row i.
+template <typename T, int VEC, typename acc_t>
+__device__ __forceinline__ void gather_sum(const T* __restrict__ src, const int64_t* __restrict__ rowptr,
+                                           const int64_t* __restrict__ col, int64_t i, int64_t c,
+                                           int64_t m, acc_t (&z)[VEC]) {
+  for (int64_t e = rowptr[i]; e < rowptr[i + 1]; ++e) add_vec<T, VEC>(src + col[e] * m + c, z);
+}
+
+// z = h[i, c:c+VEC] + the sum of g over i's children (adjacency row i) in the first half of
+// the channels, over its parents (transposed row i) in the second.
+template <typename T, int VEC, typename acc_t>
+__device__ __forceinline__ void preact(const T* __restrict__ h, const T* __restrict__ g,
+                                       const int64_t* __restrict__ rp, const int64_t* __restrict__ cl,
+                                       const int64_t* __restrict__ rpt,
+                                       const int64_t* __restrict__ clt, int64_t i, int64_t c,
+                                       int64_t m, acc_t (&z)[VEC]) {
+  load_vec<T, VEC>(h + i * m + c, z);
   if (c < m / 2) {
-    for (int64_t e = rp[i]; e < rp[i + 1]; ++e) z += to_acc(g[cl[e] * m + c]);
+    gather_sum<T, VEC>(g, rp, cl, i, c, m, z);
   } else {
-    for (int64_t e = rpt[i]; e < rpt[i + 1]; ++e) z += to_acc(g[clt[e] * m + c]);
-  }
-  return z;
-}
-
-template <typename T>
-__global__ void bigin_fwd_kernel(const T* __restrict__ h, const T* __restrict__ g,
-                                 const int64_t* __restrict__ rp, const int64_t* __restrict__ cl,
-                                 const int64_t* __restrict__ rpt, const int64_t* __restrict__ clt,
-                                 T* __restrict__ y, int64_t n, int64_t m, int act) {
-  const int64_t total = n * m;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = idx / m, c = idx % m;
-    y[idx] = from_acc<T>(act_fwd(act, preact(h, g, rp, cl, rpt, clt, i, c, m)));
+    gather_sum<T, VEC>(g, rpt, clt, i, c, m, z);
   }
 }
 
-template <typename T>
-__global__ void bigin_bwd_dz_kernel(const T* __restrict__ dy, const T* __restrict__ h,
-                                    const T* __restrict__ g, const int64_t* __restrict__ rp,
-                                    const int64_t* __restrict__ cl,
-                                    const int64_t* __restrict__ rpt,
-                                    const int64_t* __restrict__ clt, T* __restrict__ dh,
-                                    typename Acc<T>::type* __restrict__ dz, int64_t n, int64_t m,
-                                    int act) {
-  const int64_t total = n * m;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = idx / m, c = idx % m;
-    const auto d = to_acc(dy[idx]) * act_grad(act, preact(h, g, rp, cl, rpt, clt, i, c, m));
-    dz[idx] = d;
-    dh[idx] = from_acc<T>(d);
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+bigin_fwd_kernel(const T* __restrict__ h, const T* __restrict__ g, const int64_t* __restrict__ rp,
+                 const int64_t* __restrict__ cl, const int64_t* __restrict__ rpt,
+                 const int64_t* __restrict__ clt, T* __restrict__ y, int64_t n, int64_t m, int act,
+                 int shift) {
+  using acc_t = typename Acc<T>::type;
+  const RowTask t(shift);
+  if (t.node >= n) return;
+  for (int64_t c = int64_t{t.lane} * VEC; c < m; c += int64_t{t.lanes} * VEC) {
+    acc_t z[VEC];
+    preact<T, VEC>(h, g, rp, cl, rpt, clt, t.node, c, m, z);
+#pragma unroll
+    for (int w = 0; w < VEC; ++w) z[w] = act_fwd(act, z[w]);
+    store_vec<T, VEC>(y + t.node * m + c, z);
+  }
+}
+
+// dz = dy * act'(z), kept in the accumulation dtype for the dg pass, and dh = dz.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+bigin_bwd_dz_kernel(const T* __restrict__ dy, const T* __restrict__ h, const T* __restrict__ g,
+                    const int64_t* __restrict__ rp, const int64_t* __restrict__ cl,
+                    const int64_t* __restrict__ rpt, const int64_t* __restrict__ clt,
+                    T* __restrict__ dh, typename Acc<T>::type* __restrict__ dz, int64_t n,
+                    int64_t m, int act, int shift) {
+  using acc_t = typename Acc<T>::type;
+  const RowTask t(shift);
+  if (t.node >= n) return;
+  for (int64_t c = int64_t{t.lane} * VEC; c < m; c += int64_t{t.lanes} * VEC) {
+    const int64_t at = t.node * m + c;
+    acc_t z[VEC], d[VEC];
+    preact<T, VEC>(h, g, rp, cl, rpt, clt, t.node, c, m, z);
+    load_vec<T, VEC>(dy + at, d);
+#pragma unroll
+    for (int w = 0; w < VEC; ++w) d[w] *= act_grad(act, z[w]);
+    store_vec<acc_t, VEC>(dz + at, d);
+    store_vec<T, VEC>(dh + at, d);
   }
 }
 
 // dg_j = [sum of dz1 over the parents of j, sum of dz2 over the children of j]
-template <typename T>
-__global__ void bigin_bwd_dg_kernel(const typename Acc<T>::type* __restrict__ dz,
-                                    const int64_t* __restrict__ rp, const int64_t* __restrict__ cl,
-                                    const int64_t* __restrict__ rpt,
-                                    const int64_t* __restrict__ clt, T* __restrict__ dg, int64_t n,
-                                    int64_t m) {
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+bigin_bwd_dg_kernel(const typename Acc<T>::type* __restrict__ dz, const int64_t* __restrict__ rp,
+                    const int64_t* __restrict__ cl, const int64_t* __restrict__ rpt,
+                    const int64_t* __restrict__ clt, T* __restrict__ dg, int64_t n, int64_t m,
+                    int shift) {
   using acc_t = typename Acc<T>::type;
-  const int64_t total = n * m;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t j = idx / m, c = idx % m;
-    acc_t s = acc_t(0);
+  const RowTask t(shift);
+  if (t.node >= n) return;
+  for (int64_t c = int64_t{t.lane} * VEC; c < m; c += int64_t{t.lanes} * VEC) {
+    acc_t s[VEC];
+#pragma unroll
+    for (int w = 0; w < VEC; ++w) s[w] = acc_t(0);
     if (c < m / 2) {
-      for (int64_t e = rpt[j]; e < rpt[j + 1]; ++e) s += dz[clt[e] * m + c];
+      gather_sum<acc_t, VEC>(dz, rpt, clt, t.node, c, m, s);
     } else {
-      for (int64_t e = rp[j]; e < rp[j + 1]; ++e) s += dz[cl[e] * m + c];
+      gather_sum<acc_t, VEC>(dz, rp, cl, t.node, c, m, s);
     }
-    dg[idx] = from_acc<T>(s);
+    store_vec<T, VEC>(dg + t.node * m + c, s);
   }
 }
 
-unsigned int grid_for(int64_t total) {
-  const int64_t b = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(b < 1 ? 1 : (b > 65535LL * 32 ? 65535LL * 32 : b));
-}
+// Launch shape for n rows of m channels in VEC-wide vectors: log2 of the threads per row (the
+// fewest that cover the row's vectors, at most a block) and the blocks.
+struct RowLaunch {
+  int shift = 0;
+  unsigned int blocks;
+
+  RowLaunch(int64_t n, int64_t m, int vec) {
+    while (shift < kShiftMax && (int64_t{1} << shift) * vec < m) ++shift;
+    blocks = blocks_for(n, int64_t{kThreads} >> shift);
+  }
+};
 
 }  // namespace
 
+// Wide (16-byte) vectors need each half of a row to be whole vectors: (m / 2) % VEC == 0.
 cudaError_t bigin_fwd(DType dtype, const void* h, const void* g, const int64_t* adj_rowptr,
                       const int64_t* adj_col, const int64_t* adjt_rowptr, const int64_t* adjt_col,
                       void* y, int64_t n, int64_t m, int act, cudaStream_t stream) {
   if (n * m == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) -> cudaError_t {
+  return dispatch_vec(dtype, {m / 2}, {h, g, y}, [&](auto tag, auto vec) -> cudaError_t {
     using T = decltype(tag);
-    NNFF_LAUNCH(grid_for(n * m), kThreads, stream, bigin_fwd_kernel<T>)(
+    constexpr int VEC = decltype(vec)::value;
+    const RowLaunch l(n, m, VEC);
+    NNFF_LAUNCH(l.blocks, kThreads, stream, bigin_fwd_kernel<T, VEC>)(
         static_cast<const T*>(h), static_cast<const T*>(g), adj_rowptr, adj_col, adjt_rowptr,
-        adjt_col, static_cast<T*>(y), n, m, act);
+        adjt_col, static_cast<T*>(y), n, m, act, l.shift);
     return cudaGetLastError();
   });
 }
@@ -131,17 +182,19 @@ cudaError_t bigin_bwd(DType dtype, const void* dy, const void* h, const void* g,
                       const int64_t* adjt_rowptr, const int64_t* adjt_col, void* dh, void* dg,
                       void* workspace, int64_t n, int64_t m, int act, cudaStream_t stream) {
   if (n * m == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) -> cudaError_t {
+  return dispatch_vec(dtype, {m / 2}, {dy, h, g, dh, dg, workspace}, [&](auto tag, auto vec) -> cudaError_t {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
+    constexpr int VEC = decltype(vec)::value;
+    const RowLaunch l(n, m, VEC);
     acc_t* dz = static_cast<acc_t*>(workspace);
-    NNFF_LAUNCH(grid_for(n * m), kThreads, stream, bigin_bwd_dz_kernel<T>)(
+    NNFF_LAUNCH(l.blocks, kThreads, stream, bigin_bwd_dz_kernel<T, VEC>)(
         static_cast<const T*>(dy), static_cast<const T*>(h), static_cast<const T*>(g), adj_rowptr,
-        adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dh), dz, n, m, act);
+        adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dh), dz, n, m, act, l.shift);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    NNFF_LAUNCH(grid_for(n * m), kThreads, stream, bigin_bwd_dg_kernel<T>)(
-        dz, adj_rowptr, adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dg), n, m);
+    NNFF_LAUNCH(l.blocks, kThreads, stream, bigin_bwd_dg_kernel<T, VEC>)(
+        dz, adj_rowptr, adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dg), n, m, l.shift);
     return cudaGetLastError();
   });
 }

@@ -1,9 +1,13 @@
-// Device helpers shared by the CUDA kernels: dtype traits, conversions, warp reductions.
+// Device helpers shared by the CUDA kernels: dtype traits, conversions, vector accesses.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "../common.h"
 #include "kernels.h"
@@ -34,10 +38,30 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
 template <typename T> __device__ __forceinline__ T from_acc(double x);
 template <> __device__ __forceinline__ double from_acc<double>(double x) { return x; }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t x) {
+// Shuffle reductions over the warp's groups of LPR consecutive lanes (LPR a power of two):
+// within each group, and across the groups (lanes r, r + LPR, r + 2 LPR, …). Every lane of the
+// warp must call them (full-mask shuffles); group_sum<32> is a warp sum.
+template <int LPR, typename acc_t>
+__device__ __forceinline__ acc_t group_sum(acc_t x) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  for (int o = LPR / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <int LPR, typename acc_t>
+__device__ __forceinline__ acc_t across_groups_sum(acc_t x) {
+#pragma unroll
+  for (int o = LPR; o < 32; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <int LPR, typename acc_t>
+__device__ __forceinline__ acc_t across_groups_max(acc_t x) {
+#pragma unroll
+  for (int o = LPR; o < 32; o <<= 1) {
+    const acc_t y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = y > x ? y : x;
+  }
   return x;
 }
 
@@ -51,6 +75,69 @@ cudaError_t dispatch(DType dtype, F&& f) {
     case DType::kFloat64: return f(double{});
   }
   return cudaErrorInvalidValue;
+}
+
+// VEC elements of T loaded or stored as one access (two for 32 bytes: 16-byte alignment suffices).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC > 16 ? 16 : sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+// T as plain bits for packs: packs of the __half / __nv_bfloat16 classes went through local
+// memory (ptxas reported spills), packs of unsigned short stay in registers.
+template <typename T>
+struct Bits {
+  using type = T;
+  static __device__ __forceinline__ T of(T x) { return x; }
+  static __device__ __forceinline__ T value(T b) { return b; }
+};
+template <>
+struct Bits<__half> {
+  using type = unsigned short;
+  static __device__ __forceinline__ type of(__half x) { return __half_as_ushort(x); }
+  static __device__ __forceinline__ __half value(type b) { return __ushort_as_half(b); }
+};
+template <>
+struct Bits<__nv_bfloat16> {
+  using type = unsigned short;
+  static __device__ __forceinline__ type of(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+  static __device__ __forceinline__ __nv_bfloat16 value(type b) { return __ushort_as_bfloat16(b); }
+};
+
+// x[w] = src[w] in the accumulation type, w < VEC: one access of VEC * sizeof(T) bytes.
+template <typename T, int VEC, typename acc_t>
+__device__ __forceinline__ void load_vec(const T* __restrict__ src, acc_t* x) {
+  using B = Bits<T>;
+  const Pack<typename B::type, VEC> p = *reinterpret_cast<const Pack<typename B::type, VEC>*>(src);
+#pragma unroll
+  for (int w = 0; w < VEC; ++w) x[w] = to_acc(B::value(p.v[w]));
+}
+
+// dst[w] = x[w] rounded to T, w < VEC: one access.
+template <typename T, int VEC, typename acc_t>
+__device__ __forceinline__ void store_vec(T* __restrict__ dst, const acc_t* x) {
+  using B = Bits<T>;
+  Pack<typename B::type, VEC> p;
+#pragma unroll
+  for (int w = 0; w < VEC; ++w) p.v[w] = B::of(from_acc<T>(x[w]));
+  *reinterpret_cast<Pack<typename B::type, VEC>*>(dst) = p;
+}
+
+// Calls f(T{}, std::integral_constant<int, VEC>{}) for the element type of dtype, with
+// VEC = 16 / sizeof(T) (16-byte accesses) when every count in `multiples` is a multiple of
+// it and every pointer in `ptrs` is 16-byte aligned, else VEC = 1.
+template <typename F>
+cudaError_t dispatch_vec(DType dtype, std::initializer_list<int64_t> multiples,
+                         std::initializer_list<const void*> ptrs, F&& f) {
+  return dispatch(dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    constexpr int kVec = 16 / sizeof(T);
+    bool wide = true;
+    for (int64_t x : multiples) wide = wide && x % kVec == 0;
+    for (const void* p : ptrs) wide = wide && (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+    if (wide) return f(tag, std::integral_constant<int, kVec>{});
+    return f(tag, std::integral_constant<int, 1>{});
+  });
 }
 
 inline unsigned int blocks_for(int64_t work, int64_t per_block) {

@@ -11,15 +11,19 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
-// q, k, v, out: (n, heads, dh) of `dtype`; lse: (n, heads) float32 (float64 for kFloat64).
-cudaError_t dag_attention_fwd(DType dtype, const void* q, const void* k, const void* v,
+// q, k, v: n rows of (heads, dh) elements of `dtype`, `ld` elements apart (heads * dh for
+// separate tensors, 3 * heads * dh for the thirds of one packed qkv); out: (n, heads, dh)
+// contiguous; lse: (n, heads) float32 (float64 for kFloat64). n * heads < 2^32, else
+// cudaErrorInvalidValue (also for the backward).
+cudaError_t dag_attention_fwd(DType dtype, const void* q, const void* k, const void* v, int64_t ld,
                               const int64_t* rel_rowptr, const int64_t* rel_col, void* out,
                               void* lse, int64_t n, int64_t heads, int64_t dh, double scale,
                               double dropout_p, int64_t seed, cudaStream_t stream);
 
-// Workspace: 2 * nnz * heads / 4 elements of the lse type (float32, float64 for kFloat64).
+// dq, dk, dv laid out like q, k, v (rows `ld` apart); dout like out. Workspace:
+// 2 * nnz * heads / 4 elements of the lse type (float32, float64 for kFloat64).
 cudaError_t dag_attention_bwd(DType dtype, const void* dout, const void* q, const void* k,
-                              const void* v, const void* out, const void* lse,
+                              const void* v, int64_t ld, const void* lse,
                               const int64_t* rel_rowptr, const int64_t* rel_col,
                               const int64_t* rel_tperm, int64_t nnz, void* dq, void* dk, void* dv,
                               void* workspace, int64_t n, int64_t heads, int64_t dh, double scale,

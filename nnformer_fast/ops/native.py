@@ -168,10 +168,8 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
 
 def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0, scale: Optional[float] = None,
                       seed: int = 0) -> Tensor:
-    """Native ``dag_attention`` on a packed qkv (N, 3, H, Dh) → (N, H, Dh). The CPU kernels
-    read q, k, v in place and return one dqkv; on CUDA the thirds are made contiguous first."""
-    if qkv.device.type != "cpu":
-        return dag_attention(*qkv.unbind(1), graph, dropout_p=dropout_p, scale=scale, seed=seed)
+    """Native ``dag_attention`` on a packed qkv (N, 3, H, Dh) → (N, H, Dh): the kernels read q,
+    k, v in place and the backward returns one dqkv."""
     scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
     out, _ = torch.ops.nnformer_fast.dag_attention_qkv_fwd(qkv.contiguous(), graph.rel_rowptr, graph.rel_col,
                                                            graph.rel_tperm, scale, float(dropout_p), seed)

@@ -75,31 +75,57 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 
 def _backend(kernels: _Kernels) -> Backend:
+    def attention_fwd(q, k, v, graph, scale, dropout_p, seed):
+        """q, k, v: (N, H, Dh) with rows q.stride(0) apart (separate tensors or thirds of one qkv)."""
+        n, heads, dh = q.shape
+        out = torch.empty(n, heads, dh, dtype=q.dtype)
+        lse = torch.empty(n, heads, dtype=_acc(q.dtype))
+        kernels("dag_attention_fwd", _DTYPES[q.dtype], q, k, v, q.stride(0), graph.rel_rowptr, graph.rel_col,
+                out, lse, n, heads, dh, scale, dropout_p, seed)
+        return out, lse
+
+    def attention_bwd(dout, q, k, v, lse, graph, scale, dropout_p, seed, dq, dk, dv):
+        """Writes dq, dk, dv (laid out like q, k, v)."""
+        n, heads, dh = q.shape
+        nnz = graph.rel_col.numel()
+        workspace = torch.empty(2 * nnz * (heads // 4), dtype=lse.dtype)
+        kernels("dag_attention_bwd", _DTYPES[q.dtype], dout.contiguous(), q, k, v, q.stride(0), lse,
+                graph.rel_rowptr, graph.rel_col, graph.rel_tperm, nnz, dq, dk, dv, workspace, n, heads, dh,
+                scale, dropout_p, seed)
+
     class Attention(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, graph, dropout_p, scale, seed):
+        def forward(ctx, q, k, v, graph, *args):
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-            n, heads, dh = q.shape
-            out = torch.empty_like(q)
-            lse = torch.empty(n, heads, dtype=_acc(q.dtype))
-            kernels("dag_attention_fwd", _DTYPES[q.dtype], q, k, v, graph.rel_rowptr, graph.rel_col, out, lse,
-                    n, heads, dh, scale, dropout_p, seed)
-            ctx.save_for_backward(q, k, v, out, lse)
-            ctx.graph, ctx.args = graph, (scale, dropout_p, seed)
+            out, lse = attention_fwd(q, k, v, graph, *args)
+            ctx.save_for_backward(q, k, v, lse)
+            ctx.graph, ctx.args = graph, args
             return out
 
         @staticmethod
         def backward(ctx, dout):
-            q, k, v, out, lse = ctx.saved_tensors
-            graph, (scale, dropout_p, seed) = ctx.graph, ctx.args
-            n, heads, dh = q.shape
+            q, k, v, lse = ctx.saved_tensors
             dq, dk, dv = (torch.empty_like(q) for _ in range(3))
-            nnz = graph.rel_col.numel()
-            workspace = torch.empty(2 * nnz * (heads // 4), dtype=lse.dtype)
-            kernels("dag_attention_bwd", _DTYPES[q.dtype], dout.contiguous(), q, k, v, out, lse, graph.rel_rowptr,
-                    graph.rel_col, graph.rel_tperm, nnz, dq, dk, dv, workspace, n, heads, dh, scale,
-                    dropout_p, seed)
+            attention_bwd(dout, q, k, v, lse, ctx.graph, *ctx.args, dq, dk, dv)
             return dq, dk, dv, None, None, None, None
+
+    class PackedAttention(torch.autograd.Function):
+        """q, k, v read in place from one (N, 3, H, Dh) qkv; the gradient is one dqkv."""
+
+        @staticmethod
+        def forward(ctx, qkv, graph, *args):
+            qkv = qkv.contiguous()
+            out, lse = attention_fwd(*qkv.unbind(1), graph, *args)
+            ctx.save_for_backward(qkv, lse)
+            ctx.graph, ctx.args = graph, args
+            return out
+
+        @staticmethod
+        def backward(ctx, dout):
+            qkv, lse = ctx.saved_tensors
+            dqkv = torch.empty_like(qkv)
+            attention_bwd(dout, *qkv.unbind(1), lse, ctx.graph, *ctx.args, *dqkv.unbind(1))
+            return dqkv, None, None, None, None
 
     class Bigin(torch.autograd.Function):
         @staticmethod
@@ -141,7 +167,12 @@ def _backend(kernels: _Kernels) -> Backend:
     def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
                       scale: Optional[float] = None, seed: int = 0) -> Tensor:
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-        return Attention.apply(q, k, v, graph, float(dropout_p), scale, int(seed))
+        return Attention.apply(q, k, v, graph, scale, float(dropout_p), int(seed))
+
+    def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0, scale: Optional[float] = None,
+                          seed: int = 0) -> Tensor:
+        scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+        return PackedAttention.apply(qkv, graph, scale, float(dropout_p), int(seed))
 
     def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
               bias_g: Optional[Tensor] = None) -> Tensor:
@@ -154,7 +185,8 @@ def _backend(kernels: _Kernels) -> Backend:
     def unsupported(op: str, *tensors: Tensor) -> list:
         return [] if tensors[0].device.type == "cpu" else ["runs CPU tensors (the emulated GPU)"]
 
-    return Backend(NAME, ops={"dag_attention": dag_attention, "bigin": bigin, "dropout": dropout},
+    return Backend(NAME, ops={"dag_attention": dag_attention, "dag_attention_qkv": dag_attention_qkv, "bigin": bigin,
+                        "dropout": dropout},
                    unsupported=unsupported, preferred_on=())
 
 

@@ -7,21 +7,21 @@ extern "C" {
 
 long nnff_emu_errors() { return nnff_emu::errors.load(); }
 
-int nnff_emu_dag_attention_fwd(int dtype, const void* q, const void* k, const void* v,
+int nnff_emu_dag_attention_fwd(int dtype, const void* q, const void* k, const void* v, int64_t ld,
                                const int64_t* rel_rowptr, const int64_t* rel_col, void* out,
                                void* lse, int64_t n, int64_t heads, int64_t dh, double scale,
                                double dropout_p, int64_t seed) {
-  return nnff::cuda::dag_attention_fwd(DType(dtype), q, k, v, rel_rowptr, rel_col, out, lse, n,
+  return nnff::cuda::dag_attention_fwd(DType(dtype), q, k, v, ld, rel_rowptr, rel_col, out, lse, n,
                                        heads, dh, scale, dropout_p, seed, nullptr);
 }
 
 int nnff_emu_dag_attention_bwd(int dtype, const void* dout, const void* q, const void* k,
-                               const void* v, const void* out, const void* lse,
+                               const void* v, int64_t ld, const void* lse,
                                const int64_t* rel_rowptr, const int64_t* rel_col,
                                const int64_t* rel_tperm, int64_t nnz, void* dq, void* dk, void* dv,
                                void* workspace, int64_t n, int64_t heads, int64_t dh, double scale,
                                double dropout_p, int64_t seed) {
-  return nnff::cuda::dag_attention_bwd(DType(dtype), dout, q, k, v, out, lse, rel_rowptr, rel_col,
+  return nnff::cuda::dag_attention_bwd(DType(dtype), dout, q, k, v, ld, lse, rel_rowptr, rel_col,
                                        rel_tperm, nnz, dq, dk, dv, workspace, n, heads, dh, scale,
                                        dropout_p, seed, nullptr);
 }
