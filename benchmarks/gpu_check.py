@@ -5,13 +5,15 @@
 1. builds the extension with the CUDA kernels (``NNFF_CUDA=1 pip install --no-build-isolation
    --no-deps -e .``) unless ``nnformer_fast.build_info()`` already reports CUDA kernels; a
    failed build prints its error lines and the check goes on without them;
-2. checks each kernel backend against the reference on the GPU: dag_attention and bigin
-   (forward + gradients over the graph families; fp32/fp64 against float64, fp16/bf16 by the
-   flash-attention rule) and dropout (bit-exact with its gradient, and past 2**32 elements);
-   and both models, forward and backward, against the same models on the CPU;
+2. checks each kernel backend against the reference on the GPU: dag_attention (also through
+   the models' packed-qkv call) and bigin (forward + gradients over the graph families;
+   fp32/fp64 against float64, fp16/bf16 by the flash-attention rule) and dropout (bit-exact
+   with its gradient, and past 2**32 elements); and both models, forward and backward, against
+   the same models on the CPU;
 3. times every backend (native, triton, torch) and the dense formulation in bf16, the training
-   default: dag_attention forward+backward, bigin and dropout with their achieved memory
-   bandwidth beside a device-to-device copy measured in the same run;
+   default: dag_attention forward+backward (separate q, k, v and one packed qkv), bigin and
+   dropout with their achieved memory bandwidth beside a device-to-device copy measured in the
+   same run;
 4. times training on the embedded default latency set (issue 6): the reference design's loop
    (one graph at a time, fp32, dense, the demo's sample) against ours (packed bf16 epochs at
    the demo's node budget and at GPU-sized ones, batches built by DataLoader workers; once
@@ -254,22 +256,37 @@ def first_triton_configs():
             kernel.configs = configs
 
 
-def correctness_rows(backend: str, device, families=None, *, past_2_32: bool = True) -> list[Row]:
-    """One row per (op, dtype): ``backend`` against the reference over ``families`` (default:
-    all of ``testing.FAMILIES``); with ``past_2_32`` also dropout on 2**32 + 4099 elements."""
+def packed_attention(backend: str) -> Callable:
+    """How ``ops.dag_attention_qkv`` (the models' call) runs on ``backend``: its packed op, which
+    reads q, k, v in place from one (N, 3, H, Dh) qkv, else ``dag_attention`` on the thirds."""
     ops = _REGISTRY[backend].ops
+    if "dag_attention_qkv" in ops:
+        return ops["dag_attention_qkv"]
+    return lambda qkv, graph, **kw: ops["dag_attention"](*qkv.unbind(1), graph, **kw)
+
+
+def correctness_rows(backend: str, device, families=None, *, past_2_32: bool = True) -> list[Row]:
+    """One row per (op, case, dtype): ``backend`` against the reference over ``families``
+    (default: all of ``testing.FAMILIES``), attention also through the models' packed-qkv call;
+    with ``past_2_32`` also dropout on 2**32 + 4099 elements."""
+    ops = _REGISTRY[backend].ops
+    packed = packed_attention(backend)
+    checks = {("dag_attention", "graph families"): (_check_attention, ops["dag_attention"]),
+              ("dag_attention", "packed qkv, graph families"): (
+                  _check_attention, lambda q, k, v, graph, **kw: packed(torch.stack((q, k, v), 1), graph, **kw)),
+              ("bigin", "graph families"): (_check_bigin, ops["bigin"])}
     failures, worst = defaultdict(list), defaultdict(float)
     for family in families or sorted(testing.FAMILIES):
         graph = testing.family_batch(family).to(device)
         for dtype in DTYPES:
-            for op, check in (("dag_attention", _check_attention), ("bigin", _check_bigin)):
+            for key, (check, fn) in checks.items():
                 try:
-                    worst[op, dtype] = max(worst[op, dtype], check(ops[op], graph, dtype))
+                    worst[key, dtype] = max(worst[key, dtype], check(fn, graph, dtype))
                 except AssertionError as exc:
-                    failures[op, dtype].append(f"{family}: {str(exc).splitlines()[0]}")
-    rows = [Row(op, "vs reference, graph families", backend, _name(dtype), ok=not failures[op, dtype],
-                note="; ".join(failures[op, dtype][:2]) or f"max abs error {worst[op, dtype]:.1e}")
-            for op in ("dag_attention", "bigin") for dtype in DTYPES]
+                    failures[key, dtype].append(f"{family}: {str(exc).splitlines()[0]}")
+    rows = [Row(op, f"vs reference, {case}", backend, _name(dtype), ok=not failures[(op, case), dtype],
+                note="; ".join(failures[(op, case), dtype][:2]) or f"max abs error {worst[(op, case), dtype]:.1e}")
+            for op, case in checks for dtype in DTYPES]
     # the Triton interpreter (CPU) converts subnormal bf16 to fp32 wrongly; compiled kernels do not
     subnormal = not (backend == "triton" and torch.device(device).type == "cpu")
     cases = [(_name(dtype), "bit-exact, p 0.1/0.5/0.9, 3 seeds" + (", subnormals" if subnormal else ""),
@@ -350,6 +367,13 @@ def timing_rows(device, bench: Callable, shapes: dict = SHAPES, dtype=torch.bflo
         note = f"N={n}, H={heads}, Dh={dh}, {graph.rel_col.numel()} relation entries"
         rows += [Row("dag_attention", f"fwd+bwd {shape}", name, _name(dtype), ms=bench(fn), note=note)
                  for name, fn in steps.items()]
+        # the models' call: q, k, v as thirds of one qkv projection
+        qkv = randn(n, 3, heads, dh, grad=True)
+        packed = {name: lambda op=packed_attention(name): _fwd_bwd(
+                      lambda x: op(x, graph, dropout_p=0.0, scale=None, seed=0), [qkv], go)
+                  for name in ("native", "triton", "torch") if _runs(name, "dag_attention", q, k, v)}
+        rows += [Row("dag_attention", f"fwd+bwd {shape}, packed qkv", name, _name(dtype), ms=bench(fn), note=note)
+                 for name, fn in packed.items()]
 
         # bigin forward and backward, bandwidth of the ideal traffic: forward reads h, g and
         # writes y; backward reads dy, h, g, writes dh, then reads dh and writes dg

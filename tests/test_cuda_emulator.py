@@ -150,3 +150,22 @@ def test_bigin_row_widths(width, dtype, tol, monkeypatch):
     for name, a, b in zip(("y", "dh", "dg"), ours, expected):
         assert a.dtype == dtype
         assert_close(a.double(), b, atol=tol, rtol=tol, name=f"{name}, width {width}")
+
+
+def test_gpu_check_correctness_pass_on_the_emulated_kernels():
+    """The correctness pass that benchmarks/gpu_check.py runs on the GPU, here on the same CUDA
+    kernels emulated: every dtype, attention also through the packed-qkv call, bigin, dropout."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    assert ensure_registered() is None
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        gpu_check = importlib.import_module("gpu_check")
+    finally:
+        sys.path.pop(0)
+    rows = gpu_check.correctness_rows(NAME, "cpu", ["diamond", "global_tokens"], past_2_32=False)
+    assert {r.case for r in rows if r.op == "dag_attention"} == {
+        "vs reference, graph families", "vs reference, packed qkv, graph families"}
+    assert len(rows) == 4 * len(gpu_check.DTYPES) and all(r.ok for r in rows), [r for r in rows if not r.ok]

@@ -291,7 +291,7 @@ def test_gpu_check_rows_run_here(gpu_check):
     """The GPU check's row builders and table on this device (Triton interpreted on the CPU),
     with a stand-in timer that runs each step once: the code paths, not the numbers."""
     rows = gpu_check.correctness_rows("triton", DEVICE, ["diamond"], past_2_32=False)
-    assert len(rows) == 3 * len(gpu_check.DTYPES) and all(r.ok for r in rows), [r for r in rows if not r.ok]
+    assert len(rows) == 4 * len(gpu_check.DTYPES) and all(r.ok for r in rows), [r for r in rows if not r.ok]
 
     def once(fn):
         fn()
@@ -301,6 +301,7 @@ def test_gpu_check_rows_run_here(gpu_check):
     rows += gpu_check.timing_rows(DEVICE, once, {"tiny": ([5, 3, 7], dict(avg_degree=1.5, global_token=True), 4, 8)})
     timed = {(r.op, r.backend) for r in rows if r.ms is not None}
     assert {(op, name) for op in ("dag_attention", "bigin", "dropout") for name in ("triton", "torch")} <= timed
+    assert {"triton", "torch"} <= {r.backend for r in rows if r.case == "fwd+bwd tiny, packed qkv"}
     assert {("dag_attention", "dense"), ("bigin", "dense"), ("copy", "torch")} <= timed
     assert gpu_check.format_table(rows).count("\n") == len(rows) + 1
 
