@@ -198,7 +198,7 @@ def test_never_chosen_automatically_on_cpu(monkeypatch):
 
 def test_opcheck_and_compile():
     """``torch.library.opcheck`` on every op (schema, fake, autograd registration) and a
-    ``torch.compile(fullgraph=True)`` trace through all three ops (aot_eager: no graph breaks)."""
+    ``torch.compile(fullgraph=True)`` trace through all of them (aot_eager: no graph breaks)."""
     graph = _graph("diamond")
     q, k, v = _qkv(graph.num_nodes, 4, 8, torch.float32)
     h, g = _hg(graph.num_nodes, 8, torch.float32)
@@ -206,12 +206,16 @@ def test_opcheck_and_compile():
     torch.library.opcheck(tattn.dag_attention_fwd,
                           (q, k, v, graph.rel_rowptr, graph.rel_col, graph.rel_tperm, 0.0, 0.35, 0),
                           test_utils=tests)
+    packed = torch.stack((q, k, v), 1).detach().requires_grad_()
+    torch.library.opcheck(tattn.dag_attention_qkv_fwd,
+                          (packed, graph.rel_rowptr, graph.rel_col, graph.rel_tperm, 0.2, 0.35, 3),
+                          test_utils=tests)
     torch.library.opcheck(tbigin.bigin_fwd, (h, g, graph.adj_rowptr, graph.adj_col, graph.adjt_rowptr,
                                              graph.adjt_col, "gelu"), test_utils=tests)
     torch.library.opcheck(tdropout.dropout_fwd, (h, 0.3, 7), test_utils=tests)
 
     def block(q, k, v, h, g):
-        a = tattn.dag_attention(q, k, v, graph)
+        a = tattn.dag_attention(q, k, v, graph) + tattn.dag_attention_qkv(torch.stack((q, k, v), 1), graph)
         return a.sum() + tdropout.dropout(tbigin.bigin(h, g, graph, act="relu"), 0.3, seed=7).sum()
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)

@@ -52,8 +52,9 @@ def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
     Args:
         qkv: (N, 3, H, Dh), the (N, 3·H·Dh) output of a Linear viewed; the other arguments
             and the result as for :func:`dag_attention`.
-    Backends that read the three thirds in place (native, on the CPU and on CUDA) skip copying
-    q, k and v out of qkv and stacking their gradients back into one; the others unpack it.
+    The kernel backends (native on the CPU and CUDA, Triton) read the three thirds in place and
+    return one gradient, without copying q, k and v out of qkv or stacking their gradients back
+    into one; the torch backend unpacks it.
     """
     if not isinstance(qkv, Tensor) or qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"dag_attention_qkv: qkv must have shape (N, 3, H, Dh), got "

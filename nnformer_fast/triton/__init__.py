@@ -31,11 +31,13 @@ else:
         from .bigin import bigin as _bigin
         from .dag_attention import MAX_HEAD_DIM
         from .dag_attention import dag_attention as _dag_attention
+        from .dag_attention import dag_attention_qkv as _dag_attention_qkv
         from .dropout import dropout as _dropout
     except Exception as exc:  # an incompatible triton / torch pair must not break the package
         load_error = f"triton backend failed to load: {type(exc).__name__}: {exc}"
     else:
-        _OPS = {"dag_attention": _dag_attention, "bigin": _bigin, "dropout": _dropout}
+        _OPS = {"dag_attention": _dag_attention, "dag_attention_qkv": _dag_attention_qkv, "bigin": _bigin,
+                "dropout": _dropout}
 
 available = load_error is None
 

@@ -49,7 +49,8 @@ from ..graph import GraphBatch
 from ._common import (_cast_out, _dropout_keep, acc_dtype_for, autotuned, avg_degree_bucket, dropout_threshold,
                       kernel_op, seed_salt)
 
-__all__ = ["dag_attention", "dag_attention_fwd", "dag_attention_bwd", "MAX_HEAD_DIM"]
+__all__ = ["dag_attention", "dag_attention_qkv", "dag_attention_fwd", "dag_attention_bwd", "dag_attention_qkv_fwd",
+           "dag_attention_qkv_bwd", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
 
@@ -257,18 +258,11 @@ def _common_meta(q: Tensor, rel_col: Tensor) -> dict:
     )
 
 
-def _fwd_fake(q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed):
-    n, h, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((n, h), dtype=_acc_torch_dtype(q.dtype))
-
-
-@kernel_op("nnformer_fast_triton::dag_attention_fwd", _fwd_fake)
-def dag_attention_fwd(q: Tensor, k: Tensor, v: Tensor, rel_rowptr: Tensor, rel_col: Tensor,
-                      rel_tperm: Tensor, dropout_p: float, scale: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Forward kernel launch. q, k, v: (N, H, Dh) fp16/bf16/fp32/fp64 (last dim contiguous
-    or copied); relation CSR as in GraphBatch (``rel_tperm`` is only kept for backward).
-    Returns ``out`` (N, H, Dh) in q's dtype and ``lse`` (N, H) float32 (float64 for fp64)."""
-    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+def _launch_fwd(q: Tensor, k: Tensor, v: Tensor, rel_rowptr: Tensor, rel_col: Tensor, dropout_p: float,
+                scale: float, seed: int) -> tuple[Tensor, Tensor]:
+    """The forward kernel on q, k, v (N, H, Dh) with unit last stride (separate tensors or the
+    thirds of one qkv). Returns ``out`` (N, H, Dh) in q's dtype and ``lse`` (N, H) float32
+    (float64 for fp64)."""
     n, h, dh = q.shape
     out = torch.empty((n, h, dh), dtype=q.dtype, device=q.device)
     lse = torch.empty((n, h), dtype=_acc_torch_dtype(q.dtype), device=q.device)
@@ -284,24 +278,14 @@ def dag_attention_fwd(q: Tensor, k: Tensor, v: Tensor, rel_rowptr: Tensor, rel_c
     return out, lse
 
 
-def _bwd_fake(grad_out, q, k, v, lse, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed):
-    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
-
-
-@kernel_op("nnformer_fast_triton::dag_attention_bwd", _bwd_fake)
-def dag_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Tensor,
-                      rel_rowptr: Tensor, rel_col: Tensor, rel_tperm: Tensor, dropout_p: float, scale: float,
-                      seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward kernel launches (dq, then dk and dv over the transposed relation).
-    Returns (dq, dk, dv), each (N, H, Dh) in q's dtype."""
-    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
-    grad_out = _last_dim_contiguous(grad_out)
+def _launch_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Tensor, rel_rowptr: Tensor,
+                rel_col: Tensor, rel_tperm: Tensor, dropout_p: float, scale: float, seed: int,
+                dq: Tensor, dk: Tensor, dv: Tensor) -> None:
+    """The backward kernels (dq, then dk and dv over the transposed relation) into dq, dk, dv;
+    every (N, H, Dh) argument has unit last stride."""
     n, h, dh = q.shape
-    dq = torch.empty((n, h, dh), dtype=q.dtype, device=q.device)
-    dk = torch.empty_like(dq)
-    dv = torch.empty_like(dq)
     if n == 0:
-        return dq, dk, dv
+        return
     delta = torch.empty((n, h), dtype=lse.dtype, device=q.device)
     salt, threshold, keep_scale, has_dropout = _dropout_args(dropout_p, seed)
     meta = _common_meta(q, rel_col)
@@ -319,13 +303,69 @@ def dag_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Te
         n, h, dh, scale, salt, threshold, keep_scale,
         HAS_DROPOUT=has_dropout, **meta,
     )
+
+
+def _fwd_fake(q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed):
+    n, h, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((n, h), dtype=_acc_torch_dtype(q.dtype))
+
+
+@kernel_op("nnformer_fast_triton::dag_attention_fwd", _fwd_fake)
+def dag_attention_fwd(q: Tensor, k: Tensor, v: Tensor, rel_rowptr: Tensor, rel_col: Tensor,
+                      rel_tperm: Tensor, dropout_p: float, scale: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Forward. q, k, v: (N, H, Dh) fp16/bf16/fp32/fp64 (last dim contiguous or copied);
+    relation CSR as in GraphBatch (``rel_tperm`` is only kept for backward). Returns ``out``
+    (N, H, Dh) in q's dtype and ``lse`` (N, H) float32 (float64 for fp64)."""
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+    return _launch_fwd(q, k, v, rel_rowptr, rel_col, dropout_p, scale, seed)
+
+
+def _bwd_fake(grad_out, q, k, v, lse, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+@kernel_op("nnformer_fast_triton::dag_attention_bwd", _bwd_fake)
+def dag_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Tensor,
+                      rel_rowptr: Tensor, rel_col: Tensor, rel_tperm: Tensor, dropout_p: float, scale: float,
+                      seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of :func:`dag_attention_fwd`. Returns (dq, dk, dv), each (N, H, Dh) in q's dtype."""
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    _launch_bwd(_last_dim_contiguous(grad_out), q, k, v, lse, rel_rowptr, rel_col, rel_tperm, dropout_p, scale,
+                seed, dq, dk, dv)
     return dq, dk, dv
 
 
+def _qkv_fwd_fake(qkv, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed):
+    n, _, h, dh = qkv.shape
+    return qkv.new_empty((n, h, dh)), qkv.new_empty((n, h), dtype=_acc_torch_dtype(qkv.dtype))
+
+
+@kernel_op("nnformer_fast_triton::dag_attention_qkv_fwd", _qkv_fwd_fake)
+def dag_attention_qkv_fwd(qkv: Tensor, rel_rowptr: Tensor, rel_col: Tensor, rel_tperm: Tensor, dropout_p: float,
+                          scale: float, seed: int) -> tuple[Tensor, Tensor]:
+    """:func:`dag_attention_fwd` on the thirds of one qkv (N, 3, H, Dh), read in place."""
+    return _launch_fwd(*_last_dim_contiguous(qkv).unbind(1), rel_rowptr, rel_col, dropout_p, scale, seed)
+
+
+def _qkv_bwd_fake(grad_out, qkv, lse, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed):
+    return qkv.new_empty(qkv.shape)
+
+
+@kernel_op("nnformer_fast_triton::dag_attention_qkv_bwd", _qkv_bwd_fake)
+def dag_attention_qkv_bwd(grad_out: Tensor, qkv: Tensor, lse: Tensor, rel_rowptr: Tensor, rel_col: Tensor,
+                          rel_tperm: Tensor, dropout_p: float, scale: float, seed: int) -> Tensor:
+    """Backward of :func:`dag_attention_qkv_fwd`: dq, dk, dv written into one dqkv like qkv."""
+    qkv = _last_dim_contiguous(qkv)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    _launch_bwd(_last_dim_contiguous(grad_out), *qkv.unbind(1), lse, rel_rowptr, rel_col, rel_tperm, dropout_p,
+                scale, seed, *dqkv.unbind(1))
+    return dqkv
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, lse, rel_rowptr, rel_col, rel_tperm)
+    *tensors, rel_rowptr, rel_col, rel_tperm, dropout_p, scale, seed = inputs
+    ctx.save_for_backward(*tensors, output[1], rel_rowptr, rel_col, rel_tperm)
     ctx.dropout_p, ctx.scale, ctx.seed = dropout_p, scale, seed
 
 
@@ -336,7 +376,15 @@ def _backward(ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
+def _qkv_backward(ctx, grad_out, grad_lse):
+    qkv, lse, rel_rowptr, rel_col, rel_tperm = ctx.saved_tensors
+    dqkv = dag_attention_qkv_bwd(grad_out, qkv, lse, rel_rowptr, rel_col, rel_tperm,
+                                 ctx.dropout_p, ctx.scale, ctx.seed)
+    return dqkv, None, None, None, None, None, None
+
+
 dag_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+dag_attention_qkv_fwd.register_autograd(_qkv_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------- public op
@@ -351,4 +399,15 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     out, _ = dag_attention_fwd(q, k, v, graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
                                float(dropout_p), scale, int(seed))
+    return out
+
+
+def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0, scale: Optional[float] = None,
+                      seed: int = 0) -> Tensor:
+    """:func:`dag_attention` on the packed output of a qkv Linear (signature of
+    ``nnformer_fast.ops.dag_attention_qkv``): q, k, v read in place from qkv (N, 3, H, Dh), whose
+    gradient comes back as one tensor. Returns (N, H, Dh) in qkv's dtype."""
+    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+    out, _ = dag_attention_qkv_fwd(qkv, graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
+                                   float(dropout_p), scale, int(seed))
     return out
