@@ -4,11 +4,14 @@ the warp-level misuse that a GPU would leave undefined."""
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from cuda_emulator import NAME, compile_emulated, ensure_registered
+from cuda_emulator import ASAN_VAR, HERE, NAME, compile_emulated, ensure_registered
 
 from nnformer_fast.ops.backends import _REGISTRY
 
@@ -111,15 +114,15 @@ def test_attention_lane_groups(head_dim, dtype, tol, packed, monkeypatch):
     """Each lanes-per-row width (8, 16 and 32 lanes for head dims up to 64, 128 and 256) with
     16-byte loads, on separate q, k, v and on the thirds of one packed qkv (rows 3·H·Dh apart).
     A global token's long neighbour list spreads over all groups of its warp, short lists leave
-    groups idle, the one-node graph's rows are empty; dropout on."""
+    groups idle, the one-node graph's rows are empty; dropout on; 12 heads (3 heads a relation)."""
     from nnformer_fast.ops import dag_attention, dag_attention_qkv
     from nnformer_fast.testing import assert_close, random_batch
 
     assert ensure_registered() is None
     graph = random_batch([5, 13, 1], avg_degree=3.0, seed=4, global_token=True)
     gen = torch.Generator().manual_seed(head_dim)
-    qkv = torch.randn(graph.num_nodes, 3, 4, head_dim, generator=gen, dtype=torch.float64).to(dtype)
-    grad = torch.randn(graph.num_nodes, 4, head_dim, generator=gen, dtype=torch.float64)
+    qkv = torch.randn(graph.num_nodes, 3, 12, head_dim, generator=gen, dtype=torch.float64).to(dtype)
+    grad = torch.randn(graph.num_nodes, 12, head_dim, generator=gen, dtype=torch.float64)
 
     def attention(t):
         if packed:
@@ -169,3 +172,52 @@ def test_gpu_check_correctness_pass_on_the_emulated_kernels():
     assert {r.case for r in rows if r.op == "dag_attention"} == {
         "vs reference, graph families", "vs reference, packed qkv, graph families"}
     assert len(rows) == 4 * len(gpu_check.DTYPES) and all(r.ok for r in rows), [r for r in rows if not r.ok]
+
+
+_OUT_OF_BOUNDS = r"""
+#include "cuda/common.cuh"
+
+__global__ void read_one_past(const float* x, float* y, int n) { y[threadIdx.x] = x[threadIdx.x + n - 31]; }
+
+extern "C" void run(const float* x, float* y, int n) { NNFF_LAUNCH(1, 32, nullptr, read_one_past)(x, y, n); }
+"""
+
+
+def _libasan() -> str:
+    """Path of gcc's libasan, or "" when there is none."""
+    try:
+        path = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+    return path if os.path.isabs(path) and os.path.exists(path) else ""
+
+
+def _run_under_asan(code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in the repository with libasan preloaded and the emulator built with it."""
+    env = {**os.environ, ASAN_VAR: "1", "LD_PRELOAD": _libasan(),
+           "ASAN_OPTIONS": "detect_leaks=0:verify_asan_link_order=0"}
+    return subprocess.run([sys.executable, "-c", code], cwd=HERE.parents[1], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.mark.skipif(not _libasan(), reason="gcc's libasan not found")
+def test_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
+    """The lane-group and row-width cases above, and the gpu_check correctness pass, with the
+    emulated kernels built with AddressSanitizer (in a child process that preloads it): no read or
+    write outside the tensors. A planted read one element past a buffer is reported."""
+    tests = "tests/test_cuda_emulator.py"
+    result = _run_under_asan(
+        "import sys, pytest; sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', "
+        f"'{tests}', '-k', 'lane_groups or row_widths or gpu_check_correctness']))")
+    assert result.returncode == 0 and "ERROR: AddressSanitizer" not in result.stderr, result.stderr[-3000:]
+    assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-2000:]
+
+    source = tmp_path / "out_of_bounds.cu"
+    source.write_text(_OUT_OF_BOUNDS)
+    planted = _run_under_asan(
+        "import ctypes, sys, torch; sys.path.insert(0, 'tests')\n"
+        "from pathlib import Path\nfrom cuda_emulator import compile_emulated\n"
+        f"lib = ctypes.CDLL(str(compile_emulated([Path('{source}')], Path('{tmp_path}') / 'liboob.so')))\n"
+        "x, y = torch.zeros(64), torch.zeros(32)\n"
+        "lib.run(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(y.data_ptr()), ctypes.c_int(64))")
+    assert "heap-buffer-overflow" in planted.stderr, planted.stderr[-3000:]

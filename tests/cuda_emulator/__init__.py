@@ -14,6 +14,7 @@ import atexit
 import ctypes
 import functools
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -34,13 +35,21 @@ _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64:
 _ACTS = {"relu": 0, "leaky_relu": 1, "gelu": 2, "square_relu": 3}
 
 
+#: Set to 1, the emulator builds also carry AddressSanitizer: out-of-bounds reads and writes of
+#: the kernels abort the process, which must then preload libasan (LD_PRELOAD; see
+#: tests/test_cuda_emulator.py, which runs such a child process).
+ASAN_VAR = "NNFF_EMULATOR_ASAN"
+
+
 def compile_emulated(sources: list, lib: Path) -> Path:
     """Compile CUDA sources (and C++ beside them) for the emulator into the shared library ``lib``."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise FileNotFoundError("nvcc not found (it supplies the CUDA headers)")
-    subprocess.run([nvcc, "-x", "c++", "-std=c++20", "-O1", "-shared", "-Xcompiler", "-fPIC,-fsanitize=alignment",
-                    "-Xlinker", "-lubsan",
+    asan = os.environ.get(ASAN_VAR) == "1"
+    sanitizers = "-fsanitize=address,-fsanitize=alignment,-fno-omit-frame-pointer" if asan else "-fsanitize=alignment"
+    subprocess.run([nvcc, "-x", "c++", "-std=c++20", "-O1", "-shared", "-Xcompiler", f"-fPIC,{sanitizers}",
+                    "-Xlinker", "-lasan,-lubsan" if asan else "-lubsan",
                     "-include", str(HERE / "emulator.h"), f"-I{ROOT / 'csrc'}", *map(str, sources), "-o", str(lib)],
                    check=True, capture_output=True, text=True)
     return lib
