@@ -255,14 +255,18 @@ attn_bwd_dkdv_kernel(const T* __restrict__ dout, const T* __restrict__ q, int64_
 constexpr int64_t kMaxPairs = int64_t{1} << 32;
 
 // Calls f(T{}, VEC, LPR) (integral constants) for the dtype, the vector width the row
-// starts allow and the fewest lanes per row (8, 16 or 32) that hold dh at kSlots per lane.
+// starts allow and, with 16-byte vectors, the fewest lanes per row (8, 16 or 32) that hold dh
+// at kSlots per lane. The scalar fallback (odd head dims, misaligned rows) keeps whole warps:
+// three fewer instantiations per dtype and kernel for a path that is not meant to be fast.
 template <typename F>
 cudaError_t dispatch_rows(DType dtype, int64_t dh, int64_t ld, std::initializer_list<const void*> ptrs,
                           F&& f) {
   const int64_t lanes = (dh + kSlots - 1) / kSlots;
   return dispatch_vec(dtype, {dh, ld}, ptrs, [&](auto tag, auto vec) -> cudaError_t {
-    if (lanes <= 8) return f(tag, vec, std::integral_constant<int, 8>{});
-    if (lanes <= 16) return f(tag, vec, std::integral_constant<int, 16>{});
+    if constexpr (decltype(vec)::value > 1) {
+      if (lanes <= 8) return f(tag, vec, std::integral_constant<int, 8>{});
+      if (lanes <= 16) return f(tag, vec, std::integral_constant<int, 16>{});
+    }
     return f(tag, vec, std::integral_constant<int, 32>{});
   });
 }
