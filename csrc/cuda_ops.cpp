@@ -174,11 +174,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cuda(
   check_same_shape(h, dy, op, "h", "dy");
   const Act a = parse_act(std::string(act), op);
   auto dh = at::empty_like(h), dg = at::empty_like(g);
-  auto ws = at::empty(h.sizes(), h.options().dtype(acc_dtype(h.scalar_type())));
   check_cuda(cuda::bigin_bwd(to_dtype(h.scalar_type()), dy.data_ptr(), h.data_ptr(), g.data_ptr(),
                              adj_rowptr.data_ptr<int64_t>(), adj_col.data_ptr<int64_t>(),
                              adjt_rowptr.data_ptr<int64_t>(), adjt_col.data_ptr<int64_t>(),
-                             dh.data_ptr(), dg.data_ptr(), ws.data_ptr(), h.size(0), h.size(1),
+                             dh.data_ptr(), dg.data_ptr(), h.size(0), h.size(1),
                              static_cast<int>(a), c10::cuda::getCurrentCUDAStream().stream()),
              op);
   return {dh, dg, bias_grad_like(bias_h, h), bias_grad_like(bias_g, h)};

@@ -101,14 +101,13 @@ bigin_fwd_kernel(const T* __restrict__ h, const T* __restrict__ g, const int64_t
   }
 }
 
-// dz = dy * act'(z), kept in the accumulation dtype for the dg pass, and dh = dz.
+// dh = dz = dy * act'(z), rounded to T.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
-bigin_bwd_dz_kernel(const T* __restrict__ dy, const T* __restrict__ h, const T* __restrict__ g,
+bigin_bwd_dh_kernel(const T* __restrict__ dy, const T* __restrict__ h, const T* __restrict__ g,
                     const int64_t* __restrict__ rp, const int64_t* __restrict__ cl,
                     const int64_t* __restrict__ rpt, const int64_t* __restrict__ clt,
-                    T* __restrict__ dh, typename Acc<T>::type* __restrict__ dz, int64_t n,
-                    int64_t m, int act, int shift) {
+                    T* __restrict__ dh, int64_t n, int64_t m, int act, int shift) {
   using acc_t = typename Acc<T>::type;
   const RowTask t(shift);
   if (t.node >= n) return;
@@ -119,15 +118,16 @@ bigin_bwd_dz_kernel(const T* __restrict__ dy, const T* __restrict__ h, const T* 
     load_vec<T, VEC>(dy + at, d);
 #pragma unroll
     for (int w = 0; w < VEC; ++w) d[w] *= act_grad(act, z[w]);
-    store_vec<acc_t, VEC>(dz + at, d);
     store_vec<T, VEC>(dh + at, d);
   }
 }
 
-// dg_j = [sum of dz1 over the parents of j, sum of dz2 over the children of j]
+// dg_j = [sum of dz1 over the parents of j, sum of dz2 over the children of j], dz read back
+// from dh: for fp16 / bf16 the rounded dz, as the CPU and Triton kernels (and a plain
+// low-precision backward) use, at half the traffic of a float32 copy.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
-bigin_bwd_dg_kernel(const typename Acc<T>::type* __restrict__ dz, const int64_t* __restrict__ rp,
+bigin_bwd_dg_kernel(const T* __restrict__ dz, const int64_t* __restrict__ rp,
                     const int64_t* __restrict__ cl, const int64_t* __restrict__ rpt,
                     const int64_t* __restrict__ clt, T* __restrict__ dg, int64_t n, int64_t m,
                     int shift) {
@@ -139,9 +139,9 @@ bigin_bwd_dg_kernel(const typename Acc<T>::type* __restrict__ dz, const int64_t*
 #pragma unroll
     for (int w = 0; w < VEC; ++w) s[w] = acc_t(0);
     if (c < m / 2) {
-      gather_sum<acc_t, VEC>(dz, rpt, clt, t.node, c, m, s);
+      gather_sum<T, VEC>(dz, rpt, clt, t.node, c, m, s);
     } else {
-      gather_sum<acc_t, VEC>(dz, rp, cl, t.node, c, m, s);
+      gather_sum<T, VEC>(dz, rp, cl, t.node, c, m, s);
     }
     store_vec<T, VEC>(dg + t.node * m + c, s);
   }
@@ -180,21 +180,20 @@ cudaError_t bigin_fwd(DType dtype, const void* h, const void* g, const int64_t* 
 cudaError_t bigin_bwd(DType dtype, const void* dy, const void* h, const void* g,
                       const int64_t* adj_rowptr, const int64_t* adj_col,
                       const int64_t* adjt_rowptr, const int64_t* adjt_col, void* dh, void* dg,
-                      void* workspace, int64_t n, int64_t m, int act, cudaStream_t stream) {
+                      int64_t n, int64_t m, int act, cudaStream_t stream) {
   if (n * m == 0) return cudaSuccess;
-  return dispatch_vec(dtype, {m / 2}, {dy, h, g, dh, dg, workspace}, [&](auto tag, auto vec) -> cudaError_t {
+  return dispatch_vec(dtype, {m / 2}, {dy, h, g, dh, dg}, [&](auto tag, auto vec) -> cudaError_t {
     using T = decltype(tag);
-    using acc_t = typename Acc<T>::type;
     constexpr int VEC = decltype(vec)::value;
     const RowLaunch l(n, m, VEC);
-    acc_t* dz = static_cast<acc_t*>(workspace);
-    NNFF_LAUNCH(l.blocks, kThreads, stream, bigin_bwd_dz_kernel<T, VEC>)(
+    NNFF_LAUNCH(l.blocks, kThreads, stream, bigin_bwd_dh_kernel<T, VEC>)(
         static_cast<const T*>(dy), static_cast<const T*>(h), static_cast<const T*>(g), adj_rowptr,
-        adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dh), dz, n, m, act, l.shift);
+        adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dh), n, m, act, l.shift);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     NNFF_LAUNCH(l.blocks, kThreads, stream, bigin_bwd_dg_kernel<T, VEC>)(
-        dz, adj_rowptr, adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dg), n, m, l.shift);
+        static_cast<const T*>(dh), adj_rowptr, adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dg), n,
+        m, l.shift);
     return cudaGetLastError();
   });
 }

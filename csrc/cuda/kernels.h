@@ -34,11 +34,11 @@ cudaError_t bigin_fwd(DType dtype, const void* h, const void* g, const int64_t* 
                       const int64_t* adj_col, const int64_t* adjt_rowptr, const int64_t* adjt_col,
                       void* y, int64_t n, int64_t m, int act, cudaStream_t stream);
 
-// Workspace: n * m elements of float32 (float64 for kFloat64): dz = dy * act'(z).
+// dh = dz = dy * act'(z); dg gathers dz back from dh (for fp16 / bf16 the rounded dz).
 cudaError_t bigin_bwd(DType dtype, const void* dy, const void* h, const void* g,
                       const int64_t* adj_rowptr, const int64_t* adj_col,
                       const int64_t* adjt_rowptr, const int64_t* adjt_col, void* dh, void* dg,
-                      void* workspace, int64_t n, int64_t m, int act, cudaStream_t stream);
+                      int64_t n, int64_t m, int act, cudaStream_t stream);
 
 // Elementwise counter-based dropout of n contiguous elements of `dtype` into y (not x itself);
 // p in [0, 1). Element e is kept when hash32(e ^ hash32(seed)) >> 8 >= int(p * 2^24).

@@ -151,9 +151,8 @@ def _backend(kernels: _Kernels) -> Backend:
         def backward(ctx, dy):
             h, g = ctx.saved_tensors
             dh, dg = torch.empty_like(h), torch.empty_like(g)
-            workspace = torch.empty(h.shape, dtype=_acc(h.dtype))
-            kernels("bigin_bwd", _DTYPES[h.dtype], dy.contiguous(), h, g, *ctx.csr, dh, dg, workspace,
-                    h.shape[0], h.shape[1], _ACTS[ctx.act])
+            kernels("bigin_bwd", _DTYPES[h.dtype], dy.contiguous(), h, g, *ctx.csr, dh, dg, h.shape[0], h.shape[1],
+                    _ACTS[ctx.act])
             return dh, dg, None, None
 
     class Dropout(torch.autograd.Function):

@@ -35,10 +35,10 @@ int nnff_emu_bigin_fwd(int dtype, const void* h, const void* g, const int64_t* a
 
 int nnff_emu_bigin_bwd(int dtype, const void* dy, const void* h, const void* g,
                        const int64_t* adj_rowptr, const int64_t* adj_col, const int64_t* adjt_rowptr,
-                       const int64_t* adjt_col, void* dh, void* dg, void* workspace, int64_t n,
-                       int64_t m, int act) {
+                       const int64_t* adjt_col, void* dh, void* dg, int64_t n, int64_t m,
+                       int act) {
   return nnff::cuda::bigin_bwd(DType(dtype), dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col,
-                               dh, dg, workspace, n, m, act, nullptr);
+                               dh, dg, n, m, act, nullptr);
 }
 
 int nnff_emu_dropout_fwd(int dtype, const void* x, void* y, int64_t n, double p, int64_t seed) {
