@@ -107,14 +107,16 @@ def _emulated_and_float64(op, inputs, grad, monkeypatch):
     return results
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)],
+                         ids=["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("head_dim", [8, 40, 128, 256])
 @pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed_qkv"])
 def test_attention_lane_groups(head_dim, dtype, tol, packed, monkeypatch):
     """Each lanes-per-row width (8, 16 and 32 lanes for head dims up to 64, 128 and 256) with
-    16-byte loads, on separate q, k, v and on the thirds of one packed qkv (rows 3·H·Dh apart).
-    A global token's long neighbour list spreads over all groups of its warp, short lists leave
-    groups idle, the one-node graph's rows are empty; dropout on; 12 heads (3 heads a relation)."""
+    16-byte loads (fp32, bf16, fp16), on separate q, k, v and on the thirds of one packed qkv
+    (rows 3·H·Dh apart). A global token's long neighbour list spreads over all groups of its
+    warp, short lists leave groups idle, the one-node graph's rows are empty; dropout on; 12
+    heads (3 a relation)."""
     from nnformer_fast.ops import dag_attention, dag_attention_qkv
     from nnformer_fast.testing import assert_close, random_batch
 
@@ -135,7 +137,8 @@ def test_attention_lane_groups(head_dim, dtype, tol, packed, monkeypatch):
         assert_close(a.double(), b, atol=tol, rtol=tol, name=f"{name}, head dim {head_dim}")
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)],
+                         ids=["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("width", [2, 6, 48, 2056, 2060, 2064])
 def test_bigin_row_widths(width, dtype, tol, monkeypatch):
     """Rows of 1 to 256 threads, and rows wider than a block (a thread takes several vectors);
