@@ -201,15 +201,6 @@ inline void check_attention_inputs(const char* op, const at::Tensor& q, const at
   check_heads_and_relation(op, q.size(0), q.size(1), q.size(2), rel_rowptr, rel_col, q.device());
 }
 
-// Packed attention input: qkv (N, 3, H, Dh) contiguous (the qkv Linear's output, viewed).
-inline void check_attention_qkv_input(const char* op, const at::Tensor& qkv,
-                                      const at::Tensor& rel_rowptr, const at::Tensor& rel_col) {
-  check_float(qkv, op, "qkv", 4, qkv);
-  TORCH_CHECK(qkv.size(1) == 3, op, ": qkv must have shape (N, 3, H, Dh), got ", qkv.sizes());
-  check_heads_and_relation(op, qkv.size(0), qkv.size(2), qkv.size(3), rel_rowptr, rel_col,
-                           qkv.device());
-}
-
 // Accumulation dtype of the float32 side outputs (lse, workspaces): float64 for float64 inputs.
 inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -251,6 +242,18 @@ inline void check_attention_bwd_extras(const char* op, const at::Tensor& like, c
   check_range(rel_tperm, rel_col.numel(), op, "rel_tperm");
 }
 
+// dag_attention_qkv_fwd: qkv (N, 3, H, Dh) contiguous (the qkv Linear's output, viewed), the
+// transposed-entry permutation and dropout_p.
+inline void check_attention_qkv_fwd_inputs(const char* op, const at::Tensor& qkv,
+                                           const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+                                           const at::Tensor& rel_tperm, double dropout_p) {
+  check_float(qkv, op, "qkv", 4, qkv);
+  TORCH_CHECK(qkv.size(1) == 3, op, ": qkv must have shape (N, 3, H, Dh), got ", qkv.sizes());
+  check_heads_and_relation(op, qkv.size(0), qkv.size(2), qkv.size(3), rel_rowptr, rel_col,
+                           qkv.device());
+  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
+}
+
 // dag_attention_bwd: the forward's inputs plus dout, out and lse.
 inline void check_attention_bwd_inputs(const char* op, const at::Tensor& dout, const at::Tensor& q,
                                        const at::Tensor& k, const at::Tensor& v,
@@ -259,6 +262,16 @@ inline void check_attention_bwd_inputs(const char* op, const at::Tensor& dout, c
                                        const at::Tensor& rel_tperm, double dropout_p) {
   check_attention_fwd_inputs(op, q, k, v, rel_rowptr, rel_col, rel_tperm, dropout_p);
   check_attention_bwd_extras(op, q, dout, out, lse, rel_col, rel_tperm);
+}
+
+// dag_attention_qkv_bwd: the forward's inputs plus dout, out and lse, shaped like one third of qkv.
+inline void check_attention_qkv_bwd_inputs(const char* op, const at::Tensor& dout,
+                                           const at::Tensor& qkv, const at::Tensor& out,
+                                           const at::Tensor& lse,
+                                           const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+                                           const at::Tensor& rel_tperm, double dropout_p) {
+  check_attention_qkv_fwd_inputs(op, qkv, rel_rowptr, rel_col, rel_tperm, dropout_p);
+  check_attention_bwd_extras(op, qkv.select(1, 0), dout, out, lse, rel_col, rel_tperm);
 }
 
 // The adjacency CSRs and the optional (M,) biases of a bigin op whose node rows are like

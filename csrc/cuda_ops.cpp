@@ -103,8 +103,7 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_qkv_fwd_cuda(
   const char* op = "nnformer_fast::dag_attention_qkv_fwd";
   TORCH_CHECK(qkv.is_cuda(), op, ": qkv must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(qkv.device());
-  check_attention_qkv_input(op, qkv, rel_rowptr, rel_col);
-  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
+  check_attention_qkv_fwd_inputs(op, qkv, rel_rowptr, rel_col, rel_tperm, dropout_p);
   return run_fwd(op, qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0),
                  rel_rowptr, rel_col, scale, dropout_p, seed);
 }
@@ -117,14 +116,12 @@ at::Tensor dag_attention_qkv_bwd_cuda(const at::Tensor& dout, const at::Tensor& 
   const char* op = "nnformer_fast::dag_attention_qkv_bwd";
   TORCH_CHECK(qkv.is_cuda(), op, ": qkv must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(qkv.device());
-  check_attention_qkv_input(op, qkv, rel_rowptr, rel_col);
-  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
-  const at::Tensor q = qkv.select(1, 0);
-  check_attention_bwd_extras(op, q, dout, out, lse, rel_col, rel_tperm);
+  check_attention_qkv_bwd_inputs(op, dout, qkv, out, lse, rel_rowptr, rel_col, rel_tperm,
+                                 dropout_p);
   auto dqkv = at::empty_like(qkv);
   at::Tensor dq = dqkv.select(1, 0), dk = dqkv.select(1, 1), dv = dqkv.select(1, 2);
-  run_bwd(op, dout, q, qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), lse, rel_rowptr, rel_col,
-          rel_tperm, scale, dropout_p, seed, dq, dk, dv);
+  run_bwd(op, dout, qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), lse,
+          rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed, dq, dk, dv);
   return dqkv;
 }
 

@@ -232,8 +232,7 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_qkv_fwd_cpu(
     const at::Tensor& qkv, const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
     const at::Tensor& rel_tperm, double scale, double dropout_p, int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_qkv_fwd";
-  check_attention_qkv_input(op, qkv, rel_rowptr, rel_col);
-  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
+  check_attention_qkv_fwd_inputs(op, qkv, rel_rowptr, rel_col, rel_tperm, dropout_p);
   return run_fwd(qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), rel_rowptr,
                  rel_col, scale, dropout_p, seed);
 }
@@ -244,14 +243,12 @@ at::Tensor dag_attention_qkv_bwd_cpu(const at::Tensor& dout, const at::Tensor& q
                                      const at::Tensor& rel_tperm, double scale, double dropout_p,
                                      int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_qkv_bwd";
-  check_attention_qkv_input(op, qkv, rel_rowptr, rel_col);
-  check_tperm_and_dropout(op, rel_tperm, rel_col, dropout_p);
-  const at::Tensor q = qkv.select(1, 0);
-  check_attention_bwd_extras(op, q, dout, out, lse, rel_col, rel_tperm);
+  check_attention_qkv_bwd_inputs(op, dout, qkv, out, lse, rel_rowptr, rel_col, rel_tperm,
+                                 dropout_p);
   auto dqkv = at::empty_like(qkv);
   at::Tensor dq = dqkv.select(1, 0), dk = dqkv.select(1, 1), dv = dqkv.select(1, 2);
-  run_bwd(dout, q, qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), lse, rel_rowptr, rel_col, rel_tperm,
-          scale, dropout_p, seed, dq, dk, dv);
+  run_bwd(dout, qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), lse, rel_rowptr,
+          rel_col, rel_tperm, scale, dropout_p, seed, dq, dk, dv);
   return dqkv;
 }
 

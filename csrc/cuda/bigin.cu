@@ -38,18 +38,17 @@ __device__ __forceinline__ acc_t act_grad(int a, acc_t x) {
   }
 }
 
-// The 2^shift threads of row `row` of a block work on node blockIdx.x * (kThreads >> shift)
-// + row; thread `lane` of them takes every (2^shift)-th VEC-channel vector of that node.
-struct RowTask {
-  int64_t node;
-  int lane, lanes;
-
-  __device__ __forceinline__ explicit RowTask(int shift) {
-    node = (static_cast<int64_t>(blockIdx.x) << (kShiftMax - shift)) + (threadIdx.x >> shift);
-    lane = threadIdx.x & ((1 << shift) - 1);
-    lanes = 1 << shift;
-  }
-};
+// Calls f(i, c) for this thread's share of the (n, m) rows: the 2^shift threads of row `row`
+// of a block work on node i = blockIdx.x * (kThreads >> shift) + row, and thread `lane` of
+// them on every (2^shift)-th VEC-channel vector c of it.
+template <int VEC, typename F>
+__device__ __forceinline__ void for_row_vectors(int64_t n, int64_t m, int shift, F&& f) {
+  const int64_t i =
+      (static_cast<int64_t>(blockIdx.x) << (kShiftMax - shift)) + (threadIdx.x >> shift);
+  if (i >= n) return;
+  const int64_t lane = threadIdx.x & ((1 << shift) - 1), stride = (int64_t{1} << shift) * VEC;
+  for (int64_t c = lane * VEC; c < m; c += stride) f(i, c);
+}
 
 template <typename T, int VEC, typename acc_t>
 __device__ __forceinline__ void add_vec(const T* __restrict__ src, acc_t (&z)[VEC]) {
@@ -61,7 +60,8 @@ __device__ __forceinline__ void add_vec(const T* __restrict__ src, acc_t (&z)[VE
 
 // z[w] += src[col[e], c + w] over the entries e of CSR row i.
 template <typename T, int VEC, typename acc_t>
-__device__ __forceinline__ void gather_sum(const T* __restrict__ src, const int64_t* __restrict__ rowptr,
+__device__ __forceinline__ void gather_sum(const T* __restrict__ src,
+                                           const int64_t* __restrict__ rowptr,
                                            const int64_t* __restrict__ col, int64_t i, int64_t c,
                                            int64_t m, acc_t (&z)[VEC]) {
   for (int64_t e = rowptr[i]; e < rowptr[i + 1]; ++e) add_vec<T, VEC>(src + col[e] * m + c, z);
@@ -71,7 +71,8 @@ __device__ __forceinline__ void gather_sum(const T* __restrict__ src, const int6
 // the channels, over its parents (transposed row i) in the second.
 template <typename T, int VEC, typename acc_t>
 __device__ __forceinline__ void preact(const T* __restrict__ h, const T* __restrict__ g,
-                                       const int64_t* __restrict__ rp, const int64_t* __restrict__ cl,
+                                       const int64_t* __restrict__ rp,
+                                       const int64_t* __restrict__ cl,
                                        const int64_t* __restrict__ rpt,
                                        const int64_t* __restrict__ clt, int64_t i, int64_t c,
                                        int64_t m, acc_t (&z)[VEC]) {
@@ -90,15 +91,13 @@ bigin_fwd_kernel(const T* __restrict__ h, const T* __restrict__ g, const int64_t
                  const int64_t* __restrict__ clt, T* __restrict__ y, int64_t n, int64_t m, int act,
                  int shift) {
   using acc_t = typename Acc<T>::type;
-  const RowTask t(shift);
-  if (t.node >= n) return;
-  for (int64_t c = int64_t{t.lane} * VEC; c < m; c += int64_t{t.lanes} * VEC) {
+  for_row_vectors<VEC>(n, m, shift, [&](int64_t i, int64_t c) {
     acc_t z[VEC];
-    preact<T, VEC>(h, g, rp, cl, rpt, clt, t.node, c, m, z);
+    preact<T, VEC>(h, g, rp, cl, rpt, clt, i, c, m, z);
 #pragma unroll
     for (int w = 0; w < VEC; ++w) z[w] = act_fwd(act, z[w]);
-    store_vec<T, VEC>(y + t.node * m + c, z);
-  }
+    store_vec<T, VEC>(y + i * m + c, z);
+  });
 }
 
 // dh = dz = dy * act'(z), rounded to T.
@@ -109,17 +108,14 @@ bigin_bwd_dh_kernel(const T* __restrict__ dy, const T* __restrict__ h, const T* 
                     const int64_t* __restrict__ rpt, const int64_t* __restrict__ clt,
                     T* __restrict__ dh, int64_t n, int64_t m, int act, int shift) {
   using acc_t = typename Acc<T>::type;
-  const RowTask t(shift);
-  if (t.node >= n) return;
-  for (int64_t c = int64_t{t.lane} * VEC; c < m; c += int64_t{t.lanes} * VEC) {
-    const int64_t at = t.node * m + c;
+  for_row_vectors<VEC>(n, m, shift, [&](int64_t i, int64_t c) {
     acc_t z[VEC], d[VEC];
-    preact<T, VEC>(h, g, rp, cl, rpt, clt, t.node, c, m, z);
-    load_vec<T, VEC>(dy + at, d);
+    preact<T, VEC>(h, g, rp, cl, rpt, clt, i, c, m, z);
+    load_vec<T, VEC>(dy + i * m + c, d);
 #pragma unroll
     for (int w = 0; w < VEC; ++w) d[w] *= act_grad(act, z[w]);
-    store_vec<T, VEC>(dh + at, d);
-  }
+    store_vec<T, VEC>(dh + i * m + c, d);
+  });
 }
 
 // dg_j = [sum of dz1 over the parents of j, sum of dz2 over the children of j], dz read back
@@ -132,19 +128,17 @@ bigin_bwd_dg_kernel(const T* __restrict__ dz, const int64_t* __restrict__ rp,
                     const int64_t* __restrict__ clt, T* __restrict__ dg, int64_t n, int64_t m,
                     int shift) {
   using acc_t = typename Acc<T>::type;
-  const RowTask t(shift);
-  if (t.node >= n) return;
-  for (int64_t c = int64_t{t.lane} * VEC; c < m; c += int64_t{t.lanes} * VEC) {
+  for_row_vectors<VEC>(n, m, shift, [&](int64_t j, int64_t c) {
     acc_t s[VEC];
 #pragma unroll
     for (int w = 0; w < VEC; ++w) s[w] = acc_t(0);
     if (c < m / 2) {
-      gather_sum<T, VEC>(dz, rpt, clt, t.node, c, m, s);
+      gather_sum<T, VEC>(dz, rpt, clt, j, c, m, s);
     } else {
-      gather_sum<T, VEC>(dz, rp, cl, t.node, c, m, s);
+      gather_sum<T, VEC>(dz, rp, cl, j, c, m, s);
     }
-    store_vec<T, VEC>(dg + t.node * m + c, s);
-  }
+    store_vec<T, VEC>(dg + j * m + c, s);
+  });
 }
 
 // Launch shape for n rows of m channels in VEC-wide vectors: log2 of the threads per row (the
@@ -192,8 +186,8 @@ cudaError_t bigin_bwd(DType dtype, const void* dy, const void* h, const void* g,
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     NNFF_LAUNCH(l.blocks, kThreads, stream, bigin_bwd_dg_kernel<T, VEC>)(
-        static_cast<const T*>(dh), adj_rowptr, adj_col, adjt_rowptr, adjt_col, static_cast<T*>(dg), n,
-        m, l.shift);
+        static_cast<const T*>(dh), adj_rowptr, adj_col, adjt_rowptr, adjt_col,
+        static_cast<T*>(dg), n, m, l.shift);
     return cudaGetLastError();
   });
 }

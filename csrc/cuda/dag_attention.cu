@@ -73,6 +73,19 @@ __device__ __forceinline__ acc_t dot(const acc_t (&a)[kSlots], const acc_t (&b)[
   return group_sum<LPR>(s);
 }
 
+// The k and v rows (head h) of entry e of a neighbour list ending at e1. A group past the end
+// re-reads the list's last entry (a cache hit) instead of branching around the loads, which
+// made ptxas spill.
+template <typename T, int VEC, int LPR, typename acc_t>
+__device__ __forceinline__ void load_kv(const T* __restrict__ k, const T* __restrict__ v,
+                                        const int64_t* __restrict__ col, int64_t e, int64_t e1,
+                                        int64_t ld, int h, int dh, int r, acc_t (&kf)[kSlots],
+                                        acc_t (&vf)[kSlots]) {
+  const int64_t base = col[e < e1 ? e : e1 - 1] * ld + h * dh;
+  load_row<T, VEC, LPR>(k + base, dh, r, kf);
+  load_row<T, VEC, LPR>(v + base, dh, r, vf);
+}
+
 // Where a warp works: (node, head) pair, its group and the lane's place in it. Pairs are
 // below 2^32 (the launchers refuse more): 32-bit division, where a 64-bit one is a called
 // subroutine that made ptxas spill around it.
@@ -113,13 +126,9 @@ attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   // the end of the list skips the update.
   for (int64_t first = e0; first < e1; first += w.kGroups) {
     const int64_t e = first + w.group;
-    const bool valid = e < e1;
-    // a group past the end re-reads the last entry (a cache hit) instead of branching
-    const int64_t base = col[valid ? e : e1 - 1] * ld + h * dh;
-    load_row<T, VEC, LPR>(k + base, dh, w.r, kf);
-    load_row<T, VEC, LPR>(v + base, dh, w.r, vf);
+    load_kv<T, VEC, LPR>(k, v, col, e, e1, ld, h, dh, w.r, kf, vf);
     const acc_t x = dot<LPR>(qf, kf) * scale;
-    if (!valid) continue;
+    if (e >= e1) continue;
     const acc_t m_new = x > m ? x : m;
     const acc_t corr = fexp(m - m_new);
     const acc_t pe = fexp(x - m_new);
@@ -170,13 +179,10 @@ attn_bwd_dq_kernel(const T* __restrict__ dout, const T* __restrict__ q, const T*
   acc_t D = acc_t(0);
   for (int64_t first = e0; first < e1; first += w.kGroups) {
     const int64_t e = first + w.group;
-    const bool valid = e < e1;
-    const int64_t base = col[valid ? e : e1 - 1] * ld + h * dh;
-    load_row<T, VEC, LPR>(k + base, dh, w.r, kf);
-    load_row<T, VEC, LPR>(v + base, dh, w.r, vf);
+    load_kv<T, VEC, LPR>(k, v, col, e, e1, ld, h, dh, w.r, kf, vf);
     const acc_t s = dot<LPR>(qf, kf);
     acc_t dp = dot<LPR>(dof, vf);
-    if (!valid) continue;
+    if (e >= e1) continue;
     const acc_t P = fexp(s * scale - lrow);
     if (drop.active) dp *= drop.keep(e, h) ? keep_scale : acc_t(0);
     if (w.r == 0) {
@@ -259,8 +265,8 @@ constexpr int64_t kMaxPairs = int64_t{1} << 32;
 // at kSlots per lane. The scalar fallback (odd head dims, misaligned rows) keeps whole warps:
 // three fewer instantiations per dtype and kernel for a path that is not meant to be fast.
 template <typename F>
-cudaError_t dispatch_rows(DType dtype, int64_t dh, int64_t ld, std::initializer_list<const void*> ptrs,
-                          F&& f) {
+cudaError_t dispatch_rows(DType dtype, int64_t dh, int64_t ld,
+                          std::initializer_list<const void*> ptrs, F&& f) {
   const int64_t lanes = (dh + kSlots - 1) / kSlots;
   return dispatch_vec(dtype, {dh, ld}, ptrs, [&](auto tag, auto vec) -> cudaError_t {
     if constexpr (decltype(vec)::value > 1) {
@@ -281,13 +287,14 @@ cudaError_t dag_attention_fwd(DType dtype, const void* q, const void* k, const v
   if (n * heads >= kMaxPairs) return cudaErrorInvalidValue;
   const Dropout drop = Dropout::make(dropout_p, seed, heads);
   const unsigned int blocks = blocks_for(n * heads, kWarpsPerBlock);
-  return dispatch_rows(dtype, dh, ld, {q, k, v, out}, [&](auto tag, auto vec, auto lpr) -> cudaError_t {
+  return dispatch_rows(dtype, dh, ld, {q, k, v, out}, [&](auto tag, auto vec, auto lpr) {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
-    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_fwd_kernel<T, decltype(vec)::value, decltype(lpr)::value>)(
-        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), ld, rel_rowptr,
-        rel_col, static_cast<T*>(out), static_cast<acc_t*>(lse), n, static_cast<int>(heads),
-        static_cast<int>(dh), static_cast<acc_t>(scale), drop,
+    constexpr int VEC = decltype(vec)::value, LPR = decltype(lpr)::value;
+    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_fwd_kernel<T, VEC, LPR>)(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), ld,
+        rel_rowptr, rel_col, static_cast<T*>(out), static_cast<acc_t*>(lse), n,
+        static_cast<int>(heads), static_cast<int>(dh), static_cast<acc_t>(scale), drop,
         static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
     return cudaGetLastError();
   });
@@ -303,25 +310,27 @@ cudaError_t dag_attention_bwd(DType dtype, const void* dout, const void* q, cons
   if (n * heads >= kMaxPairs) return cudaErrorInvalidValue;
   const Dropout drop = Dropout::make(dropout_p, seed, heads);
   const unsigned int blocks = blocks_for(n * heads, kWarpsPerBlock);
-  return dispatch_rows(dtype, dh, ld, {dout, q, k, v, dq, dk, dv}, [&](auto tag, auto vec, auto lpr) -> cudaError_t {
+  const auto launch = [&](auto tag, auto vec, auto lpr) {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
+    constexpr int VEC = decltype(vec)::value, LPR = decltype(lpr)::value;
     acc_t* buf_p = static_cast<acc_t*>(workspace);
     acc_t* buf_ds = buf_p + nnz * (heads / 4);
     const acc_t sc = static_cast<acc_t>(scale);
-    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_bwd_dq_kernel<T, decltype(vec)::value, decltype(lpr)::value>)(
+    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_bwd_dq_kernel<T, VEC, LPR>)(
         static_cast<const T*>(dout), static_cast<const T*>(q), static_cast<const T*>(k),
         static_cast<const T*>(v), ld, static_cast<const acc_t*>(lse), rel_rowptr, rel_col,
-        static_cast<T*>(dq), buf_p, buf_ds, n, static_cast<int>(heads), static_cast<int>(dh), sc, drop,
-        static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
+        static_cast<T*>(dq), buf_p, buf_ds, n, static_cast<int>(heads), static_cast<int>(dh), sc,
+        drop, static_cast<acc_t>(1.0 / (1.0 - dropout_p)));
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_bwd_dkdv_kernel<T, decltype(vec)::value, decltype(lpr)::value>)(
+    NNFF_LAUNCH(blocks, kWarpsPerBlock * 32, stream, attn_bwd_dkdv_kernel<T, VEC, LPR>)(
         static_cast<const T*>(dout), static_cast<const T*>(q), ld, rel_rowptr, rel_col, rel_tperm,
         buf_p, buf_ds, static_cast<T*>(dk), static_cast<T*>(dv), n, static_cast<int>(heads),
         static_cast<int>(dh), sc);
     return cudaGetLastError();
-  });
+  };
+  return dispatch_rows(dtype, dh, ld, {dout, q, k, v, dq, dk, dv}, launch);
 }
 
 }  // namespace cuda
