@@ -224,3 +224,19 @@ def test_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
         "x, y = torch.zeros(64), torch.zeros(32)\n"
         "lib.run(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(y.data_ptr()), ctypes.c_int(64))")
     assert "heap-buffer-overflow" in planted.stderr, planted.stderr[-3000:]
+
+
+def test_attention_launchers_refuse_2_32_pairs():
+    """The kernels split a warp's (node, head) pair index in 32 bits: 2^32 pairs or more are
+    refused (cudaErrorInvalidValue = 1) before any memory is touched (null pointers here)."""
+    import cuda_emulator
+
+    assert ensure_registered() is None
+    n, heads, dh = 2**30, 4, 8
+    null = 0
+    with pytest.raises(RuntimeError, match="dag_attention_fwd returned 1 "):
+        cuda_emulator.launchers("dag_attention_fwd", 0, null, null, null, heads * dh, null, null, null, null,
+                                n, heads, dh, 1.0, 0.0, 0)
+    with pytest.raises(RuntimeError, match="dag_attention_bwd returned 1 "):
+        cuda_emulator.launchers("dag_attention_bwd", 0, null, null, null, null, heads * dh, null, null, null,
+                                null, 0, null, null, null, null, n, heads, dh, 1.0, 0.0, 0)

@@ -198,15 +198,21 @@ def _backend(kernels: _Kernels) -> Backend:
                    unsupported=unsupported, preferred_on=())
 
 
+#: The launchers of the build ``register_backend`` registered, for tests that call them directly:
+#: ``launchers("dag_attention_fwd", *args)`` with the arguments of csrc/cuda/kernels.h, less the stream.
+launchers: Optional[_Kernels] = None
+
+
 def register_backend(out_dir: Path) -> Optional[str]:
     """Build and register ``cuda_emulated``; returns why it could not be, or None."""
+    global launchers
     try:
-        kernels = _Kernels(build(out_dir))
+        launchers = _Kernels(build(out_dir))
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr[-2000:] if isinstance(exc, subprocess.CalledProcessError) else str(exc)
         register(Backend(NAME, load_error=f"cuda emulator not built: {detail}"))
         return detail
-    register(_backend(kernels))
+    register(_backend(launchers))
     return None
 
 
