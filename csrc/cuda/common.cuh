@@ -83,44 +83,21 @@ struct alignas(sizeof(T) * VEC > 16 ? 16 : sizeof(T) * VEC) Pack {
   T v[VEC];
 };
 
-// T as plain bits for packs: packs of the __half / __nv_bfloat16 classes went through local
-// memory (ptxas reported spills), packs of unsigned short stay in registers.
-template <typename T>
-struct Bits {
-  using type = T;
-  static __device__ __forceinline__ T of(T x) { return x; }
-  static __device__ __forceinline__ T value(T b) { return b; }
-};
-template <>
-struct Bits<__half> {
-  using type = unsigned short;
-  static __device__ __forceinline__ type of(__half x) { return __half_as_ushort(x); }
-  static __device__ __forceinline__ __half value(type b) { return __ushort_as_half(b); }
-};
-template <>
-struct Bits<__nv_bfloat16> {
-  using type = unsigned short;
-  static __device__ __forceinline__ type of(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
-  static __device__ __forceinline__ __nv_bfloat16 value(type b) { return __ushort_as_bfloat16(b); }
-};
-
 // x[w] = src[w] in the accumulation type, w < VEC: one access of VEC * sizeof(T) bytes.
 template <typename T, int VEC, typename acc_t>
 __device__ __forceinline__ void load_vec(const T* __restrict__ src, acc_t* x) {
-  using B = Bits<T>;
-  const Pack<typename B::type, VEC> p = *reinterpret_cast<const Pack<typename B::type, VEC>*>(src);
+  const Pack<T, VEC> p = *reinterpret_cast<const Pack<T, VEC>*>(src);
 #pragma unroll
-  for (int w = 0; w < VEC; ++w) x[w] = to_acc(B::value(p.v[w]));
+  for (int w = 0; w < VEC; ++w) x[w] = to_acc(p.v[w]);
 }
 
 // dst[w] = x[w] rounded to T, w < VEC: one access.
 template <typename T, int VEC, typename acc_t>
 __device__ __forceinline__ void store_vec(T* __restrict__ dst, const acc_t* x) {
-  using B = Bits<T>;
-  Pack<typename B::type, VEC> p;
+  Pack<T, VEC> p;
 #pragma unroll
-  for (int w = 0; w < VEC; ++w) p.v[w] = B::of(from_acc<T>(x[w]));
-  *reinterpret_cast<Pack<typename B::type, VEC>*>(dst) = p;
+  for (int w = 0; w < VEC; ++w) p.v[w] = from_acc<T>(x[w]);
+  *reinterpret_cast<Pack<T, VEC>*>(dst) = p;
 }
 
 // Calls f(T{}, std::integral_constant<int, VEC>{}) for the element type of dtype, with
