@@ -3,24 +3,31 @@
     python benchmarks/gpu_check.py [--no-build]
 
 1. builds the extension with the CUDA kernels (``NNFF_CUDA=1 pip install --no-build-isolation
-   --no-deps -e .``) unless ``nnformer_fast.build_info()`` already reports CUDA kernels; a
-   failed build prints its error lines and the check goes on without them;
-2. checks each kernel backend against the reference on the GPU: dag_attention (also through
-   the models' packed-qkv call) and bigin (forward + gradients over the graph families;
-   fp32/fp64 against float64, fp16/bf16 by the flash-attention rule) and dropout (bit-exact
-   with its gradient, and past 2**32 elements); and both models, forward and backward, against
-   the same models on the CPU;
+   --no-deps -e .``, for ``NNFF_CUDA_ARCHS``, default 90, at most ``BUILD_TIMEOUT_S``) unless
+   ``nnformer_fast.build_info()`` already reports CUDA kernels; a failed build prints its error
+   lines and the check goes on without them;
+2. checks each kernel backend against the reference on the GPU, each in a child process (a
+   memory fault poisons its process's CUDA context; a backend whose child dies, times out or
+   leaves its device broken is marked unusable, and the timings and training go on without
+   it; one that fails a check on numbers alone is still timed, and ranked second):
+   dag_attention (also through the models' packed-qkv call) and bigin (forward + gradients
+   over the graph families; fp32/fp64 against float64, fp16/bf16 by the flash-attention rule)
+   and dropout (bit-exact with its gradient, and past 2**32 elements); and both models, forward
+   and backward, against the same models on the CPU;
 3. times every backend (native, triton, torch) and the dense formulation in bf16, the training
    default: dag_attention forward+backward (separate q, k, v and one packed qkv), bigin and
    dropout with their achieved memory bandwidth beside a device-to-device copy measured in the
-   same run;
+   same run; a measurement that fails adds a failed row and the others still run;
 4. times training on the embedded default latency set (issue 6): the reference design's loop
    (one graph at a time, fp32, dense, the demo's sample) against ours (packed bf16 epochs at
-   the demo's node budget and at GPU-sized ones, batches built by DataLoader workers; once
-   more in fp16 with GradScaler, a path only a GPU runs), graphs/s and the ratio;
-5. prints the table after each section (the last one is complete; a failing section adds a
-   failed row and the others still run), then ``CUDA_PREFERENCE`` for
-   ``nnformer_fast/ops/backends.py``: per op, the faster of CUDA C++ and Triton first.
+   the demo's node budget and at GPU-sized ones, batches built by DataLoader workers, rerun
+   without workers if they fail; once more in fp16 with GradScaler, a path only a GPU runs),
+   graphs/s and the ratio; past ``SKIP_AFTER_S`` the largest budget and fp16 are skipped;
+5. prints each row as it comes and the table after each section (the last one is complete; a
+   failing section adds a failed row and the others still run), and ``CUDA_PREFERENCE`` for
+   ``nnformer_fast/ops/backends.py`` (per op, the faster of CUDA C++ and Triton first, a backend
+   that failed or skipped its checks second) after the timings and at the end. SIGTERM (the
+   lease's ``timeout``) prints the table so far and the preference, and exits 124.
 Exit status 1 when a check fails. Meant to take < 5 minutes on one H100, most of it Triton's
 first-call compilation and autotuning. On a lent device machine (a bare checkout, its own
 torch), as one call: ``set -o pipefail; PYTHONUNBUFFERED=1 timeout 560 python3
@@ -31,19 +38,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
+import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
-import torch
+#: When the check started (before torch's import): kept across the re-exec after the build, so
+#: the time guards below count from the start of the lease's ``timeout 560``.
+T0 = float(os.environ.get("NNFF_GPU_CHECK_T0", time.time()))
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a fresh GPU machine runs this from a checkout, nothing installed
@@ -58,6 +73,13 @@ from nnformer_fast.ops.backends import _REGISTRY, CUDA_PREFERENCE  # noqa: E402
 KERNEL_BACKENDS = ("native", "triton")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+#: the lease's ``timeout 560``; past ``SKIP_AFTER_S`` the least important training runs are skipped
+BUDGET_S, SKIP_AFTER_S = 560, 420
+#: the build's limit (a timed-out build is a failed one) and each correctness child's (at most)
+BUILD_TIMEOUT_S, CORRECTNESS_TIMEOUT_S = 300, 240
+BROKEN_DEVICE_EXIT = 3  # a correctness child whose device no longer runs a tiny op
+#: rows of a backend that did not build or load on CUDA: it runs nothing
+UNAVAILABLE = ("CUDA extension build", "loads on CUDA")
 #: Timed shapes: name -> (graph sizes, random_batch options, heads, head dim). bigin runs at
 #: width M = 4 * heads * head_dim (mlp_ratio 4), dropout on (N, heads * head_dim).
 SHAPES = {
@@ -81,24 +103,69 @@ class Row:
     note: str = ""
 
 
+def elapsed() -> float:
+    """Seconds since the check started (its first process, before the build)."""
+    return time.time() - T0
+
+
+def _describe(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (a check's AssertionError), else its type first."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, AssertionError) and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def torch_arch_list(archs: str) -> str:
+    """``NNFF_CUDA_ARCHS`` as torch names them: "80;90a" -> "8.0;9.0a" (as CMakeLists.txt does)."""
+    return re.sub(r"([0-9])([a-z]?)(;|$)", r".\1\2\3", archs)
+
+
+def build_env(environ: dict) -> dict:
+    """The build's environment: CUDA kernels for ``NNFF_CUDA_ARCHS`` (default 90) and torch's
+    -gencode flags for the same list. CMakeLists.txt derives TORCH_CUDA_ARCH_LIST only when the
+    environment has none, and an image may export a long one (a slower build, or old archs
+    that nvcc 13 rejects)."""
+    archs = environ.get("NNFF_CUDA_ARCHS", "90")
+    return dict(environ, NNFF_CUDA="1", NNFF_CUDA_ARCHS=archs, TORCH_CUDA_ARCH_LIST=torch_arch_list(archs))
+
+
+def run_build(cmd: list, env: dict, timeout: float) -> tuple[str, Optional[str]]:
+    """Run ``cmd``; (its output, None) or (its output, why it failed). On timeout its whole
+    process group is killed: pip's compilers too, which would hold the CPUs and the pipe."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        return log, f"timed out after {timeout:.0f} s"
+    return log, None if proc.returncode == 0 else f"exit status {proc.returncode}"
+
+
 def build_if_needed(skip: bool) -> Optional[str]:
     """Build the extension with the CUDA kernels and re-run this script on it. A failed build
     prints its error lines and the end of its log and returns the first error: the check goes
     on without the CUDA kernels."""
     if nnformer_fast.build_info()["cuda"] or skip:
         return None
-    print("building the CUDA extension ...", flush=True)
-    env = dict(os.environ, NNFF_CUDA="1", NNFF_CUDA_ARCHS=os.environ.get("NNFF_CUDA_ARCHS", "90"))
+    env = build_env(os.environ)
+    print(f"building the CUDA extension for {env['NNFF_CUDA_ARCHS']} ...", flush=True)
+    started = time.time()
     # --no-deps: the GPU machine reaches no package index, and its image has numpy and tqdm
-    build = subprocess.run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e",
-                            str(ROOT), "-q"], env=env, capture_output=True, text=True)
-    if build.returncode != 0:
-        log = (build.stdout + build.stderr).strip().splitlines() or ["(no output)"]
+    log, failure = run_build([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
+                              "--disable-pip-version-check", "-e", str(ROOT), "-q"], env, BUILD_TIMEOUT_S)
+    took = time.time() - started
+    if failure is not None:
+        log = log.strip().splitlines() or ["(no output)"]
         errors = [line.strip() for line in log if re.search(r"error|fatal|FAILED", line, re.IGNORECASE)]
-        print("\n".join(["CUDA extension build FAILED; its error lines:", *errors[:40], "its end:", *log[-15:]]),
-              flush=True)
-        return (errors or log)[0][:300]
-    # a fresh interpreter picks up the new extension
+        print("\n".join([f"CUDA extension build FAILED ({failure}, {took:.0f} s); its error lines:", *errors[:40],
+                         "its end:", *log[-15:]]), flush=True)
+        return f"{failure}: {(errors or log)[0]}"[:300]
+    print(f"CUDA extension built in {took:.0f} s", flush=True)
+    # a fresh interpreter picks up the new extension; it keeps T0 (the time guards)
+    os.environ["NNFF_GPU_CHECK_T0"] = str(T0)
     os.execv(sys.executable, [sys.executable, __file__, "--no-build"])
 
 
@@ -277,13 +344,14 @@ def correctness_rows(backend: str, device, families=None, *, past_2_32: bool = T
               ("bigin", "graph families"): (_check_bigin, ops["bigin"])}
     failures, worst = defaultdict(list), defaultdict(float)
     for family in families or sorted(testing.FAMILIES):
+        print(f"  {backend}: {family}", flush=True)  # where a crash happened
         graph = testing.family_batch(family).to(device)
         for dtype in DTYPES:
             for key, (check, fn) in checks.items():
                 try:
                     worst[key, dtype] = max(worst[key, dtype], check(fn, graph, dtype))
-                except AssertionError as exc:
-                    failures[key, dtype].append(f"{family}: {str(exc).splitlines()[0]}")
+                except Exception as exc:  # a kernel's error (a CUDA error, a refused launch) fails the check too
+                    failures[key, dtype].append(f"{family}: {_describe(exc)}")
     rows = [Row(op, f"vs reference, {case}", backend, _name(dtype), ok=not failures[(op, case), dtype],
                 note="; ".join(failures[(op, case), dtype][:2]) or f"max abs error {worst[(op, case), dtype]:.1e}")
             for op, case in checks for dtype in DTYPES]
@@ -297,9 +365,61 @@ def correctness_rows(backend: str, device, families=None, *, past_2_32: bool = T
         try:
             check()
             rows.append(Row("dropout", case, backend, dtype, ok=True))
-        except AssertionError as exc:
-            rows.append(Row("dropout", case, backend, dtype, ok=False, note=str(exc)))
+        except Exception as exc:
+            rows.append(Row("dropout", case, backend, dtype, ok=False, note=_describe(exc)))
     return rows
+
+
+def check_in_child(backend: str, device, families=None, *, past_2_32: bool = True,
+                   timeout: float = CORRECTNESS_TIMEOUT_S) -> list[Row]:
+    """``correctness_rows`` run by a child process (this script with ``--correctness``): a
+    kernel's memory fault poisons the CUDA context of its process, which must not end the
+    whole check. A child that dies, times out or ends with a broken device (a CUDA error that
+    a check caught) adds a failed row and marks the backend unusable here (its
+    ``load_error`` set, so neither the timings nor dispatch use it), and a row says so. A
+    check that failed on numbers alone keeps the backend in the timings; ``recommend`` ranks
+    it after the backends that passed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, __file__, "--correctness", backend, "--device", str(device), "--rows-out", str(out)]
+        cmd += ["--families", ",".join(families)] if families else []
+        cmd += [] if past_2_32 else ["--no-past-2-32"]
+        sys.stdout.flush()
+        try:
+            code = subprocess.run(cmd, timeout=timeout).returncode
+            death = (None if code == 0 else "a CUDA call failed after its checks" if code == BROKEN_DEVICE_EXIT
+                     else f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+        except subprocess.TimeoutExpired:
+            death = f"timed out after {timeout:.0f} s"
+        rows = [Row(**r) for r in json.loads(out.read_text())] if out.exists() else []
+    if death is not None or not rows:
+        rows.append(Row("-", "correctness pass", backend, "-", ok=False,
+                        note=f"its child process: {death or 'no rows'}"))
+        failed = [r for r in rows if r.ok is False]
+        first = failed[0]
+        _REGISTRY[backend].load_error = (f"its correctness pass ended badly on this device ({len(failed)} failed "
+                                         f"rows, the first: {first.op}, {first.case}: {first.note})")[:300]
+        rows.append(Row("-", "not used after its correctness pass", backend, "-",
+                        note="no timings; dispatch (models, training) takes the next backend"))
+    return rows
+
+
+def correctness_child(args) -> int:
+    """The child of ``check_in_child``: its rows as JSON in ``args.rows_out``."""
+    families = args.families.split(",") if args.families else None
+    with first_triton_configs():
+        rows = correctness_rows(args.correctness, args.device, families, past_2_32=not args.no_past_2_32)
+    Path(args.rows_out).write_text(json.dumps([dataclasses.asdict(r) for r in rows]))
+    return 0 if _device_still_works(args.device) else BROKEN_DEVICE_EXIT
+
+
+def _device_still_works(device) -> bool:
+    """Whether a tiny op still runs: after a kernel's memory fault every later CUDA call
+    fails, though the check that met it was caught."""
+    try:
+        return torch.ones(2, device=device).sum().item() == 2.0
+    except RuntimeError:
+        return False
 
 
 def _moved(x, device):
@@ -334,75 +454,103 @@ def model_rows(device) -> list[Row]:
 
 
 # ------------------------------------------------------------------------------- timings
+def _timed(op: str, case: str, backend: str, dtype: str, measure: Callable[[], tuple], note: str = "") -> Row:
+    """A timing row from ``measure() -> (ms, GB/s or None)``; when it raises, a failed row
+    naming the exception (the other timings still run)."""
+    try:
+        ms, gbps = measure()
+    except Exception as exc:
+        return Row(op, case, backend, dtype, ok=False, note=_describe(exc)[:300])
+    return Row(op, case, backend, dtype, ms=ms, gbps=gbps, note=note)
+
+
 def copy_row(device, bench: Callable, nbytes: int = 256 * 2**20) -> Row:
     """Bandwidth of a device-to-device copy of ``nbytes`` (bytes read + bytes written)."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    ms = bench(lambda: dst.copy_(src))
-    return Row("copy", f"{nbytes / 2**20:.0f} MiB", "torch", "float32", ms=ms, gbps=2 * nbytes / ms / 1e6)
+    def measure():
+        src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+        dst = torch.empty_like(src)
+        ms = bench(lambda: dst.copy_(src))
+        return ms, 2 * nbytes / ms / 1e6
+    return _timed("copy", f"{nbytes / 2**20:.0f} MiB", "torch", "float32", measure)
 
 
-def timing_rows(device, bench: Callable, shapes: dict = SHAPES, dtype=torch.bfloat16) -> list[Row]:
+def timing_rows(device, bench: Callable, shapes: dict = SHAPES, dtype=torch.bfloat16) -> Iterator[Row]:
     """Timings of every backend that runs here and of the dense formulation (padded per
-    graph), ``dtype`` inputs. GB/s counts the ideal traffic: each tensor read or written once."""
-    rows = []
-    elt = torch.finfo(dtype).bits // 8
+    graph), ``dtype`` inputs, one row at a time as measured: a measurement that fails gives a
+    failed row and the others still run. GB/s counts the ideal traffic: each tensor read or
+    written once."""
     for shape, (sizes, options, heads, dh) in shapes.items():
-        graph = testing.random_batch(sizes, seed=1, **options).to(device)
-        n, b, l = graph.num_nodes, graph.num_graphs, graph.max_nodes
-        gen = torch.Generator().manual_seed(3)
+        try:
+            yield from _shape_timings(device, bench, shape, sizes, options, heads, dh, dtype)
+        except Exception as exc:  # the inputs (every measurement catches its own)
+            yield Row("-", f"inputs of {shape}", "-", _name(dtype), ok=False, note=_describe(exc)[:300])
 
-        def randn(*size, grad=False):
-            return torch.randn(*size, generator=gen).to(device, dtype).requires_grad_(grad)
 
-        # dag_attention forward + backward
-        q, k, v = (randn(n, heads, dh, grad=True) for _ in range(3))
-        qp, kp, vp = (randn(b, l, heads, dh, grad=True) for _ in range(3))
-        go, gop = randn(n, heads, dh), randn(b, l, heads, dh)
-        mask = _dense_adjacency(graph, _mask_edges(graph), dtype, padded=True)
-        steps = {name: lambda op=_REGISTRY[name].ops["dag_attention"]: _fwd_bwd(
-                     lambda *x: op(*x, graph, dropout_p=0.0, scale=None, seed=0), [q, k, v], go)
-                 for name in ("native", "triton", "torch") if _runs(name, "dag_attention", q, k, v)}
-        steps["dense"] = lambda: _fwd_bwd(lambda *x: dense_dag_attention(*x, mask), [qp, kp, vp], gop)
-        note = f"N={n}, H={heads}, Dh={dh}, {graph.rel_col.numel()} relation entries"
-        rows += [Row("dag_attention", f"fwd+bwd {shape}", name, _name(dtype), ms=bench(fn), note=note)
-                 for name, fn in steps.items()]
-        # the models' call: q, k, v as thirds of one qkv projection
-        qkv = randn(n, 3, heads, dh, grad=True)
-        packed = {name: lambda op=packed_attention(name): _fwd_bwd(
-                      lambda x: op(x, graph, dropout_p=0.0, scale=None, seed=0), [qkv], go)
-                  for name in ("native", "triton", "torch") if _runs(name, "dag_attention", q, k, v)}
-        rows += [Row("dag_attention", f"fwd+bwd {shape}, packed qkv", name, _name(dtype), ms=bench(fn), note=note)
-                 for name, fn in packed.items()]
+def _shape_timings(device, bench: Callable, shape: str, sizes, options, heads, dh, dtype) -> Iterator[Row]:
+    """The rows of ``timing_rows`` for one shape; each measurement is called before its row is yielded."""
+    elt, dt = torch.finfo(dtype).bits // 8, _name(dtype)
+    graph = testing.random_batch(sizes, seed=1, **options).to(device)
+    n, b, l = graph.num_nodes, graph.num_graphs, graph.max_nodes
+    gen = torch.Generator().manual_seed(3)
 
-        # bigin forward and backward, bandwidth of the ideal traffic: forward reads h, g and
-        # writes y; backward reads dy, h, g, writes dh, then reads dh and writes dg
-        m = 4 * heads * dh
-        h, g, dy = randn(n, m, grad=True), randn(n, m, grad=True), randn(n, m)
-        hp, gp, dyp = randn(b, l, m, grad=True), randn(b, l, m, grad=True), randn(b, l, m)
-        adj = _dense_adjacency(graph, graph.edge_index, dtype, padded=True)
-        fwds = {name: (lambda op=_REGISTRY[name].ops["bigin"]: op(h, g, graph, act="relu"), (h, g), dy)
-                for name in ("native", "triton", "torch") if _runs(name, "bigin", h, g)}
-        fwds["dense"] = (lambda: dense_bigin(hp, gp, adj, act="relu"), (hp, gp), dyp)
-        index_bytes = 2 * 8 * (graph.num_edges + n + 1)
-        for name, (fwd, leaves, grad) in fwds.items():
+    def randn(*size, grad=False):
+        return torch.randn(*size, generator=gen).to(device, dtype).requires_grad_(grad)
+
+    # dag_attention forward + backward
+    q, k, v = (randn(n, heads, dh, grad=True) for _ in range(3))
+    qp, kp, vp = (randn(b, l, heads, dh, grad=True) for _ in range(3))
+    go, gop = randn(n, heads, dh), randn(b, l, heads, dh)
+    mask = _dense_adjacency(graph, _mask_edges(graph), dtype, padded=True)
+    steps = {name: lambda op=_REGISTRY[name].ops["dag_attention"]: _fwd_bwd(
+                 lambda *x: op(*x, graph, dropout_p=0.0, scale=None, seed=0), [q, k, v], go)
+             for name in ("native", "triton", "torch") if _runs(name, "dag_attention", q, k, v)}
+    steps["dense"] = lambda: _fwd_bwd(lambda *x: dense_dag_attention(*x, mask), [qp, kp, vp], gop)
+    note = f"N={n}, H={heads}, Dh={dh}, {graph.rel_col.numel()} relation entries"
+    for name, fn in steps.items():
+        yield _timed("dag_attention", f"fwd+bwd {shape}", name, dt, lambda: (bench(fn), None), note)
+    # the models' call: q, k, v as thirds of one qkv projection
+    qkv = randn(n, 3, heads, dh, grad=True)
+    for name in ("native", "triton", "torch"):
+        if _runs(name, "dag_attention", q, k, v):
+            op = packed_attention(name)
+
+            def step():
+                return _fwd_bwd(lambda x: op(x, graph, dropout_p=0.0, scale=None, seed=0), [qkv], go)
+            yield _timed("dag_attention", f"fwd+bwd {shape}, packed qkv", name, dt, lambda: (bench(step), None), note)
+
+    # bigin forward and backward, bandwidth of the ideal traffic: forward reads h, g and
+    # writes y; backward reads dy, h, g, writes dh, then reads dh and writes dg
+    m = 4 * heads * dh
+    h, g, dy = randn(n, m, grad=True), randn(n, m, grad=True), randn(n, m)
+    hp, gp, dyp = randn(b, l, m, grad=True), randn(b, l, m, grad=True), randn(b, l, m)
+    adj = _dense_adjacency(graph, graph.edge_index, dtype, padded=True)
+    fwds = {name: (lambda op=_REGISTRY[name].ops["bigin"]: op(h, g, graph, act="relu"), (h, g), dy)
+            for name in ("native", "triton", "torch") if _runs(name, "bigin", h, g)}
+    fwds["dense"] = (lambda: dense_bigin(hp, gp, adj, act="relu"), (hp, gp), dyp)
+    index_bytes = 2 * 8 * (graph.num_edges + n + 1)
+    for name, (fwd, leaves, grad) in fwds.items():
+        def forward():
             with torch.no_grad():
                 ms = bench(fwd)
-            rows.append(Row("bigin", f"fwd {shape}", name, _name(dtype), ms=ms,
-                            gbps=(3 * n * m * elt + index_bytes) / ms / 1e6, note=f"M={m}"))
+            return ms, (3 * n * m * elt + index_bytes) / ms / 1e6
+
+        def backward():
             y = fwd()
             ms = bench(lambda: torch.autograd.grad(y, leaves, grad, retain_graph=True))
-            rows.append(Row("bigin", f"bwd {shape}", name, _name(dtype), ms=ms,
-                            gbps=(6 * n * m * elt + 2 * index_bytes) / ms / 1e6, note=f"M={m}"))
+            return ms, (6 * n * m * elt + 2 * index_bytes) / ms / 1e6
+        yield _timed("bigin", f"fwd {shape}", name, dt, forward, f"M={m}")
+        yield _timed("bigin", f"bwd {shape}", name, dt, backward, f"M={m}")
 
-        # dropout forward: reads x, writes y
-        x = randn(n, heads * dh)
-        for name in ("native", "triton", "torch"):
-            if _runs(name, "dropout", x):
-                ms = bench(lambda op=_REGISTRY[name].ops["dropout"]: op(x, 0.1, seed=1))
-                rows.append(Row("dropout", f"fwd {shape}", name, _name(dtype), ms=ms,
-                                gbps=2 * x.numel() * elt / ms / 1e6, note=f"p=0.1, {tuple(x.shape)}"))
-    return rows
+    # dropout forward: reads x, writes y
+    x = randn(n, heads * dh)
+    for name in ("native", "triton", "torch"):
+        if _runs(name, "dropout", x):
+            op = _REGISTRY[name].ops["dropout"]
+
+            def forward():
+                ms = bench(lambda: op(x, 0.1, seed=1))
+                return ms, 2 * x.numel() * elt / ms / 1e6
+            yield _timed("dropout", f"fwd {shape}", name, dt, forward, f"p=0.1, {tuple(x.shape)}")
 
 
 #: node budgets of the timed training epochs: the demo's (a CPU-sized step) and GPU-sized ones
@@ -414,33 +562,59 @@ GPU_LOADER_WORKERS = max(1, min(8, (os.cpu_count() or 2) - 2))
 
 
 def training_rows(device, *, budgets=TRAINING_BUDGETS, train_limit: Optional[int] = None,
-                  reference_steps: int = BASELINE_STEPS) -> list[Row]:
+                  reference_steps: int = BASELINE_STEPS, workers: Optional[int] = None,
+                  skip_reason: Callable[[], Optional[str]] = lambda: None) -> Iterator[Row]:
     """Training throughput on the embedded default latency set, measured as the demo measures
     it (``demo.reference_rate``, ``demo.packed_rate``): the reference design's loop against
-    ours at each node budget (the backends dispatch as in training). graphs/s in the note,
-    with ours as a multiple of the reference. ``train_limit``: the first that many training
-    networks only (a quick run)."""
+    ours at each node budget (the backends dispatch as in training), one row at a time.
+    graphs/s in the note, with ours as a multiple of the reference. ``train_limit``: the first
+    that many training networks only (a quick run). ``workers``: DataLoader workers building
+    the batches (default ``GPU_LOADER_WORKERS`` on CUDA, else 0); a run whose workers fail runs
+    once more without. The least important runs (the largest of several budgets, fp16) are
+    skipped, a row saying why, when ``skip_reason()`` gives a reason (the lease runs short)."""
     from nnformer_fast.data.default import load_default_latency_set
 
     train_set, _ = load_default_latency_set().split_in_domain(test_fraction=0.2, seed=0)
     if train_limit is not None:
         train_set = train_set.subset(range(min(train_limit, len(train_set))))
     ref = reference_rate(train_set, steps=reference_steps, device=device)
-    rows = [Row("training", f"reference loop, {BASELINE_BATCH} graphs a step", "dense", "float32",
-                note=f"{ref:.1f} graphs/s")]
-    print(rows[-1], flush=True)  # each row as it comes: a lease cut short keeps them
-    workers = GPU_LOADER_WORKERS if torch.device(device).type == "cuda" else 0
+    yield Row("training", f"reference loop, {BASELINE_BATCH} graphs a step", "dense", "float32",
+              note=f"{ref:.1f} graphs/s")
+    cuda = torch.device(device).type == "cuda"
+    if workers is None:
+        workers = GPU_LOADER_WORKERS if cuda else 0
     runs = [(budget, "bf16") for budget in budgets]
-    if torch.device(device).type == "cuda":  # fp16 + GradScaler trains on a GPU only: run it once
+    if cuda:  # fp16 + GradScaler trains on a GPU only: run it once
         runs.append((budgets[-1], "fp16"))
     for budget, precision in runs:
-        rate = packed_rate(train_set, max_nodes=budget, device=str(device), num_workers=workers,
-                           precision=precision)
-        rows.append(Row("training", f"packed, {budget} nodes a step, {workers} loader workers", "ours",
-                        {"bf16": "bfloat16", "fp16": "float16"}[precision],
-                        note=f"{rate:.1f} graphs/s, {rate / ref:.1f}x the reference loop"))
-        print(rows[-1], flush=True)
-    return rows
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
+        optional = precision == "fp16" or (len(budgets) > 1 and budget == budgets[-1])
+        reason = skip_reason() if optional else None
+        if reason is not None:
+            yield Row("training", f"packed, {budget} nodes a step", "ours", dtype, note=f"skipped: {reason}")
+            continue
+        try:
+            rate, used, retry = _packed_rate(train_set, workers, max_nodes=budget, device=str(device),
+                                             precision=precision)
+        except Exception as exc:
+            yield Row("training", f"packed, {budget} nodes a step", "ours", dtype, ok=False,
+                      note=_describe(exc)[:300])
+            continue
+        yield Row("training", f"packed, {budget} nodes a step, {used} loader workers", "ours", dtype,
+                  note=f"{rate:.1f} graphs/s, {rate / ref:.1f}x the reference loop{retry}")
+
+
+def _packed_rate(train_set, workers: int, **kwargs) -> tuple[float, int, str]:
+    """``demo.packed_rate`` with ``workers`` DataLoader workers, once more without them when
+    they fail: (graphs/s, the workers used, a note on the rerun or "")."""
+    try:
+        return packed_rate(train_set, num_workers=workers, **kwargs), workers, ""
+    except Exception as exc:
+        if workers == 0:
+            raise
+        why = _describe(exc)[:200]
+        print(f"  {workers} loader workers failed ({why}): once more without", flush=True)
+        return packed_rate(train_set, num_workers=0, **kwargs), 0, f"; rerun without workers, {workers} failed: {why}"
 
 
 # ------------------------------------------------------------------------------- report
@@ -462,11 +636,25 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _standing(rows: list[Row], op: str, backend: str) -> tuple[int, str]:
+    """(rank, why) of a kernel backend for ``op``: 2 when it did not build or load on CUDA; 1
+    when it failed a check of ``op`` or one of no op (its correctness pass crashed, timed out,
+    or its section failed), or has no checked row for ``op`` (the pass never ran); else 0."""
+    mine = [r for r in rows if r.backend == backend and r.ok is not None]
+    if any(r.ok is False and r.case in UNAVAILABLE for r in mine):
+        return 2, "did not build or load"
+    if any(r.ok is False and (r.op == op or r.op not in CUDA_PREFERENCE) for r in mine):
+        return 1, "failed a check"
+    if not any(r.op == op for r in mine):
+        return 1, "not checked"
+    return 0, ""
+
+
 def recommend(rows: list[Row]) -> dict[str, tuple[tuple, str]]:
-    """Per op of ``CUDA_PREFERENCE``: (order, reason). CUDA C++ and Triton are ordered by the
-    geometric mean over the timed cases of Triton's time / CUDA C++'s time; a backend that
-    failed a check for the op, or was not timed, goes second. torch stays last."""
-    failed = {(r.op, r.backend) for r in rows if r.ok is False}
+    """Per op of ``CUDA_PREFERENCE``: (order, reason). A kernel backend that failed (or never
+    passed) its checks goes after one that passed them, one that did not build or load last of
+    the two (``_standing``); two that passed are ordered by the geometric mean over the cases
+    timed for both of Triton's time / CUDA C++'s time, else CUDA C++ first. torch stays last."""
     result = {}
     for op in CUDA_PREFERENCE:
         times = defaultdict(dict)
@@ -474,10 +662,10 @@ def recommend(rows: list[Row]) -> dict[str, tuple[tuple, str]]:
             if r.op == op and r.ms is not None:
                 times[r.backend][r.case, r.dtype] = r.ms
         common = times["native"].keys() & times["triton"].keys()
-        bad = [name for name in KERNEL_BACKENDS if (op, name) in failed]
-        if bad or not common:
-            first = "triton" if bad == ["native"] and times["triton"] else "native"
-            why = f"failed a check: {', '.join(bad)}" if bad else "not timed on both"
+        standing = {name: _standing(rows, op, name) for name in KERNEL_BACKENDS}
+        if any(rank for rank, _ in standing.values()) or not common:
+            first = min(KERNEL_BACKENDS, key=lambda name: standing[name][0])  # a tie keeps native first
+            why = "; ".join(f"{name} {why}" for name, (rank, why) in standing.items() if rank) or "not timed on both"
         else:
             ratio = math.exp(statistics.fmean(math.log(times["triton"][c] / times["native"][c]) for c in common))
             first = "triton" if ratio < 1.0 else "native"
@@ -496,10 +684,53 @@ def format_preference(recommended: dict, card: str) -> str:
     return "\n".join(lines + ["}"])
 
 
-def main() -> int:
+def run_section(rows: list[Row], name: str, make_rows: Callable[[], Iterable[Row]], backend: str = "-") -> None:
+    """Add a section's rows to ``rows``, printing each as it comes, then the table so far. A
+    failing section adds a failed row (charged to ``backend``) and keeps the rows before it."""
+    try:
+        for row in make_rows():
+            rows.append(row)
+            print(f"  {row}", flush=True)
+    except Exception as exc:
+        rows.append(Row(name, "section failed", backend, "-", ok=False, note=_describe(exc)[:400]))
+    print(f"\n{name}: done after {elapsed():.0f} s\n{format_table(rows)}", flush=True)
+
+
+def report_on_sigterm(rows: list[Row], card: str) -> None:
+    """On SIGTERM (the lease's ``timeout``): print the table of ``rows`` so far and the
+    preference, and exit 124, as ``timeout`` does."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked DataLoader worker inherits the handler
+            os._exit(128 + signum)
+        try:
+            text = format_table(rows) + "\n\n" + format_preference(recommend(rows), card)
+        except Exception as exc:
+            text = f"(no table: {_describe(exc)})"
+        text = f"\nSIGTERM after {elapsed():.0f} s; the table so far:\n{text}\n"
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        data = text.encode()
+        while data:  # os.write: the handler may interrupt a print, and the buffered stream refuses re-entry
+            data = data[os.write(sys.stdout.fileno(), data):]
+        os._exit(124)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-build", action="store_true")
-    args = parser.parse_args()
+    child = parser.add_argument_group("the correctness child process (check_in_child)")
+    child.add_argument("--correctness", metavar="BACKEND")
+    child.add_argument("--rows-out", metavar="PATH")
+    child.add_argument("--device", default="cuda")
+    child.add_argument("--families", metavar="A,B")
+    child.add_argument("--no-past-2-32", action="store_true")
+    args = parser.parse_args(argv)
+    if args.correctness:
+        return correctness_child(args)
     build_error = build_if_needed(args.no_build)
 
     print("build:", nnformer_fast.build_info())
@@ -507,36 +738,38 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 1
-    device = torch.device("cuda")
     card = torch.cuda.get_device_name()
     print(f"device: {card}, torch {torch.__version__}", flush=True)
+    return check(torch.device("cuda"), card, build_error)
 
+
+def check(device, card: str, build_error: Optional[str] = None) -> int:
+    """The sections after the build, on ``device``: correctness (a child process per kernel
+    backend), models, kernel timings, training; 1 when a check failed."""
     rows = [] if build_error is None else [Row("-", "CUDA extension build", "native", "-", ok=False, note=build_error)]
-    start = time.perf_counter()
-
-    def section(name: str, make_rows: Callable[[], list]) -> None:
-        """Add a section's rows and print the table so far: a failing section, or a run cut
-        short by the lease, keeps what came before."""
-        try:
-            rows.extend(make_rows())
-        except Exception as exc:
-            rows.append(Row(name, "section failed", "-", "-", ok=False, note=f"{type(exc).__name__}: {exc}"[:400]))
-        print(f"\n{name}: done after {time.perf_counter() - start:.0f} s\n{format_table(rows)}", flush=True)
-
+    report_on_sigterm(rows, card)
     probe = torch.zeros(1, device=device)
     for name in KERNEL_BACKENDS:
         reasons = _REGISTRY[name].reasons("dropout", probe) if name in _REGISTRY else ["not registered"]
         if reasons:
             rows.append(Row("-", "loads on CUDA", name, "-", ok=False, note="; ".join(reasons)))
             continue
+        # what is left of the lease after the timings and some training
+        timeout = max(30.0, min(CORRECTNESS_TIMEOUT_S, BUDGET_S - 150 - elapsed()))
+        run_section(rows, f"correctness, {name}", lambda name=name: check_in_child(name, device, timeout=timeout),
+                    backend=name)
+    print("backends:", nnformer_fast.ops.backends())
+    run_section(rows, "models", lambda: model_rows(device))
 
-        def checks(name=name):
-            with first_triton_configs():
-                return correctness_rows(name, device)
-        section(f"correctness, {name}", checks)
-    section("models", lambda: model_rows(device))
-    section("kernel timings", lambda: [copy_row(device, bench), *timing_rows(device, bench)])
-    section("training", lambda: training_rows(device))
+    def kernel_timings():
+        yield copy_row(device, bench)
+        yield from timing_rows(device, bench)
+    run_section(rows, "kernel timings", kernel_timings)
+    print("\n" + format_preference(recommend(rows), card), flush=True)
+
+    def late() -> Optional[str]:
+        return f"{elapsed():.0f} s of the lease's {BUDGET_S} s gone" if elapsed() > SKIP_AFTER_S else None
+    run_section(rows, "training", lambda: training_rows(device, skip_reason=late))
     print()
     print(format_preference(recommend(rows), card))
     return 1 if any(r.ok is False for r in rows) else 0

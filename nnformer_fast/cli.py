@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad options or data, unreadable/unwritable files: one line, no traceback
         print(f"nnformer-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
 

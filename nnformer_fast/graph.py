@@ -166,9 +166,9 @@ class GraphBatch:
                 self loops and cycles, e.g. global tokens); default ``A``.
             validate: check ids, graph membership, self loops and cycles of ``A``.
         """
-        num_nodes = torch.as_tensor(num_nodes, dtype=torch.int64)
+        num_nodes = _as_ints(num_nodes, "num_nodes")
         device = edge_index.device if isinstance(edge_index, Tensor) else torch.device("cpu")
-        edge_index = torch.as_tensor(edge_index, dtype=torch.int64, device=device)
+        edge_index = _as_ints(edge_index, "edge_index").to(device)
         if num_nodes.dim() != 1 or num_nodes.numel() == 0:
             raise ValueError("GraphBatch: empty batch (num_nodes must list at least one graph)")
         empty = (num_nodes <= 0).nonzero().flatten()
@@ -183,7 +183,7 @@ class GraphBatch:
         if mask_edge_index is not None:
             if not isinstance(mask_edge_index, Tensor) or mask_edge_index.device != device:
                 raise ValueError("GraphBatch: edge_index and mask_edge_index must be tensors on one device")
-            mask_edge_index = mask_edge_index.to(torch.int64)
+            mask_edge_index = _as_ints(mask_edge_index, "mask_edge_index")
         if validate:
             _check_edges(edge_index, n, batch, "edge_index")
             _check_no_self_loops(edge_index, batch)
@@ -216,6 +216,8 @@ class GraphBatch:
         b, l, _ = adj.shape
         if b == 0:
             raise ValueError("GraphBatch.from_dense: empty batch (B = 0)")
+        if l == 0:
+            raise ValueError("GraphBatch: graph 0 has 0 nodes; every graph needs at least one node")
         if mask is not None:
             if not isinstance(mask, Tensor) or mask.shape != adj.shape:
                 raise ValueError(f"GraphBatch.from_dense: mask must have the shape of adj {tuple(adj.shape)}, "
@@ -225,7 +227,7 @@ class GraphBatch:
         if num_vertices is None:
             num_vertices = torch.full((b,), l, dtype=torch.int64, device=adj.device)
         else:
-            num_vertices = torch.as_tensor(num_vertices, dtype=torch.int64).to(adj.device)
+            num_vertices = _as_ints(num_vertices, "num_vertices").to(adj.device)
             if num_vertices.shape != (b,):
                 raise ValueError(f"GraphBatch.from_dense: num_vertices must have shape ({b},), "
                                  f"got {tuple(num_vertices.shape)}")
@@ -379,6 +381,16 @@ def _dense_to_edges(adj: Tensor, num_vertices: Tensor, offsets: Tensor) -> Tenso
 
 
 # ---------------------------------------------------------------------- validation
+def _as_ints(x, name: str) -> Tensor:
+    """``x`` (tensor, array or nested list) as int64, refusing float, complex and bool values
+    (a cast would truncate 1.9 to 1 and read True as 1). Empty inputs of any dtype pass:
+    ``torch.zeros(2, 0)`` is a common way to write "no edges"."""
+    t = torch.as_tensor(x)
+    if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise ValueError(f"GraphBatch: {name} must hold integers, got dtype {t.dtype}")
+    return t.to(torch.int64)
+
+
 def _check_edges(edge_index: Tensor, n: int, batch: Tensor, name: str) -> None:
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"GraphBatch: {name} must have shape (2, E), got {tuple(edge_index.shape)}")

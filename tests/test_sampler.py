@@ -81,3 +81,23 @@ def test_bad_inputs():
         TokenBudgetBatchSampler([3, 0], 100)
     with pytest.raises(ValueError, match="rank"):
         DistributedTokenBudgetBatchSampler([3], 100, num_replicas=2, rank=2)
+
+
+def test_state_refuses_another_max_graphs(sizes):
+    """max_graphs changes the batches: a position saved under one cap is refused under another
+    (states saved before max_graphs was recorded still load)."""
+    a = TokenBudgetBatchSampler(sizes, 1000, seed=3, max_graphs=4)
+    it = iter(a)
+    [next(it) for _ in range(3)]
+    state = a.state_dict(consumed=3)
+    with pytest.raises(ValueError, match="max_graphs=4, this sampler has max_graphs=None"):
+        TokenBudgetBatchSampler(sizes, 1000, seed=3).load_state_dict(state)
+    with pytest.raises(ValueError, match="max_graphs=None, this sampler has max_graphs=4"):
+        a.load_state_dict(TokenBudgetBatchSampler(sizes, 1000, seed=3).state_dict())
+    b = TokenBudgetBatchSampler(sizes, 1000, seed=3, max_graphs=4)
+    b.load_state_dict(state)
+    a.set_epoch(0)
+    a.position = 0
+    assert list(b) == list(a)[3:]
+    old = {k: v for k, v in state.items() if k != "max_graphs"}
+    TokenBudgetBatchSampler(sizes, 1000, seed=3).load_state_dict(old)

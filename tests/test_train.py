@@ -109,6 +109,91 @@ def test_resume_is_bit_exact(lat, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_max_steps_is_checked_before_a_step(lat, tmp_path):
+    """max_steps counts all steps of the run: 0 takes none, and a run resumed at N with
+    max_steps=N takes none (it used to take one more on every rerun)."""
+    train, _ = lat
+    out = str(tmp_path / "run")
+    zero = fit(_cfg(max_steps=0), train_set=train, test_set=None)
+    assert zero.step == 0 and zero.losses == [] and zero.throughput["steps"] == 0
+    first = fit(_cfg(out=out, max_steps=2), train_set=train, test_set=None)
+    assert first.step == 2 and len(first.losses) == 2
+    again = fit(_cfg(out=out, max_steps=2, resume="auto"), train_set=train, test_set=None)
+    assert again.step == 2 and again.throughput["steps"] == 0 and again.losses == first.losses
+    more = fit(_cfg(out=out, max_steps=3, resume="auto"), train_set=train, test_set=None)
+    assert more.step == 3 and more.throughput["steps"] == 1
+
+
+CHANGED = [dict(max_graphs=4), dict(ema=0.5), dict(warmup=3), dict(min_lr_ratio=0.1), dict(precision="bf16"),
+           dict(grad_clip=0.5), dict(grad_clip=None), dict(weight_decay=0.0), dict(consistency=True), dict(lr=1e-3),
+           dict(max_nodes=299), dict(epochs=4), dict(seed=1)]
+
+
+@pytest.mark.parametrize("change", CHANGED, ids=[f"{k}={v}" for c in CHANGED for k, v in c.items()])
+def test_resume_refuses_changed_run_settings(lat, tmp_path, change):
+    train, _ = lat
+    out = str(tmp_path / "run")
+    base = fit(_cfg(out=out, max_steps=1), train_set=train, test_set=None)
+    (key, value), = change.items()
+    saved = getattr(_cfg(), key)
+    with pytest.raises(CheckpointError, match=rf"saved with {key}={saved!r}, this run has {key}={value!r}"):
+        fit(_cfg(out=out, resume="auto", **change), train_set=train, test_set=None)
+    assert base.step == 1
+
+
+def test_resume_refuses_changed_loss_weights(tmp_path):
+    cells = synthetic_cells(30, seed=0)
+    model = dict(depth=1, dim=32)
+    out = str(tmp_path / "run")
+    fit(_cfg(task="accuracy", model=model, max_nodes=100, out=out, max_steps=1), train_set=cells, test_set=None)
+    with pytest.raises(CheckpointError, match="saved with lambda_rank=.*, this run has lambda_rank=0.5"):
+        fit(_cfg(task="accuracy", model=dict(model, lambda_rank=0.5), max_nodes=100, out=out, resume="auto"),
+            train_set=cells, test_set=None)
+
+
+def test_resume_of_an_older_checkpoint(lat, tmp_path):
+    """Checkpoints written before the run settings were all saved: their "train_config" still
+    refuses a changed setting; one without it resumes (with the settings it does hold)."""
+    train, _ = lat
+    out = tmp_path / "run"
+    fit(_cfg(out=str(out), max_steps=1, max_graphs=8), train_set=train, test_set=None)
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["run"] = {k: state["run"][k] for k in ("max_nodes", "epochs", "seed", "world_size")}
+    del state["sampler"]["max_graphs"]
+    torch.save(state, out / "last.pt")
+    with pytest.raises(CheckpointError, match="max_graphs=8, this run has max_graphs=None"):
+        fit(_cfg(out=str(out), resume="auto"), train_set=train, test_set=None)
+    assert fit(_cfg(out=str(out), resume="auto", max_graphs=8, max_steps=2), train_set=train,
+               test_set=None).step == 2
+    del state["train_config"]
+    torch.save(state, out / "last.pt")
+    assert fit(_cfg(out=str(out), resume="auto", max_graphs=8, max_steps=2), train_set=train,
+               test_set=None).step == 2
+
+
+def test_resume_with_ema(lat, tmp_path):
+    """The EMA is built after the resumed weights load: its saved state continues exactly, and
+    without a saved state it starts from the trained weights (not the random initial ones)."""
+    train, _ = lat
+    full = fit(_cfg(epochs=2, ema=0.9), train_set=train, test_set=None)
+    out = tmp_path / "run"
+    k = len(full.losses) // 2 + 1
+    fit(_cfg(epochs=2, ema=0.9, out=str(out), max_steps=k), train_set=train, test_set=None)
+    state = torch.load(out / "last.pt", weights_only=True)
+    at_k = fit(_cfg(epochs=2, ema=0.9, out=str(out), resume="auto", max_steps=k), train_set=train, test_set=None)
+    for name, v in at_k.model.state_dict().items():  # no step taken: the result is the saved EMA
+        assert torch.equal(v, state["ema"][name])
+    resumed = fit(_cfg(epochs=2, ema=0.9, out=str(out), resume="auto"), train_set=train, test_set=None)
+    assert resumed.losses == full.losses
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    state["ema"] = None  # a checkpoint without the EMA's state
+    torch.save(state, out / "last.pt")
+    fresh = fit(_cfg(epochs=2, ema=0.9, out=str(out), resume="auto", max_steps=k), train_set=train, test_set=None)
+    for name, v in fresh.model.state_dict().items():
+        assert torch.equal(v, state["model"][name])
+
+
 def test_ctrl_c_writes_checkpoint_and_resumes(lat, tmp_path, monkeypatch):
     train, _ = lat
     full = fit(_cfg(epochs=2), train_set=train, test_set=None)

@@ -331,7 +331,7 @@ def test_gpu_check_training_rows_run_here(gpu_check):
     """The GPU check's training comparison on the CPU, on a slice of the default set: one row
     for the reference loop, one per node budget for ours, each with its graphs/s (and ours
     with its multiple of the reference), measured by the same functions as the demo."""
-    rows = gpu_check.training_rows("cpu", budgets=(512, 1024), train_limit=48, reference_steps=1)
+    rows = list(gpu_check.training_rows("cpu", budgets=(512, 1024), train_limit=48, reference_steps=1))
     assert [(r.op, r.backend) for r in rows] == [("training", "dense"), ("training", "ours"), ("training", "ours")]
     ref = float(rows[0].note.split()[0])
     for r in rows[1:]:
@@ -347,7 +347,8 @@ def test_gpu_check_recommendation(gpu_check):
     is Python that evaluates to the recommendation."""
     row, KERNELS = gpu_check.Row, gpu_check.KERNEL_BACKENDS
     times = {"dag_attention": (2.0, 1.0), "bigin": (1.0, 3.0), "dropout": (2.0, 1.0)}  # native, triton ms
-    rows = [row(op, "a", name, "bfloat16", ms=ms) for op, pair in times.items() for name, ms in zip(KERNELS, pair)]
+    rows = [row(op, "vs reference", name, "float32", ok=True) for op in times for name in KERNELS]
+    rows += [row(op, "a", name, "bfloat16", ms=ms) for op, pair in times.items() for name, ms in zip(KERNELS, pair)]
     rows.append(row("dropout", "bit-exact", "triton", "float16", ok=False))
     recommended = gpu_check.recommend(rows)
     orders = {op: order for op, (order, _) in recommended.items()}

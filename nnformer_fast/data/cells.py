@@ -120,6 +120,11 @@ class Cell:
         return int(self.ops.shape[0])
 
 
+def _is_int(op) -> bool:
+    """An integer op code; bools are not (True would silently read as code 1)."""
+    return isinstance(op, (int, np.integer)) and not isinstance(op, (bool, np.bool_))
+
+
 def _on_path_mask(adjacency: np.ndarray) -> np.ndarray:
     """(L,) bool: nodes on some path 0 -> L-1 of a strictly upper-triangular adjacency."""
     n = adjacency.shape[0]
@@ -137,7 +142,10 @@ def _on_path_mask(adjacency: np.ndarray) -> np.ndarray:
 
 def _check_dag_adjacency(adjacency, name: str) -> np.ndarray:
     """Validate a square 0/1 strictly upper-triangular matrix; returns it as (L, L) int64."""
-    a = np.asarray(adjacency)
+    try:
+        a = np.asarray(adjacency)
+    except ValueError:  # ragged rows
+        raise ValueError(f"{name}: adjacency must be a square (L, L) matrix, got ragged rows") from None
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name}: adjacency must be square (L, L), got shape {a.shape}")
     if a.shape[0] < 2:
@@ -203,7 +211,7 @@ def nb201_cell(
     else:
         names = []
         for op in arch_or_ops:
-            if isinstance(op, (int, np.integer)) and 1 <= op <= 5:
+            if _is_int(op) and 1 <= op <= 5:
                 names.append(NB201_OPS[op])
             elif op in _NB201_EDGE_OPS:
                 names.append(op)
@@ -245,7 +253,7 @@ def nb101_cell(
             if op not in NB101_OPS:
                 raise ValueError(f"unknown NAS-Bench-101 op {op!r}; known: {NB101_OPS}")
             codes.append(NB101_OPS.index(op))
-        elif isinstance(op, (int, np.integer)) and 0 <= op < len(NB101_OPS):
+        elif _is_int(op) and 0 <= op < len(NB101_OPS):
             codes.append(int(op))
         else:
             raise ValueError(
@@ -290,10 +298,74 @@ def _resolve(path: str | os.PathLike | None, filename: str) -> Path:
     return root / filename
 
 
-def _percent_to_fraction(value: float, where: str) -> float:
+def _percent_to_fraction(value: float) -> float:
     if not 0.0 <= value <= 100.0:
-        raise ValueError(f"{where}: accuracy {value} is not a percentage in [0, 100]")
+        raise ValueError(f"accuracy {value} is not a percentage in [0, 100]")
     return value / 100.0
+
+
+def _number(value, name: str) -> float:
+    """A JSON/CSV number as float; strings like "high", bools, None and lists raise ValueError."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _load_records(path, items, build) -> list[Cell]:
+    """``[build(key, item) for key, item in items]``, any error of a record re-raised as
+    ValueError naming the file and the record's key; zero records raise too."""
+    cells = []
+    for key, item in items:
+        try:
+            if not isinstance(item, Mapping):
+                raise ValueError(f"expected an object of fields, got {type(item).__name__}")
+            cells.append(build(key, item))
+        except KeyError as e:
+            raise ValueError(f"{path} [{key}]: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"{path} [{key}]: {e}") from None
+    if not cells:
+        raise ValueError(f"{path}: no records")
+    return cells
+
+
+def _load_json_object(path: Path, *keys: str) -> dict:
+    """The JSON object of ``path`` at ``root[keys[0]][keys[1]]...``; ValueError naming the
+    file when the file is not JSON or a level is not an object."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    where = "root"
+    for k in keys:
+        if not isinstance(data, dict) or k not in data:
+            raise ValueError(f"{path}: {where} must be an object with key {k!r}")
+        data, where = data[k], f"[{k!r}]"
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: {where} must be an object of records, got {type(data).__name__}")
+    return data
+
+
+def _naslib_ids(key: str, count: int | None = None) -> list[int]:
+    """The integers of a NASLib tuple key ``"(0, 1, ...)"``."""
+    try:
+        ids = [int(v) for v in key.strip("()").split(",")]
+    except ValueError:
+        raise ValueError(f"key {key!r} is not a tuple of integers") from None
+    if count is not None and len(ids) != count:
+        raise ValueError(f"key {key!r} does not hold {count} op ids")
+    return ids
+
+
+def _lookup_ops(ids: Sequence[int], table: Sequence, what: str):
+    bad = [i for i in ids if not 0 <= i < len(table)]
+    if bad:
+        raise ValueError(f"{what} op id {bad[0]} outside [0, {len(table)})")
+    return [table[i] for i in ids]
 
 
 def load_nb101_json(path: str | os.PathLike, target: str = "validation_accuracy") -> list[Cell]:
@@ -301,22 +373,28 @@ def load_nb101_json(path: str | os.PathLike, target: str = "validation_accuracy"
 
     Accuracies are fractions already (NAS-Bench-101 convention); ``target`` picks the one
     stored in ``Cell.accuracy``, all ``*accuracy*`` fields also go to ``Cell.extra``.
-    Cells are returned in key order 0, 1, ...
+    Cells are returned in key order 0, 1, ... A malformed record raises ValueError naming
+    the file and its key.
     """
-    with open(path) as f:
-        data = json.load(f)
-    cells = []
-    for key in sorted(data, key=int):
-        item = data[key]
-        extra = {k: float(v) for k, v in item.items() if "accuracy" in k}
+    path = Path(path)
+    data = _load_json_object(path)
+
+    def order(key):
+        try:
+            return int(key)
+        except ValueError:
+            raise ValueError(f"{path} [{key}]: keys must be integers (the cell index)") from None
+
+    def build(key, item):
+        extra = {k: _number(v, k) for k, v in item.items() if "accuracy" in k}
         for k, v in extra.items():
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{path} [{key}]: {k}={v} is not a fraction in [0, 1]")
+                raise ValueError(f"{k}={v} is not a fraction in [0, 1]")
         if target not in extra:
-            raise ValueError(f"{path} [{key}]: no {target!r}; has {sorted(extra)}")
-        adj, ops = item["module_adjacency"], item["module_operations"]
-        cells.append(nb101_cell(adj, ops, extra[target], extra, key))
-    return cells
+            raise ValueError(f"no {target!r}; has {sorted(extra)}")
+        return nb101_cell(item["module_adjacency"], item["module_operations"], extra[target], extra, key)
+
+    return _load_records(path, ((k, data[k]) for k in sorted(data, key=order)), build)
 
 
 def load_nb101_naslib(path: str | os.PathLike | None = None) -> list[Cell]:
@@ -328,20 +406,19 @@ def load_nb101_naslib(path: str | os.PathLike | None = None) -> list[Cell]:
     ``val_accuracy`` / 100; flops, params and proxy scores go to ``extra``.
     """
     path = _resolve(path, "nb101_naslib_500.json")
-    with open(path) as f:
-        data = json.load(f)["nasbench101"]["cifar10"]
-    cells = []
-    for key, item in data.items():
-        values = [int(v) for v in key.strip("()").split(",")]
+
+    def build(key, item):
+        values = _naslib_ids(key)
         n = int(round((np.sqrt(1 + 4 * len(values)) - 1) / 2))
         if n * n + n != len(values):
-            raise ValueError(f"{path}: key with {len(values)} entries is not L*L + L: {key!r}")
+            raise ValueError(f"key with {len(values)} entries is not L*L + L")
         adj = np.array(values[: n * n]).reshape(n, n)
-        ops = [_NASLIB_NB101_TO_SPEC[v] for v in values[n * n :]]
-        acc = _percent_to_fraction(float(item["val_accuracy"]), f"{path} [{key}]")
-        extra = {k: float(v) for k, v in item.items() if k != "val_accuracy"}
-        cells.append(nb101_cell(adj, ops, acc, extra, key))
-    return cells
+        ops = _lookup_ops(values[n * n :], _NASLIB_NB101_TO_SPEC, "NASLib NAS-Bench-101")
+        acc = _percent_to_fraction(_number(item["val_accuracy"], "val_accuracy"))
+        extra = {k: _number(v, k) for k, v in item.items() if k != "val_accuracy"}
+        return nb101_cell(adj, ops, acc, extra, key)
+
+    return _load_records(path, _load_json_object(path, "nasbench101", "cifar10").items(), build)
 
 
 def load_nb201_csv(
@@ -350,20 +427,28 @@ def load_nb201_csv(
     """Load ``nb201_accuracy.csv`` (15625 rows; row i = NAS-Bench-201 index i).
 
     dataset: "cifar10", "cifar100" or "ImageNet16-120"; ``accuracy`` is that 200-epoch test
-    accuracy / 100, and ``extra`` holds all three (fractions) under those names.
+    accuracy / 100, and ``extra`` holds all three (fractions) under those names. A missing
+    column, a malformed row (named by its line) or a file without rows raise ValueError.
     """
     if dataset not in _NB201_CSV_COLUMNS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {list(_NB201_CSV_COLUMNS)}")
     path = _resolve(path, "nb201_accuracy.csv")
-    cells = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            extra = {
-                name: _percent_to_fraction(float(row[col]), f"{path} [{row['ArchitectureString']}]")
-                for name, col in _NB201_CSV_COLUMNS.items()
-            }
-            cells.append(nb201_cell(row["ArchitectureString"], extra[dataset], extra))
-    return cells
+
+    def build(key, row):
+        if None in row or None in row.values():  # DictReader's restkey / restval
+            raise ValueError(f"row has {'more' if None in row else 'fewer'} fields than the header ({len(header)})")
+        extra = {name: _percent_to_fraction(_number(row[col], col)) for name, col in _NB201_CSV_COLUMNS.items()}
+        return nb201_cell(row["ArchitectureString"], extra[dataset], extra)
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames
+        if not header:
+            raise ValueError(f"{path}: empty file (no header row)")
+        missing = [c for c in ("ArchitectureString", *_NB201_CSV_COLUMNS.values()) if c not in header]
+        if missing:
+            raise ValueError(f"{path}: header {header} lacks the columns {missing}")
+        return _load_records(path, ((f"line {reader.line_num}", row) for row in reader), build)
 
 
 def load_nb201_naslib(
@@ -377,24 +462,25 @@ def load_nb201_naslib(
     ``accuracy`` is ``val_accuracy`` / 100; flops, params and proxy scores go to ``extra``.
     """
     path = _resolve(path, "nb201_naslib_725.json")
-    with open(path) as f:
-        root = json.load(f)
+    root = _load_json_object(path)
     if dataset not in root:
         raise ValueError(f"{path}: unknown dataset {dataset!r}; has {list(root)}")
-    cells = []
-    for key, item in root[dataset].items():
-        ids = [int(v) for v in key.strip("()").split(",")]
-        if len(ids) != 6:
-            raise ValueError(f"{path}: key {key!r} does not hold 6 op ids")
-        names = [_NASLIB_NB201_OPS[ids[e]] for e in _NASLIB_NB201_EDGE_PERM]
-        acc = _percent_to_fraction(float(item["val_accuracy"]), f"{path} [{key}]")
+    records = root[dataset]
+    if not isinstance(records, dict):
+        raise ValueError(f"{path}: [{dataset!r}] must be an object of records, got {type(records).__name__}")
+
+    def build(key, item):
+        ids = _naslib_ids(key, 6)
+        names = _lookup_ops([ids[e] for e in _NASLIB_NB201_EDGE_PERM], _NASLIB_NB201_OPS, "NASLib NAS-Bench-201")
+        acc = _percent_to_fraction(_number(item["val_accuracy"], "val_accuracy"))
         extra = {
-            k: float(v["score"] if isinstance(v, dict) else v)
+            k: _number(v["score"] if isinstance(v, dict) else v, k)
             for k, v in item.items()
             if k not in ("val_accuracy", "idx", "arch")
         }
-        cells.append(nb201_cell(names, acc, extra))
-    return cells
+        return nb201_cell(names, acc, extra)
+
+    return _load_records(path, records.items(), build)
 
 
 def tokenize(cell: Cell, in_chans: int = 32) -> dict[str, torch.Tensor]:

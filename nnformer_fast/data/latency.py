@@ -86,26 +86,29 @@ def parse_latency_file(path: str | os.PathLike) -> list[LatencyRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"latency file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not the first id
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or parts[0].startswith("#"):
-                continue
-            where = f"{path}:{lineno}"
-            if len(parts) not in (6, 7):
-                raise ValueError(f"{where}: expected 'speed_id graph_path batch_size latency_ms model_type "
-                                 f"platform_id [stage]', got {len(parts)} fields: {line.strip()!r}")
-            try:
-                bs = int(parts[2])
-                lat = float(parts[3])
-            except ValueError:
-                raise ValueError(f"{where}: batch_size must be an int and latency_ms a number, got "
-                                 f"{parts[2]!r} and {parts[3]!r}") from None
-            if bs < 1 or not np.isfinite(lat) or lat <= 0:
-                raise ValueError(f"{where}: need batch_size >= 1 and a positive finite latency, got {bs}, {lat}")
-            records.append(LatencyRecord(parts[0], parts[1], bs, lat, parts[4], parts[5],
-                                         parts[6] if len(parts) == 7 else ""))
+    for lineno, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        if len(parts) not in (6, 7):
+            raise ValueError(f"{where}: expected 'speed_id graph_path batch_size latency_ms model_type "
+                             f"platform_id [stage]', got {len(parts)} fields: {line.strip()!r}")
+        try:
+            bs = int(parts[2])
+            lat = float(parts[3])
+        except ValueError:
+            raise ValueError(f"{where}: batch_size must be an int and latency_ms a number, got "
+                             f"{parts[2]!r} and {parts[3]!r}") from None
+        if bs < 1 or not np.isfinite(lat) or lat <= 0:
+            raise ValueError(f"{where}: need batch_size >= 1 and a positive finite latency, got {bs}, {lat}")
+        records.append(LatencyRecord(parts[0], parts[1], bs, lat, parts[4], parts[5],
+                                     parts[6] if len(parts) == 7 else ""))
     if not records:
         raise ValueError(f"{path}: no latency records")
     return records
@@ -192,6 +195,69 @@ def _read_raw(path: Path) -> tuple[str, dict[str, np.ndarray]] | None:
         return None
 
 
+def _check_store(store: dict, records: dict, source: str) -> None:
+    """Raise ValueError (naming ``source`` and the first bad graph or record) unless the store
+    follows the layout of the module docstring: ``node_ptr`` and ``edge_ptr`` of one length
+    G+1, starting at 0, non-decreasing (every graph has at least one node) and ending at the
+    node and edge counts; per-node and per-graph arrays of those lengths; integer edge ids
+    with ``0 <= src < dst < n`` of their own graph; op ids in [-1, NUM_OPS); every record's
+    entry in [0, G) and latency positive and finite. Vectorised: one pass over each array."""
+    from .onnx_features import NUM_ATTRS, NUM_OPS, SHAPE_DIMS, STATIC_SCALARS
+
+    def fail(why: str):
+        raise ValueError(f"{source}: malformed latency set: {why}")
+
+    arr = {k: np.asarray(store[k]) for k in _STORE_KEYS}
+    for k in ("op_ids", "shapes", "node_ptr", "edges", "edge_ptr"):
+        if arr[k].size and arr[k].dtype.kind not in "iu":
+            fail(f"{k} must hold integers, got {arr[k].dtype}")
+    node_ptr, edge_ptr = arr["node_ptr"].astype(np.int64), arr["edge_ptr"].astype(np.int64)
+    if node_ptr.ndim != 1 or node_ptr.shape != edge_ptr.shape or len(node_ptr) < 1:
+        fail(f"node_ptr {node_ptr.shape} and edge_ptr {edge_ptr.shape} must both be (G+1,)")
+    g_count = len(node_ptr) - 1
+    sum_n, edges = len(arr["op_ids"]), arr["edges"]
+    if edges.ndim != 2 or edges.shape[0] != 2:
+        fail(f"edges must be (2, E), got {edges.shape}")
+    for name, ptr, total, what in (("node_ptr", node_ptr, sum_n, "op_ids has"),
+                                   ("edge_ptr", edge_ptr, edges.shape[1], "edges has")):
+        if ptr[0] != 0 or ptr[-1] != total:
+            fail(f"{name} runs from {ptr[0]} to {ptr[-1]} but must run from 0 to {total} ({what} {total})")
+        least = 1 if name == "node_ptr" else 0  # a graph has at least one node, any number of edges
+        bad = np.flatnonzero(np.diff(ptr) < least)
+        if bad.size:
+            g = int(bad[0])
+            fail(f"graph {g}: {name}[{g}:{g + 2}] = {ptr[g:g + 2].tolist()}; {name} must grow by at least "
+                 f"{least} per graph")
+    for name, shape in (("op_ids", (sum_n,)), ("attrs", (sum_n, NUM_ATTRS)), ("shapes", (sum_n, SHAPE_DIMS)),
+                        ("scalars", (g_count, STATIC_SCALARS))):
+        if arr[name].shape != shape:
+            fail(f"{name} has shape {arr[name].shape}, expected {shape}")
+    if sum_n:
+        op_ids = arr["op_ids"]
+        bad = np.flatnonzero((op_ids < -1) | (op_ids >= NUM_OPS))
+        if bad.size:
+            fail(f"node {int(bad[0])} has op id {int(op_ids[bad[0]])} outside [-1, {NUM_OPS})")
+    if edges.shape[1]:
+        graph_of = np.repeat(np.arange(g_count), np.diff(edge_ptr))
+        n = np.diff(node_ptr)[graph_of]
+        src, dst = edges[0].astype(np.int64), edges[1].astype(np.int64)
+        bad = np.flatnonzero((src < 0) | (src >= dst) | (dst >= n))
+        if bad.size:
+            e = int(bad[0])
+            g = int(graph_of[e])
+            fail(f"graph {g} edge {e - int(edge_ptr[g])} = ({src[e]}, {dst[e]}) breaks 0 <= src < dst < {n[e]} "
+                 f"(local ids of its {n[e]} nodes, topological order)")
+    entry, latency = records["entry"], records["latency"]
+    bad = np.flatnonzero((entry < 0) | (entry >= g_count))
+    if bad.size:
+        r = int(bad[0])
+        fail(f"record {r} has entry {int(entry[r])} outside [0, {g_count})")
+    bad = np.flatnonzero(~(np.isfinite(latency) & (latency > 0)))
+    if bad.size:
+        r = int(bad[0])
+        fail(f"record {r} has latency {float(latency[r])}; latencies must be positive and finite")
+
+
 def _describe_job(job):
     path, batch_size = job
     from .onnx_features import describe_onnx
@@ -255,6 +321,7 @@ class LatencyDataset(Dataset):
             "speed_id": np.array([r.speed_id for r in lines]),
             "graph": np.array([r.graph_path for r in lines]),
         }
+        _check_store(store, records, str(text))
         self._init(store, records, str(text))
         self._apply_filters(families, platforms, stages)
 
@@ -268,23 +335,28 @@ class LatencyDataset(Dataset):
     def from_arrays(cls, store: dict, records: dict, source: str = "<arrays>", *, families=None, platforms=None,
                     stages=None) -> "LatencyDataset":
         """A dataset over given store arrays and record arrays (see the module docstring;
-        records: entry, latency and optional family/platform/stage/speed_id arrays)."""
-        missing = [k for k in _STORE_KEYS if k not in store]
+        records: entry, latency and optional family/platform/stage/speed_id arrays).
+        Raises ValueError naming ``source`` and the graph or record when the arrays break
+        the layout (:func:`_check_store`)."""
+        missing = [k for k in _STORE_KEYS if k not in store] + [k for k in ("entry", "latency") if k not in records]
         if missing:
-            raise ValueError(f"{source}: store arrays missing {missing}")
+            raise ValueError(f"{source}: store or record arrays missing {missing}")
         n = len(records["entry"])
-        recs = {"entry": np.asarray(records["entry"], dtype=np.int64),
-                "latency": np.asarray(records["latency"], dtype=np.float32)}
+        for k, v in records.items():
+            if np.shape(v)[:1] != (n,):
+                raise ValueError(f"{source}: record column {k!r} has {np.shape(v)[:1]} rows, 'entry' has {n}")
+        entry = np.asarray(records["entry"])
+        if entry.size and entry.dtype.kind not in "iu":
+            raise ValueError(f"{source}: record column 'entry' must hold integers, got {entry.dtype}")
+        recs = {"entry": entry.astype(np.int64), "latency": np.asarray(records["latency"], dtype=np.float32)}
         for k in ("family", "platform", "stage", "speed_id"):
             recs[k] = np.asarray(records[k]) if k in records else np.full(n, "")
         recs["graph"] = (np.asarray(records["graph"]) if "graph" in records
                          else np.char.add("entry", recs["entry"].astype(str)))
         for k, v in records.items():  # extra per-record columns (e.g. the latency spread)
             if k not in recs:
-                v = np.asarray(v)
-                if v.shape[:1] != (n,):
-                    raise ValueError(f"{source}: record column {k!r} has {v.shape[:1]} rows, expected {n}")
-                recs[k] = v
+                recs[k] = np.asarray(v)
+        _check_store(store, recs, source)
         self = cls.__new__(cls)
         self._init(store, recs, source)
         self._apply_filters(families, platforms, stages)

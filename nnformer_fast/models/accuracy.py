@@ -93,7 +93,7 @@ class NNFormer(nn.Module):
         if num_vertices is None:
             num_vertices = torch.full((b,), l, dtype=torch.int64, device=device)
         else:
-            num_vertices = torch.as_tensor(num_vertices, dtype=torch.int64, device=device)
+            num_vertices = _check_num_vertices(num_vertices, b, l, device)
         front, back = int(self.class_token), int(self.use_depth_embed)
         t = front + l + back
         pos = torch.arange(t, device=device)
@@ -149,6 +149,8 @@ def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
     if code.dim() != 3 or code.shape[-1] != in_chans:
         raise ValueError(f"NNFormer: code must be (B, L, {in_chans}), got {tuple(code.shape)}")
     b, l, _ = code.shape
+    if l == 0:
+        raise ValueError("NNFormer: code has L = 0 nodes; every cell needs at least one node")
     if sample["code_depth"].shape != (b, 1, in_chans):
         raise ValueError(f"NNFormer: code_depth must be ({b}, 1, {in_chans}), got {tuple(sample['code_depth'].shape)}")
     for name, t in (("code_rel_pos", rel_pos), ("code_adj", adj)):
@@ -158,11 +160,31 @@ def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
             raise ValueError(f"NNFormer: {name} is on {t.device} but code on {code.device}")
     if torch.compiler.is_compiling():  # value checks would break the traced graph
         return code, rel_pos, adj
-    for name in ("code", "code_depth"):
-        bad = ~torch.isfinite(sample[name]).flatten(1).all(1)
+    for name in ("code", "code_depth", "code_rel_pos", "code_adj"):
+        t = sample[name]
+        if not (t.is_floating_point() or t.is_complex()):  # integer and bool tensors are finite
+            continue
+        bad = ~torch.isfinite(t).flatten(1).all(1)  # NaN != 0 would otherwise become an edge
         if bool(bad.any()):
             raise ValueError(f"NNFormer: {name} of sample {int(bad.nonzero()[0])} holds NaN or inf")
     return code, rel_pos, adj
+
+
+def _check_num_vertices(num_vertices, b: int, l: int, device: torch.device) -> Tensor:
+    """num_vertices as a (B,) int64 tensor on ``device``; every value in [1, L] (a cell has
+    nodes, and the depth token goes right after the last one, inside the padded length)."""
+    nv = torch.as_tensor(num_vertices, device=device)
+    if nv.shape != (b,):
+        raise ValueError(f"NNFormer: num_vertices must have shape ({b},), got {tuple(nv.shape)}")
+    if nv.is_floating_point() or nv.is_complex() or nv.dtype == torch.bool:
+        raise ValueError(f"NNFormer: num_vertices must hold integers, got dtype {nv.dtype}")
+    nv = nv.to(torch.int64)
+    if not torch.compiler.is_compiling():  # value checks would break the traced graph
+        bad = ((nv < 1) | (nv > l)).nonzero().flatten()
+        if bad.numel():
+            g = int(bad[0])
+            raise ValueError(f"NNFormer: sample {g} has num_vertices={int(nv[g])}, outside [1, {l}] (L = {l})")
+    return nv
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..graph import GraphBatch
 from . import reference
 from .backends import Backend, backends, register, select
-from .checks import check_attention, check_bigin, check_dropout
+from .checks import check_attention, check_bigin, check_dropout, check_graph_indices
 from .reference import ACTIVATIONS
 
 __all__ = ["dag_attention", "dag_attention_qkv", "bigin", "dropout", "backends", "ACTIVATIONS"]
@@ -41,8 +41,10 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     check_attention(q, k, v, graph, dropout_p)
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
-    fn = select("dag_attention", q, k, v).ops["dag_attention"]
-    return fn(q, k, v, graph, dropout_p=dropout_p, scale=scale, seed=seed)
+    backend = select("dag_attention", q, k, v)
+    if backend.name != "native":  # the native kernels check the graph's index tensors themselves
+        check_graph_indices(graph, "dag_attention")
+    return backend.ops["dag_attention"](q, k, v, graph, dropout_p=dropout_p, scale=scale, seed=seed)
 
 
 def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0, scale: Optional[float] = None,
@@ -64,6 +66,8 @@ def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
     backend = select("dag_attention", q, k, v)
+    if backend.name != "native":
+        check_graph_indices(graph, "dag_attention")
     packed = backend.ops.get("dag_attention_qkv")
     if packed is not None:
         return packed(qkv, graph, dropout_p=dropout_p, scale=scale, seed=seed)
@@ -88,7 +92,10 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h:
     check_bigin(h, g, graph, bias_h, bias_g)
     if act not in ACTIVATIONS:
         raise ValueError(f"bigin: unknown activation {act!r}; expected one of {ACTIVATIONS}")
-    return select("bigin", h, g).ops["bigin"](h, g, graph, act=act, bias_h=bias_h, bias_g=bias_g)
+    backend = select("bigin", h, g)
+    if backend.name != "native":
+        check_graph_indices(graph, "bigin")
+    return backend.ops["bigin"](h, g, graph, act=act, bias_h=bias_h, bias_g=bias_g)
 
 
 

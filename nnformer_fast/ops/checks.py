@@ -1,6 +1,8 @@
 """Input checks at the public op boundary; kernels assume what these guarantee."""
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -72,3 +74,123 @@ def check_dropout(x: Tensor, p: float) -> None:
         raise TypeError(f"dropout: p must be a float, got {type(p).__name__}")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must lie in [0, 1), got {p}")
+
+
+# ---------------------------------------------------------------------- graph index tensors
+class _CheckedIndices:
+    """Index tensors that passed a scan, remembered by identity (the Python twin of
+    ``CheckedIndices`` in csrc/checks.h): the same live tensor object (held weakly) at the same
+    version, data pointer, size and bounds is not scanned again. One batch's CSRs serve every
+    layer's ops, and on CUDA a scan is a device->host sync. Inference tensors keep no version,
+    so they are scanned every time."""
+
+    def __init__(self, size: int = 64):
+        self._entries: OrderedDict = OrderedDict()
+        self._size = size
+        self.scans = 0
+
+    @staticmethod
+    def _key(t: Tensor, bounds: tuple) -> tuple:
+        return (t._version, t.data_ptr(), t.numel(), bounds)
+
+    def contains(self, t: Tensor, bounds: tuple) -> bool:
+        if t.is_inference():
+            return False
+        entry = self._entries.get(id(t))
+        return entry is not None and entry[0]() is t and entry[1] == self._key(t, bounds)
+
+    def insert(self, t: Tensor, bounds: tuple) -> None:
+        self.scans += 1
+        if t.is_inference():
+            return
+        self._entries[id(t)] = (weakref.ref(t), self._key(t, bounds))
+        self._entries.move_to_end(id(t))
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+_CHECKED = _CheckedIndices()
+
+
+def index_scans() -> int:
+    """How many index tensors :func:`check_graph_indices` has scanned so far (for tests)."""
+    return _CHECKED.scans
+
+
+def check_graph_indices(graph: GraphBatch, op: str) -> None:
+    """The graph's index tensors that the non-native backends read (torch: ``rel_row``,
+    ``rel_col``, ``rel_offsets``, ``adj*_row``, ``adj*_col``; Triton: the CSR offsets,
+    columns and ``rel_tperm``) are int64, 1-D, of consistent sizes, CSR offsets start at 0,
+    never decrease and end at the entry count, and ids lie in range. Raises RuntimeError with
+    the wording of the native checks (csrc/checks.h). A tensor that passed, unchanged, is not
+    scanned again; the tensors first seen by one call are scanned with one host transfer.
+
+    op: ``"dag_attention"`` (the relation CSR) or ``"bigin"`` (the adjacency CSRs)."""
+    if torch.compiler.is_compiling() or graph.device.type == "meta":
+        return
+    n = graph.num_nodes
+    if op == "dag_attention":
+        nnz = graph.rel_col.numel()
+        offsets = list(graph.rel_offsets)
+        if len(offsets) != NUM_RELATIONS + 1 or offsets[0] != 0 or offsets[-1] != nnz or \
+                any(b < a for a, b in zip(offsets, offsets[1:])):
+            raise RuntimeError(f"{op}: rel_offsets {offsets} must rise from 0 to the {nnz} entries of rel_col")
+        csrs = [("rel", graph.rel_rowptr, graph.rel_col, graph.rel_row, NUM_RELATIONS * n)]
+        extra = [("rel_tperm", graph.rel_tperm, nnz, nnz)]
+    else:
+        csrs = [("adj", graph.adj_rowptr, graph.adj_col, graph.adj_row, n),
+                ("adjt", graph.adjt_rowptr, graph.adjt_col, graph.adjt_row, n)]
+        extra = []
+    todo = []  # (kind, name, tensor, bound) not yet checked
+    for name, rowptr, col, row, rows in csrs:
+        nnz = col.numel()
+        for suffix, t, size in (("_rowptr", rowptr, rows + 1), ("_col", col, -1), ("_row", row, nnz)):
+            _check_index(op, name + suffix, t, size, graph.device)
+        todo.append(("rowptr", name, rowptr, (rows, nnz)))
+        todo += [("range", name + "_col", col, n), ("range", name + "_row", row, n)]
+    for name, t, size, hi in extra:
+        _check_index(op, name, t, size, graph.device)
+        todo.append(("range", name, t, hi))
+    todo = [item for item in todo if item[2].numel() and not _CHECKED.contains(item[2], (item[0], item[3]))]
+    if not todo:
+        return
+    stats = []
+    for kind, _, t, _ in todo:
+        if kind == "range":
+            stats += list(torch.aminmax(t))
+        else:
+            step = (t[1:] - t[:-1]).min() if t.numel() > 1 else t.new_zeros(())
+            stats += [t[0], t[-1], step]
+    values = torch.stack(stats).tolist()  # the one host transfer (a sync on CUDA)
+    at = 0
+    for kind, name, t, bound in todo:
+        if kind == "range":
+            lo, hi = values[at:at + 2]
+            at += 2
+            if lo < 0 or hi >= bound:
+                i = int(((t < 0) | (t >= bound)).nonzero()[0])
+                raise RuntimeError(f"{op}: {name}[{i}] = {int(t[i])} lies outside [0, {bound})")
+        else:
+            first, last, step = values[at:at + 3]
+            at += 3
+            rp, cl = name + "_rowptr", name + "_col"
+            if first != 0:
+                raise RuntimeError(f"{op}: {rp}[0] must be 0, got {first}")
+            if step < 0:
+                i = int((t[1:] < t[:-1]).nonzero()[0])
+                raise RuntimeError(f"{op}: {rp} must be non-decreasing, but {rp}[{i + 1}] = {int(t[i + 1])} < "
+                                   f"{rp}[{i}] = {int(t[i])}")
+            if last != bound[1]:
+                raise RuntimeError(f"{op}: {rp}[-1] = {last} but {cl} has {bound[1]} entries")
+        _CHECKED.insert(t, (kind, bound))
+
+
+def _check_index(op: str, name: str, t: Tensor, size: int, device: torch.device) -> None:
+    """A 1-D int64 tensor on ``device`` with ``size`` elements (size < 0: any)."""
+    if not isinstance(t, Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+        raise RuntimeError(f"{op}: {name} must be a 1-D int64 tensor, got "
+                           f"{f'{t.dtype} of shape {tuple(t.shape)}' if isinstance(t, Tensor) else type(t).__name__}")
+    if t.device != device:
+        raise RuntimeError(f"{op}: {name} is on {t.device} but the graph on {device}")
+    if size >= 0 and t.numel() != size:
+        raise RuntimeError(f"{op}: {name} must have {size} elements, got {t.numel()}")

@@ -14,9 +14,13 @@ from .tasks import get_task, load_dataset, split_dataset
 __all__ = ["load_model", "evaluate", "predict", "onnx_files"]
 
 
-def load_model(checkpoint: str | os.PathLike, *, ema: bool = True, device="cpu"):
+def load_model(checkpoint: str | os.PathLike, *, ema: bool = True, device="auto"):
     """(model in eval mode, task, checkpoint state) from a training checkpoint; the EMA
-    weights when the run kept them and ``ema``."""
+    weights when the run kept them and ``ema``. ``device``: auto (CUDA when available), cpu,
+    cuda, cuda:N."""
+    from .loop import resolve_device
+
+    device = resolve_device(device)
     state = load_checkpoint(checkpoint)
     task = get_task(state["task"], **state["model_config"])
     model = task.build_model()
@@ -29,14 +33,20 @@ def load_model(checkpoint: str | os.PathLike, *, ema: bool = True, device="cpu")
 
 
 def evaluate(checkpoint: str | os.PathLike, data: Optional[str] = None, *, split: str = "test",
-             max_nodes: int = 8192, device: str = "cpu", precision: str = "fp32", **data_options) -> dict:
+             max_nodes: int = 8192, device: str = "auto", precision: str = "fp32", progress: bool = True,
+             **data_options) -> dict:
     """Metrics (SPEC §6) of a checkpoint on ``data`` (default: the data it was trained on).
 
     split: ``"test"`` (the held-out part, re-split with the run's settings), ``"train"`` or
-    ``"all"``. ``data_options``: ``fmt``, ``nb201_device``, ``accuracy_dataset``, ``target``.
+    ``"all"``. ``device``: auto (CUDA when available), cpu, cuda, cuda:N. ``progress``: bars
+    while the data loads and while it is evaluated. ``data_options``: ``fmt``,
+    ``nb201_device``, ``accuracy_dataset``, ``target``.
     """
-    from .loop import evaluate_model
+    from .loop import evaluate_model, resolve_device
 
+    if split not in ("test", "train", "all"):
+        raise ValueError(f"unknown split {split!r}; choose test, train or all")
+    device = resolve_device(device)
     model, task, state = load_model(checkpoint, device=device)
     run = state.get("train_config", {})
     if data is None:
@@ -45,17 +55,17 @@ def evaluate(checkpoint: str | os.PathLike, data: Optional[str] = None, *, split
                          ("accuracy_dataset", "accuracy_dataset"), ("accuracy_target", "target")):
             if key in run and run[key] is not None:
                 data_options.setdefault(opt, run[key])
-    full = load_dataset(task.name, data, in_chans=task.model_config.get("in_chans", 32), **data_options)
+    full = load_dataset(task.name, data, in_chans=task.model_config.get("in_chans", 32), progress=progress,
+                        **data_options)
     task.check_dataset(full, f"dataset {data or 'default'}")
     if split == "all":
         ds = full
-    elif split in ("train", "test"):
+    else:
         train, test = split_dataset(task.name, full, test_fraction=run.get("test_fraction", 0.2),
                                     seed=run.get("split_seed", 0), train_limit=run.get("train_limit"))
         ds = test if split == "test" else train
-    else:
-        raise ValueError(f"unknown split {split!r}; choose test, train or all")
-    return evaluate_model(model, task, ds, max_nodes=max_nodes, device=torch.device(device), precision=precision)[2]
+    return evaluate_model(model, task, ds, max_nodes=max_nodes, device=device, precision=precision,
+                          progress=progress, desc=f"evaluate {split}")[2]
 
 
 def onnx_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -76,12 +86,18 @@ def onnx_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 @torch.no_grad()
 def predict(checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike] | str, *, batch_size: int = 1,
-            device: str = "cpu") -> list[tuple[str, float]]:
+            device: str = "auto", progress: bool = True) -> list[tuple[str, float]]:
     """Predicted latency (ms) of every ONNX file in ``paths`` (files or folders) at
-    ``batch_size``: a list of ``(path, ms)`` in file order. Needs a latency checkpoint."""
+    ``batch_size``: a list of ``(path, ms)`` in file order. Needs a latency checkpoint.
+    ``device``: auto (CUDA when available), cpu, cuda, cuda:N; ``progress``: a bar while the
+    ONNX files are read."""
+    from tqdm.auto import tqdm
+
     from ..data.latency import collate_latency
     from ..data.onnx_features import load_onnx_graph
+    from .loop import resolve_device
 
+    device = resolve_device(device)
     model, task, _ = load_model(checkpoint, device=device)
     if task.name != "latency":
         raise CheckpointError(f"{checkpoint}: a {task.name!r} checkpoint cannot predict latency of ONNX files")
@@ -89,7 +105,7 @@ def predict(checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike] | 
         paths = [paths]
     files = onnx_files(paths)
     items = []
-    for f in files:
+    for f in tqdm(files, desc="read ONNX", unit="file", disable=not progress, dynamic_ncols=True, leave=False):
         g = load_onnx_graph(f, batch_size)
         items.append((torch.from_numpy(np.asarray(g.x, np.float32)), torch.from_numpy(np.asarray(g.edge_index)),
                       torch.from_numpy(np.asarray(g.static, np.float32)), torch.tensor(0.0)))

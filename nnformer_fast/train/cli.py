@@ -97,8 +97,8 @@ def register_train(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up: fraction of steps (<1) or steps (>=1)")
     p.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor as a fraction of --lr")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off), e.g. 0.999")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off; > 0 otherwise)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights in [0, 1) (0 = off), e.g. 0.999")
     p.add_argument("--consistency", action="store_true",
                    help="consistency loss: latency — two stochastic passes (SPEC §5); accuracy — every cell beside "
                         "its twin in one batch, weight --model lambda_consistency=1.0 (SPEC §6)")
@@ -115,7 +115,9 @@ def register_train(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (no value: OUT/last.pt)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop (with a checkpoint) once N steps in all are done (checked before each step: a run "
+                        "resumed at N takes none; 0 takes none)")
     p.add_argument("--eval-every-epoch", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
@@ -130,7 +132,7 @@ def _run_evaluate(args) -> int:
     if args.data is None:  # use the run's own data settings
         opts = {}
     metrics = evaluate(args.checkpoint, args.data, split=args.split, max_nodes=args.max_nodes,
-                       device=args.device if args.device != "auto" else "cpu", precision=args.precision, **opts)
+                       device=args.device, precision=args.precision, progress=not args.quiet, **opts)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -147,9 +149,10 @@ def register_evaluate(subparsers) -> None:
     p.add_argument("--split", choices=("test", "train", "all"), default="test",
                    help="held-out part (default; re-split with the run's settings), training part, or all")
     p.add_argument("--max-nodes", type=int, default=8192)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:1")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -157,7 +160,8 @@ def register_evaluate(subparsers) -> None:
 def _run_predict(args) -> int:
     from .api import predict
 
-    for path, ms in predict(args.checkpoint, args.onnx, batch_size=args.batch_size):
+    for path, ms in predict(args.checkpoint, args.onnx, batch_size=args.batch_size, device=args.device,
+                            progress=not args.quiet):
         print(f"{path}\t{ms:.4f} ms")
     return 0
 
@@ -169,4 +173,6 @@ def register_predict(subparsers) -> None:
     p.add_argument("checkpoint", help="a latency checkpoint written by train")
     p.add_argument("onnx", nargs="+", help="ONNX files or folders")
     p.add_argument("--batch-size", type=int, default=1, help="input batch size of the networks (default 1)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:1")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_predict)

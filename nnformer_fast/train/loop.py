@@ -16,9 +16,11 @@ import contextlib
 import copy
 import dataclasses
 import math
+import numbers
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +36,16 @@ from .metrics import regression_metrics
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import dataset_fingerprint, get_task, load_dataset, split_dataset
 
-__all__ = ["TrainConfig", "FitResult", "fit", "evaluate_model", "ModelEMA", "make_loader", "resolve_device"]
+__all__ = ["TrainConfig", "FitResult", "fit", "evaluate_model", "ModelEMA", "make_loader", "resolve_device",
+           "check_config", "RUN_SETTINGS"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+#: TrainConfig fields that change the course of a run (batches, schedule, numerics): a resumed
+#: run must keep every one (with the world size and the task's loss weights), or it would not
+#: continue the run it resumes. Data settings are covered by the training set's fingerprint.
+RUN_SETTINGS = ("max_nodes", "max_graphs", "epochs", "seed", "lr", "weight_decay", "warmup", "min_lr_ratio",
+                "grad_clip", "ema", "consistency", "precision", "compile", "flush_denormal")
 
 
 @dataclass
@@ -60,8 +69,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.05                  # < 1: fraction of all steps; >= 1: steps
     min_lr_ratio: float = 0.0             # cosine floor as a fraction of lr
-    grad_clip: Optional[float] = 1.0
-    ema: float = 0.0                      # EMA decay (0 = off)
+    grad_clip: Optional[float] = 1.0      # max grad norm, > 0 (None = off)
+    ema: float = 0.0                      # EMA decay in [0, 1) (0 = off)
     consistency: bool = False
     precision: str = "bf16"
     device: str = "auto"
@@ -71,7 +80,8 @@ class TrainConfig:
     out: Optional[str] = None             # checkpoint folder (None = no checkpoints)
     checkpoint_every: int = 0             # steps (0 = only at the end / on Ctrl-C)
     resume: Optional[str] = None          # a checkpoint path, or "auto" = <out>/last.pt if present
-    max_steps: Optional[int] = None       # stop (with a checkpoint) after this many steps in all
+    max_steps: Optional[int] = None       # stop (with a checkpoint) once this many steps in all are done; checked
+    #                                       before each step: 0 takes none, a resume at N takes none
     max_seconds: Optional[float] = None   # stop (with a checkpoint) after this much training time
     eval_every_epoch: bool = False
     progress: bool = True
@@ -125,13 +135,77 @@ class ModelEMA:
         return model
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name) -> torch.device:
+    """``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
+    ``ValueError`` for anything else or a GPU that is not there."""
+    if isinstance(name, torch.device):
+        name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
+
+
+def check_config(cfg: "TrainConfig") -> None:
+    """Refuse settings outside their ranges before any work (``ValueError`` naming the option)."""
+    def need(ok: bool, option: str, rule: str, value) -> None:
+        if not ok:
+            flag = {"num_workers": "--workers", "max_seconds": None, "flush_denormal": None}.get(
+                option, "--" + option.replace("_", "-"))
+            raise ValueError(f"{option}{f' ({flag})' if flag else ''} must be {rule}, got {value!r}")
+
+    num, integer = numbers.Real, numbers.Integral
+    need(isinstance(cfg.epochs, integer) and cfg.epochs >= 1, "epochs", ">= 1", cfg.epochs)
+    need(isinstance(cfg.ema, num) and 0 <= cfg.ema < 1, "ema", "in [0, 1) (0 = off)", cfg.ema)
+    need(cfg.grad_clip is None or (isinstance(cfg.grad_clip, num) and cfg.grad_clip > 0), "grad_clip",
+         "> 0 (off: None, or 0 on the command line)", cfg.grad_clip)
+    need(isinstance(cfg.warmup, num) and cfg.warmup >= 0, "warmup", ">= 0", cfg.warmup)
+    need(cfg.threads is None or (isinstance(cfg.threads, integer) and cfg.threads >= 1), "threads", ">= 1",
+         cfg.threads)
+    need(isinstance(cfg.test_fraction, num) and 0 < cfg.test_fraction < 1, "test_fraction", "in (0, 1)",
+         cfg.test_fraction)
+    need(isinstance(cfg.lr, num) and cfg.lr > 0, "lr", "> 0", cfg.lr)
+    need(isinstance(cfg.weight_decay, num) and cfg.weight_decay >= 0, "weight_decay", ">= 0", cfg.weight_decay)
+    need(isinstance(cfg.min_lr_ratio, num) and 0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]",
+         cfg.min_lr_ratio)
+    need(isinstance(cfg.max_nodes, integer) and cfg.max_nodes >= 1, "max_nodes", ">= 1", cfg.max_nodes)
+    need(cfg.max_graphs is None or (isinstance(cfg.max_graphs, integer) and cfg.max_graphs >= 1), "max_graphs",
+         ">= 1", cfg.max_graphs)
+    need(cfg.train_limit is None or (isinstance(cfg.train_limit, integer) and cfg.train_limit >= 1), "train_limit",
+         ">= 1", cfg.train_limit)
+    need(cfg.max_steps is None or (isinstance(cfg.max_steps, integer) and cfg.max_steps >= 0), "max_steps",
+         ">= 0 (0: no step)", cfg.max_steps)
+    need(cfg.max_seconds is None or (isinstance(cfg.max_seconds, num) and cfg.max_seconds >= 0), "max_seconds",
+         ">= 0", cfg.max_seconds)
+    need(isinstance(cfg.checkpoint_every, integer) and cfg.checkpoint_every >= 0, "checkpoint_every", ">= 0",
+         cfg.checkpoint_every)
+    need(isinstance(cfg.num_workers, integer) and cfg.num_workers >= 0, "num_workers", ">= 0", cfg.num_workers)
+    need(cfg.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", cfg.precision)
+    need(isinstance(cfg.model, dict), "model", "a dict of model options", cfg.model)
+
+
+def _prepare_out(out: str) -> Path:
+    """Create the checkpoint folder and make sure a file can be written in it, so a bad
+    ``--out`` fails before training instead of losing the checkpoint after it."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder (checkpoints go to <out>/last.pt)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write checkpoints there ({e.strerror or e})") from None
+    return folder
 
 
 def _autocast(device: torch.device, precision: str):
@@ -212,8 +286,12 @@ def _dist_info():
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_model(model: nn.Module, task, dataset, *, max_nodes: int = 8192, device=None,
-                   precision: str = "fp32", num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Predictions, targets (dataset order) and the metrics of SPEC §6 on ``dataset``."""
+                   precision: str = "fp32", num_workers: int = 0, progress: bool = False,
+                   desc: str = "evaluate") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Predictions, targets (dataset order) and the metrics of SPEC §6 on ``dataset``;
+    ``progress`` shows a bar of the batches (titled ``desc``)."""
+    from tqdm.auto import tqdm
+
     task.check_dataset(dataset, "evaluation set")
     device = device or next(model.parameters()).device
     sampler = TokenBudgetBatchSampler(task.sizes(dataset), max_nodes, shuffle=False)
@@ -221,13 +299,16 @@ def evaluate_model(model: nn.Module, task, dataset, *, max_nodes: int = 8192, de
     was_training = model.training
     model.eval()
     preds = np.zeros(len(dataset), dtype=np.float64)
+    bar = tqdm(loader, total=len(sampler), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True,
+               leave=False)
     try:
-        for batch in loader:
+        for batch in bar:
             batch = batch.to(device, non_blocking=True)
             with _autocast(device, precision):
                 p = task.forward(model, batch)
             preds[batch.index.numpy()] = p.float().cpu().numpy()
     finally:
+        bar.close()
         model.train(was_training)
     y = task.targets(dataset)
     return preds, y, regression_metrics(preds, y, relative=task.relative_metrics)
@@ -241,24 +322,29 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     schedule. ``train_set`` / ``test_set`` bypass loading (datasets of the task's kind:
     ``LatencyDataset`` or ``CellArrays``). Raises ``FloatingPointError`` on a NaN/inf loss,
     ``KeyboardInterrupt`` after writing a checkpoint on Ctrl-C, ``CheckpointError`` when the
-    resume checkpoint does not match.
+    resume checkpoint does not match (another task, model, training set, or any setting of
+    ``RUN_SETTINGS``, world size or loss weight), ``ValueError`` for settings out of range
+    (:func:`check_config`), an unknown device or an ``out`` folder that cannot be written —
+    all before any training.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    if cfg.flush_denormal:
-        torch.set_flush_denormal(True)
-    rank, world, local_rank = _dist_info()
+    check_config(cfg)
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    main_proc = rank == 0
     task = get_task(cfg.task, **cfg.model)
     if cfg.compile and cfg.task != "latency":
         raise ValueError("compile: only the latency task; the accuracy model builds its graph and packs its tokens "
                          "with data-dependent shapes inside forward, which torch.compile splits into many graphs")
     _autocast(device, cfg.precision)  # validate precision/device early
+    ckpt_path = _prepare_out(cfg.out) / "last.pt" if cfg.out else None
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.flush_denormal:
+        torch.set_flush_denormal(True)
+    rank, world, local_rank = _dist_info()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    main_proc = rank == 0
 
     # ---- data
     if train_set is None:
@@ -301,12 +387,12 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, max(1, warmup),
                                                                          cfg.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
     loss_gen = torch.Generator().manual_seed(cfg.seed + 1)
     fingerprint = dataset_fingerprint(task, train_set)
+    run_settings = {**{k: getattr(cfg, k) for k in RUN_SETTINGS}, "world_size": world, **task.loss_config}
 
     step, epoch, losses = 0, 0, []
-    ckpt_path = Path(cfg.out) / "last.pt" if cfg.out else None
+    state = None
     resume = cfg.resume
     if resume == "auto":
         resume = str(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None
@@ -315,19 +401,17 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         if state.get("dataset") != fingerprint:
             raise CheckpointError(f"{resume}: saved for another training set (fingerprint {state.get('dataset')} "
                                   f"vs {fingerprint}); check --data, --test-fraction, --split-seed, --train-limit")
-        for key in ("max_nodes", "epochs", "seed", "world_size"):
-            saved = state["run"].get(key)
-            mine = world if key == "world_size" else getattr(cfg, key)
-            if saved != mine:
-                raise CheckpointError(f"{resume}: saved with {key}={saved}, this run has {key}={mine}; "
-                                      "resume with the same settings")
+        # older checkpoints hold few "run" settings, but every TrainConfig field in "train_config"
+        saved_settings = {**(state.get("train_config") or {}), **(state.get("run") or {})}
+        for key, mine in run_settings.items():
+            if key in saved_settings and saved_settings[key] != mine:
+                raise CheckpointError(f"{resume}: saved with {key}={saved_settings[key]!r}, this run has "
+                                      f"{key}={mine!r}; resume with the same settings (or train into another --out)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
         sampler.load_state_dict(state["sampler"])
         step, epoch = int(state["step"]), int(state["sampler"]["epoch"])
         losses = state["losses"].tolist()
@@ -338,6 +422,10 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         restore_rng_state(rng[rank], loss_gen)
         if main_proc:
             print(f"resumed from {resume} at step {step} (epoch {epoch}, batch {sampler.position})", file=sys.stderr)
+    # after the resumed weights are in place: an EMA without saved state averages from them
+    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+    if ema is not None and state is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
 
     # dynamic=True: batches of any size share one graph; fullgraph=True also traces the dropout
     # seeds the model draws as Python ints (without it each one breaks the graph)
@@ -357,7 +445,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         if main_proc:
             save_checkpoint(ckpt_path, {
                 "task": cfg.task, "model_config": task.model_config, "dataset": fingerprint,
-                "run": {"max_nodes": cfg.max_nodes, "epochs": cfg.epochs, "seed": cfg.seed, "world_size": world},
+                "run": run_settings,
                 "train_config": {k: v for k, v in cfg.to_dict().items() if k != "model"},
                 "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -383,6 +471,9 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     consumed = sampler.position
     with _StopFlag() as stop:
         while epoch < cfg.epochs and not stopped:
+            if cfg.max_steps is not None and step >= cfg.max_steps:  # before a step: a resume at N takes none
+                stopped = True
+                break
             sampler.set_epoch(epoch)
             consumed = sampler.position
             bar = tqdm(total=steps_per_epoch[epoch], initial=consumed, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -467,7 +558,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
             if cfg.eval_every_epoch and test_set is not None and main_proc:
                 eval_model = _eval_model(model, ema, task)
                 history.append({"epoch": epoch, **evaluate_model(eval_model, task, test_set,
-                                                                 max_nodes=cfg.max_nodes * 2)[2]})
+                                                                 max_nodes=cfg.max_nodes * 2, progress=cfg.progress,
+                                                                 desc=f"evaluate epoch {epoch}")[2]})
                 if cfg.progress:
                     print(f"epoch {epoch}: " + _fmt(history[-1]), file=sys.stderr)
     seconds = time.perf_counter() - t_start
@@ -481,7 +573,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     result_model = _eval_model(model, ema, task)
     metrics = {}
     if test_set is not None and main_proc:
-        metrics = evaluate_model(result_model, task, test_set, max_nodes=cfg.max_nodes * 2)[2]
+        metrics = evaluate_model(result_model, task, test_set, max_nodes=cfg.max_nodes * 2,
+                                 progress=cfg.progress, desc="evaluate held-out")[2]
     throughput = {"graphs_per_s": seen_graphs / seconds if seconds else 0.0,
                   "nodes_per_s": seen_nodes / seconds if seconds else 0.0,
                   "steps": run_steps, "seconds": seconds, "warm_graphs_per_s": _warm_rate(epoch_times[1:])}

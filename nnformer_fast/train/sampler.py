@@ -120,16 +120,26 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
             self.epoch, self.position = int(epoch), 0
 
     def state_dict(self, consumed: Optional[int] = None) -> dict:
-        """``{"epoch", "position", "seed", "max_nodes", "num_items"}``; ``consumed`` overrides
-        the position (batches the caller has finished, when a DataLoader prefetches)."""
+        """``{"epoch", "position", "seed", "max_nodes", "max_graphs", "num_items"}``; ``consumed``
+        overrides the position (batches the caller has finished, when a DataLoader prefetches).
+        ``max_graphs`` is -1 when there is no cap (every field a plain int)."""
         return {"epoch": self.epoch, "position": int(self.position if consumed is None else consumed),
-                "seed": self.seed, "max_nodes": self.max_nodes, "num_items": int(len(self.sizes))}
+                "seed": self.seed, "max_nodes": self.max_nodes,
+                "max_graphs": -1 if self.max_graphs is None else int(self.max_graphs),
+                "num_items": int(len(self.sizes))}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "max_nodes", "num_items"):
-            mine = self.state_dict()[key]
+        """Continue a saved position; refuses a state saved with other settings (another seed,
+        budget, graph cap or dataset size would give other batches). ``max_graphs`` is checked
+        only when the state holds it (states written before it was saved)."""
+        mine_state = self.state_dict()
+        for key in ("seed", "max_nodes", "max_graphs", "num_items"):
+            mine = mine_state[key]
             if key in state and int(state[key]) != mine:
-                raise ValueError(f"sampler state was saved with {key}={int(state[key])}, this sampler has {mine}; "
+                saved = int(state[key])
+                if key == "max_graphs":  # -1 stands for None
+                    saved, mine = (None if v == -1 else v for v in (saved, mine))
+                raise ValueError(f"sampler state was saved with {key}={saved}, this sampler has {key}={mine}; "
                                  "resuming would not continue the same epoch")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 

@@ -14,10 +14,12 @@ with array operations — no per-graph Python in the training process. A batch i
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import json
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -73,6 +75,44 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     total = int(counts.sum())
     offsets = np.cumsum(counts) - counts
     return np.repeat(starts - offsets, counts) + np.arange(total)
+
+
+# ---------------------------------------------------------------------------- option types
+def _fits(value, hint) -> bool:
+    """Whether ``value`` suits a parameter annotated ``hint`` (int, float, bool, str,
+    Sequence[int]); other annotations are not checked."""
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False  # True is an int to Python, not a size or a rate
+    if hint is int:
+        return isinstance(value, (int, np.integer))
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating))
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is collections.abc.Sequence:
+        (item,) = typing.get_args(hint) or (object,)
+        return (isinstance(value, (list, tuple)) and len(value) > 0
+                and all(item is object or _fits(v, item) for v in value))
+    return True
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is collections.abc.Sequence:
+        (item,) = typing.get_args(hint) or (object,)
+        return f"a non-empty list of {getattr(item, '__name__', item)} (a:b:c on the command line)"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def check_option_types(owner: str, fn, options: dict, hints: Optional[dict] = None) -> None:
+    """Raise ``ValueError`` naming the option when a value does not match the annotation of
+    ``fn``'s parameter of that name (e.g. ``dim="abc"`` for ``dim: int``)."""
+    hints = typing.get_type_hints(fn) if hints is None else hints
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is not None and not _fits(value, hint):
+            raise ValueError(f"{owner}: option {key}={value!r} should be {_describe(hint)}")
 
 
 # ---------------------------------------------------------------------------- latency
@@ -135,6 +175,7 @@ class LatencyTask:
 
     name = "latency"
     relative_metrics = True
+    loss_config: dict = {}  # no loss options
     #: the model's defaults (SPEC §5); ``model_config`` overrides any of them
     DEFAULTS = dict(in_features=192, dim=512, n_layers=2, n_head=4, mlp_ratio=4.0, act="relu", dropout=0.05,
                     degree_gating=False, layer_scale_init=1e-4, static_features=40)
@@ -143,6 +184,9 @@ class LatencyTask:
         unknown = set(model_config) - set(self.DEFAULTS)
         if unknown:
             raise ValueError(f"latency model: unknown options {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
+        from ..models import NNFormerLatency
+
+        check_option_types("latency model", NNFormerLatency.__init__, model_config)
         self.model_config = {**self.DEFAULTS, **model_config}
 
     def build_model(self) -> torch.nn.Module:
@@ -201,6 +245,10 @@ class CellArrays(torch.utils.data.Dataset):
         self.targets = np.array([np.nan if c.accuracy is None else c.accuracy for c in self.cells], np.float32)
         for i, c in enumerate(self.cells):  # once, at load time
             n = c.num_nodes
+            if n and (c.ops.min() < 0 or c.ops.max() >= in_chans):
+                bad = int(c.ops[(c.ops < 0) | (c.ops >= in_chans)][0])
+                raise ValueError(f"cell {c.key if c.key is not None else i}: op code {bad} outside [0, {in_chans}) "
+                                 f"(in_chans={in_chans}; op codes index the one-hot token)")
             self.ops[i, :n] = c.ops
             self.adj[i, :n, :n] = c.adjacency
         self._tokenize = tokenize
@@ -251,14 +299,25 @@ class AccuracyTask:
 
     def __init__(self, lambda_mse: float = LAMBDA_MSE, lambda_rank: float = LAMBDA_RANK,
                  lambda_consistency: float = LAMBDA_CONSISTENCY, **model_config):
+        from ..models import NNFormer
+
+        losses = dict(lambda_mse=lambda_mse, lambda_rank=lambda_rank, lambda_consistency=lambda_consistency)
+        check_option_types("accuracy model", AccuracyTask.__init__, losses)
         if "depth" in model_config:
+            check_option_types("accuracy model", None, {"depth": model_config["depth"]}, hints={"depth": int})
             model_config["depths"] = [int(model_config.pop("depth"))]
         unknown = set(model_config) - set(self.DEFAULTS)
         if unknown:
             raise ValueError(f"accuracy model: unknown options {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
+        if isinstance(model_config.get("depths"), (int, np.integer)) and not isinstance(model_config["depths"], bool):
+            raise ValueError(f"accuracy model: option depths={model_config['depths']!r} should be a list of "
+                             f"integers; for one stage write depth={model_config['depths']}")
+        check_option_types("accuracy model", NNFormer.__init__, model_config)
         self.model_config = {**self.DEFAULTS, **model_config}
         self.model_config["depths"] = [int(d) for d in self.model_config["depths"]]
         self.lambda_mse, self.lambda_rank, self.lambda_consistency = lambda_mse, lambda_rank, lambda_consistency
+        #: the loss weights (part of a run's settings: a resumed run must keep them)
+        self.loss_config = losses
 
     def build_model(self) -> torch.nn.Module:
         from ..models import NNFormer
@@ -370,7 +429,10 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
                 cells = _load_spec_json(root, path, target)
         if not cells:
             raise ValueError(f"{path}: empty dataset (no cells)")
-        return CellArrays(cells, in_chans)
+        try:
+            return CellArrays(cells, in_chans)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
 
 
@@ -387,16 +449,25 @@ def _load_spec_json(root: dict, path: Path, target: str):
     cells = []
     for key in keys:
         item = root[key]
+        if not isinstance(item, dict):
+            raise ValueError(f"{path} [{key}]: expected an object with module_adjacency, module_operations and "
+                             f"{target!r}, got {type(item).__name__} {str(item)[:40]}")
         for field in ("module_adjacency", "module_operations"):
             if field not in item:
                 raise ValueError(f"{path} [{key}]: missing {field!r}")
         if target not in item:
             raise ValueError(f"{path} [{key}]: no {target!r}; has {sorted(k for k in item if 'accuracy' in k)}")
+        if isinstance(item[target], bool) or not isinstance(item[target], (int, float)):
+            raise ValueError(f"{path} [{key}]: {target!r} is {item[target]!r}, not a number")
         acc = float(item[target]) / (100.0 if percent else 1.0)
         extra = {k: float(v) / (100.0 if percent else 1.0) for k, v in item.items()
                  if "accuracy" in k and isinstance(v, (int, float))}
-        cells.append(Cell(np.asarray(item["module_adjacency"]), np.asarray(item["module_operations"]), acc,
-                          extra, str(key)))
+        try:
+            adj = np.asarray(item["module_adjacency"], dtype=np.int64)
+            ops = np.asarray(item["module_operations"], dtype=np.int64)
+            cells.append(Cell(adj, ops, acc, extra, str(key)))
+        except (TypeError, ValueError) as e:  # ragged lists, strings, shape mismatch
+            raise ValueError(f"{path} [{key}]: bad module_adjacency / module_operations: {e}") from None
     return cells
 
 
@@ -404,7 +475,10 @@ def split_dataset(task: str, dataset, *, test_fraction: float = 0.2, seed: int =
                   train_limit: Optional[int] = None):
     """(train, test): latency sets split inside every family with whole networks on one
     side (:meth:`LatencyDataset.split_in_domain`); cells split at random. ``train_limit``
-    keeps the first that many training items (e.g. NAS-Bench-101 with 1 % training data)."""
+    keeps the first that many training items (e.g. NAS-Bench-101 with 1 % training data).
+    ``test_fraction`` must lie in (0, 1) for both kinds."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test fraction must lie in (0, 1), got {test_fraction}")
     if task == "latency" and hasattr(dataset, "split_in_domain"):
         train, test = dataset.split_in_domain(test_fraction=test_fraction, seed=seed)
     else:

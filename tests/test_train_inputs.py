@@ -1,0 +1,229 @@
+"""Bad training inputs fail early with one clear ``ValueError`` (CLI: one line, exit 2): options
+out of range, model options of the wrong type, unknown devices, an unusable ``--out``, bad
+accuracy JSON, test fractions outside (0, 1). Also: ``evaluate`` / ``predict`` pick their
+device with ``resolve_device`` (``auto`` = the GPU when there is one), progress bars of the
+evaluation and of ``predict``, scipy among the main dependencies."""
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnformer_fast.cli import main
+from nnformer_fast.train import TrainConfig, fit
+from nnformer_fast.train import loop as L
+from nnformer_fast.train import tasks as T
+from nnformer_fast.train.synthetic import synthetic_cells, synthetic_latency_set
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dim=32, n_layers=1, dropout=0.0)
+ONNX = Path(os.environ.get("NNFORMER_FAST_DATA", "/work/shared/data")) / "nnlqp_resnet18_noweight.onnx"
+
+
+def _cfg(**kw):
+    base = dict(model=TINY, epochs=1, max_nodes=300, warmup=1, progress=False, precision="fp32", threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A latency set on disk and a checkpoint trained on it for one step."""
+    d = tmp_path_factory.mktemp("run")
+    synthetic_latency_set(40, seed=1).save(d / "set.npz")
+    r = fit(_cfg(data=str(d / "set.npz"), out=str(d / "out"), max_steps=1))
+    return d / "set.npz", Path(r.checkpoint)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if a batch is built: the error must come before any training."""
+    def refuse(self, idx):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(T.LatencyBatchBuilder, "__getitem__", refuse)
+    monkeypatch.setattr(T.CellBatchBuilder, "__getitem__", refuse)
+
+
+# ---------------------------------------------------------------------------- --out
+def test_out_that_is_a_file_fails_before_training(tmp_path, no_training):
+    train = synthetic_latency_set(24, seed=0)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        fit(_cfg(out=str(tmp_path / "afile")), train_set=train, test_set=None)
+    with pytest.raises(ValueError, match="cannot write checkpoints there"):
+        fit(_cfg(out=str(tmp_path / "afile" / "sub")), train_set=train, test_set=None)
+
+
+def test_out_folder_is_created_at_the_start(tmp_path):
+    out = tmp_path / "a" / "b"
+    r = fit(_cfg(out=str(out), max_steps=0), train_set=synthetic_latency_set(24, seed=0), test_set=None)
+    assert out.is_dir() and Path(r.checkpoint) == out / "last.pt" and r.step == 0
+
+
+def test_cli_reports_os_errors_in_one_line(monkeypatch, capsys):
+    import nnformer_fast.train.api as api
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", "/somewhere/last.pt")
+
+    monkeypatch.setattr(api, "evaluate", denied)
+    assert main(["evaluate", "/somewhere/last.pt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nnformer-fast evaluate: error:") and "Permission denied" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------------------- options
+BAD_OPTIONS = [
+    ("accuracy", ["--model", "depths=6"], "option depths=6 should be a list of integers; for one stage write depth=6"),
+    ("accuracy", ["--model", "depth=1,dim=abc"], "option dim='abc' should be an integer"),
+    ("accuracy", ["--model", "depth=abc"], "option depth='abc' should be an integer"),
+    ("accuracy", ["--model", "depth=1,lambda_rank=x"], "option lambda_rank='x' should be a number"),
+    ("latency", ["--model", "n_layers=1.5"], "option n_layers=1.5 should be an integer"),
+    ("latency", ["--model", "degree_gating=1"], "option degree_gating=1 should be true or false"),
+    ("latency", ["--device", "foo"], "unknown device 'foo'"),
+    ("latency", ["--threads", "-1"], r"threads \(--threads\) must be >= 1, got -1"),
+    ("latency", ["--ema", "1.5"], r"ema \(--ema\) must be in \[0, 1\)"),
+    ("latency", ["--grad-clip", "-1"], r"grad_clip \(--grad-clip\) must be > 0"),
+    ("latency", ["--warmup", "-3"], r"warmup \(--warmup\) must be >= 0"),
+    ("latency", ["--epochs", "-2"], r"epochs \(--epochs\) must be >= 1"),
+    ("latency", ["--epochs", "0"], r"epochs \(--epochs\) must be >= 1"),
+    ("latency", ["--test-fraction", "1.5"], r"test_fraction \(--test-fraction\) must be in \(0, 1\)"),
+    ("latency", ["--test-fraction", "0"], r"test_fraction \(--test-fraction\) must be in \(0, 1\)"),
+    ("latency", ["--max-steps", "-1"], r"max_steps \(--max-steps\) must be >= 0"),
+    ("latency", ["--workers", "-1"], r"num_workers \(--workers\) must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("task, extra, message", BAD_OPTIONS, ids=[" ".join(e) for _, e, _ in BAD_OPTIONS])
+def test_cli_refuses_bad_options_in_one_line(tmp_path, capsys, no_training, task, extra, message):
+    import re
+
+    cells = tmp_path / "cells.json"
+    cells.write_text(json.dumps({"0": {"module_adjacency": [[0, 1], [0, 0]], "module_operations": [0, 1],
+                                       "validation_accuracy": 0.5}}))
+    data = str(cells) if task == "accuracy" else "default"
+    rc = main(["train", "--task", task, "--data", data, "--epochs", "1", "--quiet", "--out", str(tmp_path / "o"),
+               *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("nnformer-fast train: error:") and "\n" not in err, err
+    assert re.search(message, err), err
+
+
+def test_fit_refuses_out_of_range_settings(no_training):
+    train = synthetic_latency_set(24, seed=0)
+    for bad, match in [(dict(grad_clip=0.0), "grad_clip"), (dict(threads=0), "threads"), (dict(lr=-1.0), "lr"),
+                       (dict(ema=-0.1), "ema"), (dict(ema=float("nan")), "ema"), (dict(min_lr_ratio=2.0), "min_lr"),
+                       (dict(max_graphs=0), "max_graphs"), (dict(checkpoint_every=-1), "checkpoint_every")]:
+        with pytest.raises(ValueError, match=match):
+            fit(_cfg(**bad), train_set=train, test_set=None)
+
+
+def test_resolve_device():
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        L.resolve_device("foo")
+    with pytest.raises(ValueError, match="unknown device 'meta'"):
+        L.resolve_device("meta")
+    assert L.resolve_device("cpu") == torch.device("cpu")
+    assert L.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="cuda:99"):
+        L.resolve_device("cuda:99")
+
+
+@pytest.mark.parametrize("fraction", [1.5, -0.3, 0.0, 1.0])
+def test_split_refuses_fractions_outside_0_1_for_both_tasks(fraction):
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        T.split_dataset("accuracy", synthetic_cells(20, seed=0), test_fraction=fraction)
+    with pytest.raises(ValueError, match="fraction"):
+        T.split_dataset("latency", synthetic_latency_set(20, seed=0), test_fraction=fraction)
+
+
+# ---------------------------------------------------------------------------- accuracy JSON
+ADJ = [[0, 1, 0], [0, 0, 1], [0, 0, 0]]
+
+
+@pytest.mark.parametrize("items, match", [
+    ({"0": {"module_adjacency": ADJ, "module_operations": [0, 1, 4], "validation_accuracy": 0.9}, "1": 5},
+     r"\[1\]: expected an object .* got int 5"),
+    ({"0": {"module_adjacency": ADJ, "module_operations": [0, 99, 4], "validation_accuracy": 0.9}},
+     r"cell 0: op code 99 outside \[0, 32\)"),
+    ({"0": {"module_adjacency": ADJ, "module_operations": [0, 1, 4], "validation_accuracy": 0.9},
+      "7": {"module_adjacency": ADJ, "module_operations": [0, -1, 4], "validation_accuracy": 0.9}},
+     r"cell 7: op code -1 outside \[0, 32\)"),
+    ({"0": {"module_adjacency": ADJ, "module_operations": [0, 1, 4], "validation_accuracy": "high"}},
+     r"\[0\]: 'validation_accuracy' is 'high', not a number"),
+    ({"0": {"module_adjacency": [[0, 1], [0]], "module_operations": [0, 1, 4], "validation_accuracy": 0.5}},
+     r"\[0\]: bad module_adjacency"),
+])
+def test_bad_cell_json_names_file_and_key(tmp_path, items, match):
+    path = tmp_path / "cells.json"
+    path.write_text(json.dumps(items))
+    with pytest.raises(ValueError, match=match) as e:
+        T.load_dataset("accuracy", path)
+    assert str(path) in str(e.value)
+
+
+# ---------------------------------------------------------------------------- evaluate / predict device
+@pytest.fixture
+def device_spy(monkeypatch):
+    calls = []
+    real = L.resolve_device
+
+    def spy(name):
+        calls.append(str(name))
+        return real("cpu")  # where the test machine can run it
+
+    monkeypatch.setattr(L, "resolve_device", spy)
+    return calls
+
+
+def test_cli_evaluate_and_predict_resolve_auto(run, device_spy, capsys):
+    _, ckpt = run
+    assert main(["evaluate", str(ckpt), "--quiet"]) == 0
+    assert device_spy and device_spy[0] == "auto"  # was turned into "cpu" before resolving
+    device_spy.clear()
+    assert main(["predict", str(ckpt), str(ckpt.parent / "missing.onnx"), "--quiet"]) == 2  # no such file
+    assert device_spy and device_spy[0] == "auto"
+    device_spy.clear()
+    assert main(["evaluate", str(ckpt), "--quiet", "--device", "cpu"]) == 0
+    assert device_spy[0] == "cpu"
+
+
+def test_evaluate_refuses_unknown_device(run):
+    from nnformer_fast.train import evaluate
+
+    _, ckpt = run
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        evaluate(ckpt, device="foo")
+
+
+# ---------------------------------------------------------------------------- progress bars
+def test_held_out_evaluation_shows_a_bar(capsys):
+    train, test = synthetic_latency_set(40, seed=0).split_in_domain(test_fraction=0.25, seed=0)
+    fit(_cfg(max_steps=1, progress=True), train_set=train, test_set=test)
+    assert "evaluate held-out" in capsys.readouterr().err
+    fit(_cfg(max_steps=1, progress=False), train_set=train, test_set=test)
+    assert "evaluate held-out" not in capsys.readouterr().err
+
+
+def test_evaluate_and_predict_show_bars_unless_quiet(run, capsys):
+    _, ckpt = run
+    assert main(["evaluate", str(ckpt), "--device", "cpu"]) == 0
+    assert "evaluate test" in capsys.readouterr().err
+    assert main(["evaluate", str(ckpt), "--device", "cpu", "--quiet"]) == 0
+    assert "evaluate test" not in capsys.readouterr().err
+    if not ONNX.is_file():
+        pytest.skip(f"{ONNX} not present")
+    assert main(["predict", str(ckpt), str(ONNX), "--device", "cpu"]) == 0
+    assert "read ONNX" in capsys.readouterr().err
+    assert main(["predict", str(ckpt), str(ONNX), "--device", "cpu", "--quiet"]) == 0
+    assert "read ONNX" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- packaging
+def test_scipy_is_a_main_dependency():
+    """Every evaluation computes Kendall's tau with scipy: a plain ``pip install`` must bring it."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").lower().startswith("scipy") for d in deps), deps
