@@ -399,3 +399,44 @@ def test_padded_graphs_pass_the_index_checks(monkeypatch):
     graph = random_batch([4, 3], seed=4).pad_nodes(5, graphs=2)
     assert _run("dag_attention", graph).shape == (12, 4, 8)
     assert _run("bigin", graph).shape == (12, 8)
+
+
+# ---------------------------------------------------------------------- op and model arguments
+@pytest.mark.parametrize("shape, match", [((N, 0, 8), "positive multiple of 4, got 0"),
+                                          ((N, 4, 0), "head dim Dh must be at least 1")])
+def test_attention_rejects_empty_heads(shape, match):
+    q = torch.randn(shape)
+    with pytest.raises(ValueError, match=match):
+        dag_attention(q, q, q, GRAPH)
+
+
+@pytest.mark.parametrize("backend", [name for name in ("native", "torch") if _REGISTRY[name].load_error is None])
+def test_seeds_past_2_63_drop_as_their_low_32_bits(monkeypatch, backend):
+    """Seeds are hashed by their low 32 bits on every backend; seeds of 2**63 and more (like
+    torch.initial_seed()'s) reach the kernels too."""
+    from nnformer_fast.ops import dropout
+
+    monkeypatch.setenv(ENV_VAR, backend)
+    q = torch.randn(N, 4, 8)
+    x = torch.randn(64)
+    big = 2**64 - 12345
+    assert torch.equal(dag_attention(q, q, q, GRAPH, dropout_p=0.5, seed=big),
+                       dag_attention(q, q, q, GRAPH, dropout_p=0.5, seed=big & 0xFFFFFFFF))
+    assert torch.equal(dropout(x, 0.5, seed=big), dropout(x, 0.5, seed=big & 0xFFFFFFFF))
+    assert torch.equal(dropout(x, 0.5, seed=-1), dropout(x, 0.5, seed=0xFFFFFFFF))
+    assert torch.equal(dropout(x, 0.5, seed=np.int64(7)), dropout(x, 0.5, seed=7))
+    for bad in (1.5, True, "7"):
+        with pytest.raises(TypeError, match="seed must be an integer"):
+            dropout(x, 0.5, seed=bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_head=0), "positive multiple of 4"),
+    (dict(n_head=6, dim=24), "positive multiple of 4"),
+    (dict(n_head=8, dim=36), "divisible"),
+    (dict(depths=[]), "depths must start"),
+    (dict(act_layer="tanh"), "unknown activation 'tanh'"),
+])
+def test_nnformer_rejects_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NNFormer(**{"depths": (1,), "dim": 16, **kwargs})

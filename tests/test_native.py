@@ -238,6 +238,45 @@ def test_relu_bigin_keeps_its_output_not_its_inputs_for_backward():
         assert (y.data_ptr() in pointers) != keeps_inputs
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_fp16_bigin_backward_takes_the_sign_of_the_pre_activation(act):
+    """A positive pre-activation too small for fp16 rounds to an output of 0: the derivative
+    is still the positive side's (fp16 recomputes the pre-activation, as torch's autograd does)."""
+    graph = graph_of("odd_sizes")
+    n = graph.num_nodes
+    h = torch.zeros(n, 4, dtype=torch.float16, requires_grad=True)
+    g = torch.zeros(n, 4, dtype=torch.float16)
+    bias = torch.full((4,), 1e-9)  # pre-activation 1e-9 > 0; in fp16 the output is 0
+    y = native.bigin(h, g, graph, act=act, bias_h=bias)
+    y.float().sum().backward()
+    assert torch.equal(y, torch.zeros_like(y))
+    assert torch.equal(h.grad, torch.ones_like(h.grad))
+
+
+@pytest.mark.parametrize("op", ["dag_attention", "dag_attention_qkv", "bigin"])
+def test_double_backward_raises(op):
+    """The native backward ops have no derivative: differentiating through them (a gradient
+    penalty) raises instead of returning zero second-order terms; a plain create_graph=True
+    gradient still works."""
+    graph = graph_of("odd_sizes")
+    n = graph.num_nodes
+    if op == "bigin":
+        h, g = hg(n, 8, torch.float64, requires_grad=True)
+        inputs, out = (h, g), native.bigin(h, g, graph, act="gelu")
+    elif op == "dag_attention":
+        inputs = qkv(n, 4, 8, torch.float64, requires_grad=True)
+        out = native.dag_attention(*inputs, graph)
+    else:
+        inputs = (torch.randn(n, 3, 4, 8, dtype=torch.float64, requires_grad=True),)
+        out = native.dag_attention_qkv(inputs[0], graph)
+    grads = torch.autograd.grad(out.square().sum(), inputs, create_graph=True)
+    assert all(gr.requires_grad for gr in grads)
+    penalty = sum(gr.square().sum() for gr in grads)
+    op_name = op.replace("_qkv", "")
+    with pytest.raises(RuntimeError, match=f"the native {op_name} has no second derivative"):
+        penalty.backward()
+
+
 # ---------------------------------------------------------------------- dispatch, compile
 # (the relation builder is compared with the torch builder in tests/test_graph.py)
 def test_public_ops_dispatch_to_native(monkeypatch):

@@ -67,6 +67,8 @@ class NNFormer(nn.Module):
                  avg_tokens: bool = False, class_token: bool = True, depth_embed: bool = True,
                  dataset: str = "nasbench"):
         super().__init__()
+        if len(depths) == 0 or depths[0] < 1:
+            raise ValueError(f"NNFormer: depths must start with the encoder's layer count (>= 1), got {depths}")
         self.in_chans, self.dim, self.dataset = in_chans, dim, dataset
         self.avg_tokens, self.class_token, self.use_depth_embed = avg_tokens, class_token, depth_embed
         self.op_embed = nn.Linear(in_chans, dim, bias=False)

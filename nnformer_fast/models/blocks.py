@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from ..ops import bigin, dag_attention_qkv, dropout
+from ..ops import ACTIVATIONS, bigin, dag_attention_qkv, dropout
 
 __all__ = ["HashDropout", "DAGAttention", "BiGINMlp", "LayerScale", "DropPath", "AttentionBlock", "FeedForwardBlock"]
 
@@ -48,8 +48,8 @@ class DAGAttention(nn.Module):
     def __init__(self, dim: int, n_head: int, *, bias: bool, attn_drop: float, proj_drop: float,
                  degree_gating: bool = False):
         super().__init__()
-        if dim % n_head or n_head % 4:
-            raise ValueError(f"dim ({dim}) must be divisible by n_head ({n_head}), a multiple of 4")
+        if n_head <= 0 or n_head % 4 or dim % n_head:
+            raise ValueError(f"dim ({dim}) must be divisible by n_head ({n_head}), a positive multiple of 4")
         self.n_head = n_head
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
@@ -79,6 +79,8 @@ class BiGINMlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, *, act: str, bias: bool, drop: float):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.gcn = nn.Linear(dim, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..graph import GraphBatch
 from . import reference
 from .backends import Backend, backends, register, select
-from .checks import check_attention, check_bigin, check_dropout, check_graph_indices
+from .checks import check_attention, check_bigin, check_dropout, check_graph_indices, dropout_seed
 from .reference import ACTIVATIONS
 
 __all__ = ["dag_attention", "dag_attention_qkv", "bigin", "dropout", "backends", "ACTIVATIONS"]
@@ -39,8 +39,7 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
         (N, H, Dh) in the dtype of q.
     """
     check_attention(q, k, v, graph, dropout_p)
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
+    seed = dropout_seed(seed, draw=dropout_p > 0.0)
     backend = select("dag_attention", q, k, v)
     if backend.name != "native":  # the native kernels check the graph's index tensors themselves
         check_graph_indices(graph, "dag_attention")
@@ -63,8 +62,7 @@ def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
                          f"{tuple(qkv.shape) if isinstance(qkv, Tensor) else type(qkv).__name__}")
     q, k, v = qkv.unbind(1)
     check_attention(q, k, v, graph, dropout_p)
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
+    seed = dropout_seed(seed, draw=dropout_p > 0.0)
     backend = select("dag_attention", q, k, v)
     if backend.name != "native":
         check_graph_indices(graph, "dag_attention")
@@ -114,8 +112,7 @@ def dropout(x: Tensor, p: float, *, seed: Optional[int] = None) -> Tensor:
     check_dropout(x, p)
     if p == 0.0:
         return x
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()))
+    seed = dropout_seed(seed, draw=True)
     return select("dropout", x).ops["dropout"](x, p, seed=seed)
 
 # The native backend registers itself on import; a broken install only loses that backend.

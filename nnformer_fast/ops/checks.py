@@ -1,6 +1,7 @@
 """Input checks at the public op boundary; kernels assume what these guarantee."""
 from __future__ import annotations
 
+import numbers
 import weakref
 from collections import OrderedDict
 from typing import Optional
@@ -36,11 +37,13 @@ def check_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, dropout_
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"dag_attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
-    n, h, _ = q.shape
+    n, h, dh = q.shape
     if n != graph.num_nodes:
         raise ValueError(f"dag_attention: q has {n} rows but the graph has {graph.num_nodes} nodes")
-    if h % NUM_RELATIONS:
-        raise ValueError(f"dag_attention: the head count must be a multiple of 4, got {h}")
+    if h == 0 or h % NUM_RELATIONS:
+        raise ValueError(f"dag_attention: the head count must be a positive multiple of 4, got {h}")
+    if dh == 0:
+        raise ValueError("dag_attention: the head dim Dh must be at least 1, got 0")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dag_attention: dropout_p must lie in [0, 1), got {dropout_p}")
     _check_device(graph, q=q, k=k, v=v)
@@ -194,3 +197,17 @@ def _check_index(op: str, name: str, t: Tensor, size: int, device: torch.device)
         raise RuntimeError(f"{op}: {name} is on {t.device} but the graph on {device}")
     if size >= 0 and t.numel() != size:
         raise RuntimeError(f"{op}: {name} must have {size} elements, got {t.numel()}")
+
+
+def dropout_seed(seed, draw: bool) -> int:
+    """The seed an op hands its backend: its low 32 bits, all any backend hashes (so seeds
+    of 2**63 and more, like ``torch.initial_seed()``'s, reach the kernels' int64 argument;
+    the masks are unchanged). ``None``: drawn from torch's generator when ``draw``, else 0.
+    A traced (symbolic) seed passes as it is."""
+    if seed is None:
+        return int(torch.randint(0, 2**31 - 1, ())) if draw else 0
+    if isinstance(seed, torch.SymInt):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+    return int(seed) & 0xFFFFFFFF

@@ -126,8 +126,10 @@ if _OPS_READY:
     def _bigin_setup(ctx, inputs, output):
         h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g = inputs
         # relu / leaky_relu on the CPU: the output's sign is the pre-activation's, so the
-        # backward keeps the output (which fc2 keeps anyway) instead of h and g
-        from_out = act in SIGN_ACTIVATIONS and h.device.type == "cpu"
+        # backward keeps the output (which fc2 keeps anyway) instead of h and g. Not in fp16:
+        # a positive (fp32) pre-activation below 6e-8 rounds to an output of 0 there, which
+        # would read as the negative side; bf16 has fp32's exponent range.
+        from_out = act in SIGN_ACTIVATIONS and h.device.type == "cpu" and h.dtype != torch.float16
         saved = (None, None, output) if from_out else (h, g, None)
         ctx.save_for_backward(*saved, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g)
         ctx.act = act
@@ -140,6 +142,20 @@ if _OPS_READY:
                 dbias_g if bias_g is not None else None)
 
     torch.library.register_autograd("nnformer_fast::bigin_fwd", _bigin_backward, setup_context=_bigin_setup)
+
+    # The backward ops have no derivative of their own: differentiating through them (a
+    # gradient penalty, create_graph=True) raises here instead of autograd's default for a C++
+    # op without one, a warning and zero second-order terms.
+    def _no_double_backward(op: str):
+        def backward(ctx, *grads):
+            raise RuntimeError(f"nnformer_fast: the native {op} has no second derivative (double backward, e.g. "
+                               "through torch.autograd.grad(..., create_graph=True)); the torch backend has one: "
+                               "NNFORMER_FAST_BACKEND=torch")
+        return backward
+
+    for _op in ("dag_attention", "dag_attention_qkv", "bigin"):
+        torch.library.register_autograd(f"nnformer_fast::{_op}_bwd", _no_double_backward(_op.replace("_qkv", "")),
+                                        setup_context=lambda ctx, inputs, output: None)
 
 
     # dropout: the backward pass is the same op (same mask, same scale) on the gradient.
