@@ -13,7 +13,8 @@ TORCH_SPEC ?= torch==2.13.0+cpu
 
 setup: $(VENV)/.stamp
 
-$(VENV)/.stamp: pyproject.toml $(wildcard setup.py CMakeLists.txt)
+# the extension's sources are prerequisites too: editing csrc/ rebuilds _C before test/demo/bench
+$(VENV)/.stamp: pyproject.toml $(wildcard setup.py CMakeLists.txt) $(shell find csrc -type f 2>/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install "setuptools>=64" wheel "pybind11>=2.12" ninja "cmake>=3.18"

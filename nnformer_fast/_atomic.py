@@ -1,12 +1,14 @@
-"""Atomic file writes: readers see the old file or the complete new one, never a torn one."""
+"""Safe output files: atomic writes (readers see the old file or the complete new one, never a
+torn one), and a check that an output folder can be written before long work starts."""
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes"]
+__all__ = ["atomic_open", "atomic_write_bytes", "writable_folder"]
 
 
 @contextlib.contextmanager
@@ -46,3 +48,18 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def writable_folder(folder: str | os.PathLike, what: str) -> Path:
+    """Create ``folder`` and write (and remove) a file in it, so a bad output path fails
+    before long work instead of after it: ``ValueError`` naming ``what`` (e.g. "--out")."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {folder}: cannot write there ({e.strerror or e})") from None
+    return folder

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "COMMANDS", "int_at_least"]
 
 
 def _csv(kind: Callable = str):
@@ -25,10 +25,28 @@ def _csv(kind: Callable = str):
     return parse
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (otherwise a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 # ------------------------------------------------------------------ build-latency-set
 def _run_build_latency_set(args) -> int:
-    from .data.builder import build_latency_set
+    from .data.builder import build_latency_set, require_onnx
 
+    try:
+        require_onnx()
+    except ModuleNotFoundError as e:  # the [data] extra is not installed: say so in one line
+        print(f"nnformer-fast build-latency-set: error: {e}", file=sys.stderr)
+        return 2
     path = build_latency_set(args.out, args.families, args.count, args.batch_sizes, threads=args.threads,
                              repeats=args.repeats, warmup=args.warmup, seed=args.seed, platform=args.platform,
                              tiny=args.tiny, progress=not args.quiet)
@@ -57,18 +75,19 @@ def _register_build_latency_set(subparsers) -> None:
     p.add_argument("out", help="output folder")
     p.add_argument("--families", type=_csv(), default=list(FAMILIES),
                    help=f"comma-separated families (default all: {','.join(FAMILIES)})")
-    p.add_argument("--count", type=int, default=10, help="networks per family (default 10)")
+    p.add_argument("--count", type=int, default=10, help="networks per family (default 10, at most 100000)")
     p.add_argument("--batch-sizes", type=_csv(int), default=[1], help="comma-separated batch sizes (default 1)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the network generator")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the network generator (>= 0, default 0)")
     p.add_argument("--platform", default=None, help="platform_id column (default cpu-ort-t<threads>)")
     p.add_argument("--tiny", action="store_true", help="smallest network variants (quick checks)")
     p.add_argument("--remeasure-above", type=float, default=None, metavar="REL_IQR",
                    help="afterwards, measure again records whose (p75-p25)/median exceeds REL_IQR, keeping "
                         "the less noisy measurement (busy machines)")
-    p.add_argument("--remeasure-repeats", type=int, default=None, help="timed runs when re-measuring")
+    p.add_argument("--remeasure-repeats", type=int_at_least(1), default=None,
+                   help="timed runs when re-measuring (default: --repeats)")
     p.add_argument("--pack", default=None, metavar="FILE.npz",
                    help="also write the set as one compact .npz (LatencyDataset.load reads it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -130,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # bad options or data, unreadable/unwritable files: one line, no traceback
         print(f"nnformer-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was written stays (train writes its checkpoint first)
+        print(f"\nnnformer-fast {args.command}: interrupted"
+              + ("; rerun the same command to resume" if args.command == "build-latency-set" else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

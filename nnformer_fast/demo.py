@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import int_at_least
+
 #: the demo's model: the reference architecture at a CPU-friendly width. Dropout is off in
 #: both loops (the reference design's dense formulation has none).
 MODEL = dict(dim=128, n_layers=2, n_head=4, dropout=0.0)
@@ -157,14 +159,29 @@ def _load(data: str | None, out: Path):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the demo; bad options, data or files end in one line on stderr and exit 2, Ctrl-C in 130."""
+    try:
+        return _main(argv)
+    # e.g. --data that does not exist, or a set to measure without onnx/onnxruntime: one line
+    except (ValueError, OSError, ModuleNotFoundError) as e:
+        print(f"nnformer_fast.demo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nnnformer_fast.demo: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nnformer_fast.demo",
+                                 description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--data", default=None, help="latency set (default: the embedded default set)")
     ap.add_argument("--budget-s", type=float, default=80.0, help="training time budget in seconds")
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="train through torch.compile (default; --no-compile trains eager)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads for both loops (default: picked)")
+    ap.add_argument("--threads", type=int_at_least(0), default=0,
+                    help="CPU threads for both loops (default 0: picked by a probe)")
     args = ap.parse_args(argv)
     t_all = time.perf_counter()
     out = Path(args.out)

@@ -120,3 +120,39 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["build-latency-set", str(tmp_path / "p"), "--batch-sizes", "a,b"])
     assert main([]) == 2
+
+
+def test_repeated_batch_sizes_and_families_measure_once(tmp_path):
+    kw = dict(threads=1, repeats=2, warmup=0, tiny=True, progress=False)
+    build_latency_set(tmp_path / "a", ["resnet"], 1, [1, 1], **kw)
+    build_latency_set(tmp_path / "b", ["resnet", "resnet"], 1, [1], **kw)
+    for d in ("a", "b"):
+        assert [p[0] for p in _lines(tmp_path / d / LATENCY_FILE)] == ["resnet_00000_bs1"]
+        assert len((tmp_path / d / SPREAD_FILE).read_text().splitlines()) == 2
+
+
+def test_bad_arguments_write_nothing(tmp_path):
+    from nnformer_fast.data.builder import MAX_COUNT
+
+    with pytest.raises(ValueError, match="seed"):
+        build_latency_set(tmp_path / "s", ["resnet"], 1, seed=-1, progress=False)
+    with pytest.raises(ValueError, match="count"):
+        build_latency_set(tmp_path / "s", ["resnet"], MAX_COUNT + 1, progress=False)
+    assert not (tmp_path / "s").exists()  # no build.json that would refuse the corrected command
+
+
+def test_corrupt_manifest_is_named(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "build.json").write_text("{bad")
+    with pytest.raises(ValueError, match="build.json"):
+        build_latency_set(out, ["resnet"], 1, tiny=True, progress=False)
+    with pytest.raises(ValueError, match="build.json"):
+        remeasure_noisy(out, progress=False)
+    assert main(["build-latency-set", str(out), "--tiny", "--families", "resnet", "--count", "1", "--quiet"]) == 2
+    assert str(out / "build.json") in capsys.readouterr().err
+
+
+def test_remeasure_refuses_zero_repeats(tmp_path):
+    with pytest.raises(ValueError, match="repeats"):
+        remeasure_noisy(tmp_path, repeats=0, progress=False)

@@ -188,3 +188,72 @@ def test_scatter_plot(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     assert scatter_plot(y, y, tmp_path / "c.png") is False and not (tmp_path / "c.png").exists()
+
+
+def test_depths_option_replaces_the_profile_depth(data, tmp_path, capsys):
+    from nnformer_fast.train.reproduce import merge_model_options
+
+    assert merge_model_options({"depth": 4, "dim": 128}, {"depths": [1, 1]}) == {"dim": 128, "depths": [1, 1]}
+    assert merge_model_options({"depths": [2], "dim": 8}, {"depth": 3}) == {"dim": 8, "depth": 3}
+    out = tmp_path / "o"
+    assert main(["reproduce", "nb101-accuracy", "--data-dir", str(data), "--out", str(out), "--no-doc",
+                 "--nb101-train", "10", "--accuracy-model", "depths=1:1,dim=16", "--quiet", *FAST]) == 0
+    rec = json.loads((out / "nb101-accuracy" / "train-10" / "metrics.json").read_text())
+    assert rec["model"]["depths"] == [1, 1] and rec["model"]["dim"] == 16
+
+
+@pytest.mark.parametrize("opt", [["--nb101-train", "-5"], ["--nb101-train", "0"], ["--max-test", "0"],
+                                 ["--max-test", "-3"], ["--threads", "0"], ["--threads", "-2"], ["--epochs", "0"],
+                                 ["--accuracy-model", "depth"], ["--latency-model", "dim"]])
+def test_option_ranges_are_usage_errors(data, tmp_path, opt, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "nb101-accuracy", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--no-doc",
+              "--quick", *opt])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {opt[0]}:" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_settings_check_before_training(data, tmp_path, monkeypatch):
+    import nnformer_fast.train.reproduce as rp
+
+    monkeypatch.setattr(rp, "run_experiment", lambda *a, **k: pytest.fail("trained with bad settings"))
+    for bad in (dict(nb101_train=0), dict(max_test=0), dict(threads=-1), dict(fractions=(0.1, 1.0))):
+        with pytest.raises(ValueError, match="must"):
+            rp.reproduce(["nb101-accuracy"], data_dir=data, out=tmp_path / "o", settings=rp.Settings(**bad))
+
+
+def test_repeated_fractions_train_once(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["reproduce", "nb201-accuracy", "--data-dir", str(data), "--out", str(out), "--no-doc", "--quiet",
+                 "--fractions", "0.1,10%,0.1", "--accuracy-model", "depth=1,dim=16", *FAST]) == 0
+    assert capsys.readouterr().out.count("nb201-accuracy train-") == 1
+    assert len(json.loads((out / "nb201-accuracy" / "summary.json").read_text())["runs"]) == 1
+
+
+def test_bad_out_and_doc_fail_before_training(data, tmp_path, monkeypatch, capsys):
+    import nnformer_fast.train.reproduce as rp
+
+    monkeypatch.setattr(rp, "run_experiment", lambda *a, **k: pytest.fail("trained before checking --out/--doc"))
+    common = ["reproduce", "nb101-accuracy", "--data-dir", str(data), *FAST]
+    afile = tmp_path / "afile"
+    afile.touch()
+    assert main([*common, "--out", str(afile), "--no-doc"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main([*common, "--out", str(afile / "x"), "--no-doc"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "o"), "--doc", str(tmp_path)]) == 2
+    assert "not a file" in capsys.readouterr().err
+    broken = tmp_path / "broken.md"
+    broken.write_text(section_markers("nb101-accuracy")[0] + "\nold\n")
+    assert main([*common, "--out", str(tmp_path / "o"), "--doc", str(broken)]) == 2
+    assert "no end marker" in capsys.readouterr().err
+
+
+def test_progress_bars_and_quiet(data, tmp_path, capsys):
+    args = ["reproduce", "nb101-accuracy", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--no-doc",
+            "--nb101-train", "10", "--accuracy-model", "depth=1,dim=16", *FAST]
+    assert main(args) == 0
+    assert "epoch 1/1" in capsys.readouterr().err
+    assert main([*args, "--quiet"]) == 0
+    assert "epoch 1/1" not in capsys.readouterr().err

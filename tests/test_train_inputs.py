@@ -53,7 +53,7 @@ def test_out_that_is_a_file_fails_before_training(tmp_path, no_training):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         fit(_cfg(out=str(tmp_path / "afile")), train_set=train, test_set=None)
-    with pytest.raises(ValueError, match="cannot write checkpoints there"):
+    with pytest.raises(ValueError, match="cannot write there"):
         fit(_cfg(out=str(tmp_path / "afile" / "sub")), train_set=train, test_set=None)
 
 

@@ -20,16 +20,15 @@ import numbers
 import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import writable_folder
 from ..models.buckets import bucketed
 from .checkpoint import CheckpointError, gather_rng_states, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import regression_metrics
@@ -193,21 +192,6 @@ def check_config(cfg: "TrainConfig") -> None:
     need(isinstance(cfg.model, dict), "model", "a dict of model options", cfg.model)
 
 
-def _prepare_out(out: str) -> Path:
-    """Create the checkpoint folder and make sure a file can be written in it, so a bad
-    ``--out`` fails before training instead of losing the checkpoint after it."""
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {out}: is a file, not a folder (checkpoints go to <out>/last.pt)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(f"--out {out}: cannot write checkpoints there ({e.strerror or e})") from None
-    return folder
-
-
 def _autocast(device: torch.device, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
@@ -335,7 +319,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         raise ValueError("compile: only the latency task; the accuracy model builds its graph and packs its tokens "
                          "with data-dependent shapes inside forward, which torch.compile splits into many graphs")
     _autocast(device, cfg.precision)  # validate precision/device early
-    ckpt_path = _prepare_out(cfg.out) / "last.pt" if cfg.out else None
+    ckpt_path = writable_folder(cfg.out, "--out") / "last.pt" if cfg.out else None
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     if cfg.flush_denormal:

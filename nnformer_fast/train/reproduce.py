@@ -32,6 +32,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .._atomic import writable_folder
+from ..cli import int_at_least
+
 __all__ = ["EXPERIMENTS", "PAPER", "Settings", "run_experiment", "reproduce", "update_markdown",
            "find_devices", "hardware_info", "register_reproduce", "section_markers"]
 
@@ -74,6 +77,8 @@ class Settings:
     seed: int = 0
     split_seed: int = 0
     threads: Optional[int] = None
+    #: training progress bars on stderr (not a setting of the results: left out of ``to_dict``)
+    progress: bool = True
 
     @classmethod
     def quick_profile(cls, **overrides) -> "Settings":
@@ -85,7 +90,30 @@ class Settings:
         return cls(**base)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("progress")
+        return d
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for counts out of range (before any data is read)."""
+        for name in ("nb101_train", "max_test", "threads", "epochs"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        for f in self.fractions:
+            if not 0 < f < 1:
+                raise ValueError(f"nb201-accuracy: fraction {f} must lie in (0, 1)")
+
+
+def merge_model_options(base: dict, user: dict) -> dict:
+    """``base`` updated with ``user``; ``depth`` (all blocks) and ``depths`` (per stage) name
+    the same thing, so whichever the user gives replaces the other in ``base``."""
+    base = dict(base)
+    if "depths" in user:
+        base.pop("depth", None)
+    if "depth" in user:
+        base.pop("depths", None)
+    return {**base, **user}
 
 
 def _batch_graphs(n_train: int) -> int:
@@ -196,10 +224,11 @@ def _train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, ep
     max_nodes = int(batch_graphs * max(int(sizes.max()), 1))
     cfg = TrainConfig(task=task_name, model=dict(model_cfg), epochs=epochs, max_nodes=max_nodes,
                       max_graphs=batch_graphs, lr=lr, warmup=0.05, precision=s.precision, device="cpu",
-                      seed=s.seed, progress=False, max_seconds=s.max_seconds)
+                      seed=s.seed, progress=s.progress, max_seconds=s.max_seconds)
     result = fit(cfg, train_set=train_set, test_set=None)
     task = get_task(task_name, **model_cfg)
-    pred, y, metrics = evaluate_model(result.model, task, test_set, max_nodes=8192)
+    pred, y, metrics = evaluate_model(result.model, task, test_set, max_nodes=8192, progress=s.progress,
+                                      desc=f"{title}: evaluate")
     wall = time.perf_counter() - t0 + float(extra.get("load_seconds", 0.0))
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {**extra, "n_train": len(train_set), "n_test": len(test_set), "epochs": epochs,
@@ -234,6 +263,14 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _unique_fractions(fractions) -> list[float]:
+    """``fractions`` without repeats (``0.001`` and ``0.1%`` name the same run), order kept."""
+    seen: dict[str, float] = {}
+    for f in fractions:
+        seen.setdefault(f"{100 * f:g}", float(f))
+    return list(seen.values())
+
+
 # ---------------------------------------------------------------------------- experiments
 def _nb201_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
     from ..data.cells import load_nb201_csv
@@ -242,13 +279,11 @@ def _nb201_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
     path = _need(data_dir, "nb201-accuracy")
     cells = CellArrays(load_nb201_csv(path, "cifar10"))
     n = len(cells)
-    for f in s.fractions:
-        if not 0 < f < 1:
-            raise ValueError(f"nb201-accuracy: fraction {f} must lie in (0, 1)")
+    s.check()
     perm = np.random.default_rng(s.split_seed).permutation(n)
     distinct = len(set(_graph_keys(cells)))
     records = []
-    for f in s.fractions:
+    for f in _unique_fractions(s.fractions):
         n_train = max(1, min(n - 1, int(round(f * n))))
         train = cells.subset(perm[:n_train])
         rest = perm[n_train:]
@@ -517,6 +552,21 @@ def _docs_figure(experiment: str, records: list[dict], points: list, doc: Path) 
 
 
 # ---------------------------------------------------------------------------- driver
+def _check_doc(doc: Path, experiments: Sequence[str]) -> None:
+    """The markdown file must be a writable file whose generated sections (where present)
+    have both markers: checked before training, as :func:`update_markdown` writes it after."""
+    if doc.exists():
+        if not doc.is_file():
+            raise ValueError(f"--doc {doc}: not a file")
+        text = doc.read_text()
+        for e in experiments:
+            begin, end = section_markers(e)
+            i = text.find(begin)
+            if i >= 0 and text.find(end, i) < 0:
+                raise ValueError(f"{doc}: the generated section of {e} has no end marker {end!r}; fix the file "
+                                 "or pass another --doc (or --no-doc)")
+    writable_folder(doc.parent, "--doc folder")
+
 def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce", doc: Optional[str] = None,
               settings: Optional[Settings] = None, devices: Optional[Sequence[str]] = None,
               command: str = "") -> dict[str, list[dict]]:
@@ -530,9 +580,13 @@ def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce"
             raise ValueError(f"unknown experiment {e!r}; choose from {', '.join(EXPERIMENTS)} or all")
     if devices and "nb201-latency" not in experiments:
         raise ValueError("--devices applies to nb201-latency only")
+    s.check()
     data = resolve_data_dir(data_dir)
     for e in experiments:  # fail before hours of training, not after
         _need(data, e)
+    writable_folder(out, "--out")
+    if doc:
+        _check_doc(Path(doc), experiments)
     if s.threads:
         torch.set_num_threads(int(s.threads))
     torch.set_flush_denormal(True)
@@ -582,22 +636,31 @@ def _names(text: str) -> list[str]:
     return items
 
 
+def _model_arg(text: str) -> str:
+    """``K=V,...`` checked while parsing (so a bad one is a usage error); kept as text."""
+    from .cli import _model_options
+
+    _model_options(text)
+    return text
+
+
 def _run(args) -> int:
     from .cli import _model_options
 
     kw = {}
     if args.fractions:
-        kw["fractions"] = tuple(args.fractions)
+        kw["fractions"] = tuple(_unique_fractions(args.fractions))
     for name in ("epochs", "max_test", "max_seconds", "seed", "split_seed", "nb101_train", "precision"):
         v = getattr(args, name)
         if v is not None:
             kw[name] = v
+    kw["progress"] = not args.quiet
     s = Settings.quick_profile(**kw) if args.quick else Settings(**kw)
     if args.accuracy_model:
-        s.accuracy_model = {**s.accuracy_model, **_model_options(args.accuracy_model)}
+        s.accuracy_model = merge_model_options(s.accuracy_model, _model_options(args.accuracy_model))
     if args.latency_model:
-        s.latency_model = {**s.latency_model, **_model_options(args.latency_model)}
-    if args.threads:
+        s.latency_model = merge_model_options(s.latency_model, _model_options(args.latency_model))
+    if args.threads is not None:
         s.threads = args.threads
     else:
         from ..demo import _pick_threads
@@ -650,16 +713,18 @@ def register_reproduce(subparsers) -> None:
     p.add_argument("--fractions", type=_fractions, default=None,
                    help="nb201-accuracy training fractions (default 0.01,0.05,0.1,0.5; '5%%' works too)")
     p.add_argument("--devices", type=_names, default=None, help="nb201-latency: comma-separated devices (default all)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of every run (overrides the profile)")
-    p.add_argument("--max-test", type=int, default=None,
+    p.add_argument("--epochs", type=int_at_least(1), default=None, help="epochs of every run (overrides the profile)")
+    p.add_argument("--max-test", type=int_at_least(1), default=None,
                    help="score on a seeded random subset of at most N test cells (default all; 2000 with --quick)")
     p.add_argument("--max-seconds", type=float, default=None, help="cap on each run's training time")
-    p.add_argument("--nb101-train", type=int, default=None, help="nb101-accuracy training cells (default 100)")
-    p.add_argument("--accuracy-model", default=None, metavar="K=V,...",
-                   help="accuracy model options, e.g. depth=6,dim=128")
-    p.add_argument("--latency-model", default=None, metavar="K=V,...", help="latency model options, e.g. dim=128")
+    p.add_argument("--nb101-train", type=int_at_least(1), default=None, help="nb101-accuracy training cells (default 100)")
+    p.add_argument("--accuracy-model", type=_model_arg, default=None, metavar="K=V,...",
+                   help="accuracy model options over the profile's, e.g. depth=6,dim=128 or depths=2:2")
+    p.add_argument("--latency-model", type=_model_arg, default=None, metavar="K=V,...", help="latency model options, e.g. dim=128")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="training precision (default fp32)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     p.add_argument("--split-seed", type=int, default=None, help="train/test split seed (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 or 2, picked by a probe)")
+    p.add_argument("--threads", type=int_at_least(1), default=None,
+                   help="torch threads (default: 1 or 2, picked by a probe)")
+    p.add_argument("--quiet", action="store_true", help="no training progress bars (the per-run lines stay)")
     p.set_defaults(func=_run)

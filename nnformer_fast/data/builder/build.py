@@ -29,9 +29,35 @@ from .families import FAMILIES, generate
 from .measure import cpu_model, make_session, measure_session
 from .onnx_net import strip_weights
 
-__all__ = ["build_latency_set", "remeasure_noisy", "LATENCY_FILE", "SPREAD_FILE"]
+__all__ = ["build_latency_set", "remeasure_noisy", "require_onnx", "LATENCY_FILE", "SPREAD_FILE", "MAX_COUNT"]
 
 LATENCY_FILE = "latency.txt"
+#: most networks per family: ids are ``<family>_<i:05d>`` (five digits keep them sorted)
+MAX_COUNT = 100_000
+NEED_ONNX = 'build-latency-set needs onnx and onnxruntime: pip install "nnformer_fast[data]"'
+
+
+def require_onnx():
+    """The ``onnxruntime`` module; ``ModuleNotFoundError`` naming the ``[data]`` extra when
+    onnx or onnxruntime is not installed."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        raise ModuleNotFoundError(NEED_ONNX) from None
+    return onnxruntime
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: unreadable build manifest ({e}); delete it or write the set to another "
+                         "folder") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: unreadable build manifest (not a JSON object); delete it or write the set to "
+                         "another folder")
+    return info
 SPREAD_FILE = "latency_spread.tsv"
 _SPREAD_HEADER = "speed_id\tmedian_ms\tmin_ms\tp25_ms\tp75_ms\tmax_ms\tstd_ms\trepeats\n"
 
@@ -69,20 +95,22 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
     families: names from ``FAMILIES`` (default all). platform: the ``platform_id`` column
     (default ``cpu-ort-t{threads}``). tiny: the smallest variants (tests).
     """
-    import onnxruntime as ort
     from tqdm.auto import tqdm
 
-    families = list(families or FAMILIES)
+    ort = require_onnx()
+    families = list(dict.fromkeys(families or FAMILIES))  # a repeated name would measure its networks twice
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    batch_sizes = [int(b) for b in batch_sizes]
+    if not 1 <= count <= MAX_COUNT:
+        raise ValueError(f"count (networks per family) must lie in 1..{MAX_COUNT}, got {count}")
+    batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
     if threads < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0; got {threads}, {repeats}, {warmup}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     platform = platform or f"cpu-ort-t{threads}"
     if any(c.isspace() for c in platform):
         raise ValueError(f"platform id must not contain whitespace: {platform!r}")
@@ -91,13 +119,13 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
     manifest = out / "build.json"
     settings = {"seed": seed, "tiny": tiny, "threads": threads, "repeats": repeats, "warmup": warmup,
                 "platform": platform}
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
+    old = _read_manifest(manifest) if manifest.exists() else None
+    if old is not None:
         clash = {k: (old.get(k), v) for k, v in settings.items() if k in old and old[k] != v}
         if clash:
             raise ValueError(f"{out}: resuming with settings that differ from the existing build: {clash}")
-    info = dict(settings, families=sorted(set(families) | set(json.loads(manifest.read_text()).get("families", []))
-                                          if manifest.exists() else families),
+    info = dict(settings, families=sorted(set(families) | set(old.get("families", []))) if old is not None
+                else families,
                 cpu=cpu_model(), machine=_platform.machine(), onnxruntime=ort.__version__,
                 updated=time.strftime("%Y-%m-%d %H:%M:%S"))
     atomic_write_bytes(manifest, json.dumps(info, indent=1).encode())
@@ -134,6 +162,7 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
                 _append(spread_f, f"{sid}\t{m.median:.5f}\t{m.min:.5f}\t{m.p25:.5f}\t{m.p75:.5f}\t{m.max:.5f}\t"
                                   f"{m.std:.5f}\t{m.repeats}\n")
                 _append(lat_f, f"{sid} {rel.as_posix()} {b} {m.median:.5f} {fam} {platform}\n")
+                done.add(sid)
                 bar.update(1)
             del session
     return lat_path
@@ -144,16 +173,20 @@ def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeat
     """Measure again every record of a built set whose relative interquartile range
     ``(p75 - p25) / median`` exceeds ``max_rel_iqr`` (a busy machine), keeping whichever
     measurement has the smaller spread. Settings come from ``build.json``; ``repeats``
-    overrides the repeat count. Both files are rewritten atomically every 50 records, so an
-    interrupted run loses at most those. Returns the number of records replaced."""
+    overrides the repeat count (>= 1). Both files are rewritten atomically after every 50
+    networks (each network's records at all its batch sizes), so an interrupted run loses at
+    most those networks' new measurements. Returns the number of records replaced."""
     from tqdm.auto import tqdm
 
+    require_onnx()
+    if repeats is not None and repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     out = Path(out)
     manifest = out / "build.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{out}: no build.json (not a folder written by build_latency_set)")
-    info = json.loads(manifest.read_text())
-    repeats = int(repeats or info["repeats"])
+    info = _read_manifest(manifest)
+    repeats = int(repeats if repeats is not None else info["repeats"])
     lat_path, spread_path = out / LATENCY_FILE, out / SPREAD_FILE
     _repair_tail(lat_path)
     _repair_tail(spread_path)
