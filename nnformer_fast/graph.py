@@ -381,13 +381,13 @@ def _dense_to_edges(adj: Tensor, num_vertices: Tensor, offsets: Tensor) -> Tenso
 
 
 # ---------------------------------------------------------------------- validation
-def _as_ints(x, name: str) -> Tensor:
+def _as_ints(x, name: str, owner: str = "GraphBatch") -> Tensor:
     """``x`` (tensor, array or nested list) as int64, refusing float, complex and bool values
     (a cast would truncate 1.9 to 1 and read True as 1). Empty inputs of any dtype pass:
     ``torch.zeros(2, 0)`` is a common way to write "no edges"."""
     t = torch.as_tensor(x)
     if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-        raise ValueError(f"GraphBatch: {name} must hold integers, got dtype {t.dtype}")
+        raise ValueError(f"{owner}: {name} must hold integers, got dtype {t.dtype}")
     return t.to(torch.int64)
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graph import GraphBatch
+from ..graph import GraphBatch, _as_ints
 from .blocks import AttentionBlock, BiGINMlp, DAGAttention, FeedForwardBlock
 
 __all__ = ["NNFormer"]
@@ -175,12 +175,9 @@ def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
 def _check_num_vertices(num_vertices, b: int, l: int, device: torch.device) -> Tensor:
     """num_vertices as a (B,) int64 tensor on ``device``; every value in [1, L] (a cell has
     nodes, and the depth token goes right after the last one, inside the padded length)."""
-    nv = torch.as_tensor(num_vertices, device=device)
+    nv = _as_ints(num_vertices, "num_vertices", "NNFormer").to(device)
     if nv.shape != (b,):
         raise ValueError(f"NNFormer: num_vertices must have shape ({b},), got {tuple(nv.shape)}")
-    if nv.is_floating_point() or nv.is_complex() or nv.dtype == torch.bool:
-        raise ValueError(f"NNFormer: num_vertices must hold integers, got dtype {nv.dtype}")
-    nv = nv.to(torch.int64)
     if not torch.compiler.is_compiling():  # value checks would break the traced graph
         bad = ((nv < 1) | (nv > l)).nonzero().flatten()
         if bad.numel():
