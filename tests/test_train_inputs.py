@@ -227,3 +227,21 @@ def test_scipy_is_a_main_dependency():
     """Every evaluation computes Kendall's tau with scipy: a plain ``pip install`` must bring it."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.replace(" ", "").lower().startswith("scipy") for d in deps), deps
+
+
+@pytest.mark.parametrize("rank, prints", [("0", True), ("1", False)])
+def test_train_summary_is_printed_by_rank_0_only(monkeypatch, capsys, rank, prints):
+    """Under torchrun every process runs the CLI: the summary comes once, from rank 0."""
+    from types import SimpleNamespace
+
+    from nnformer_fast.cli import main
+    from nnformer_fast.train import loop
+
+    result = SimpleNamespace(metrics={"tau": 0.5}, step=3, checkpoint="out/last.pt",
+                             throughput={"steps": 3, "seconds": 1.0, "graphs_per_s": 9.0, "nodes_per_s": 90.0})
+    monkeypatch.setattr(loop, "fit", lambda cfg: result)
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", "--task", "latency", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ("trained 3 steps" in out and "held-out: tau=0.5000" in out) == prints
+    assert out.strip() == "" or prints

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 __all__ = ["register_train", "register_evaluate", "register_predict"]
@@ -67,6 +68,8 @@ def _run_train(args) -> int:
     except FloatingPointError as e:
         print(f"nnformer-fast train: error: {e}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:  # DDP (torchrun): the summary once, from rank 0
+        return 0
     if result.metrics:
         print("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in result.metrics.items()))

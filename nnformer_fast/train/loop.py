@@ -228,10 +228,12 @@ def _lr_lambda(total: int, warmup: int, floor: float):
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, checkpoint, stop. Second: stop at once."""
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second: stop at once.
+    ``announce``: say so on stderr (DDP: rank 0 only, not once per process)."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.set = False
+        self.announce = announce
         self._old = None
 
     def __enter__(self):
@@ -246,8 +248,9 @@ class _StopFlag:
         if self.set:
             raise KeyboardInterrupt
         self.set = True
-        print("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr)
+        if self.announce:
+            print("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)",
+                  file=sys.stderr)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -453,7 +456,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     history = []
     saved = None
     consumed = sampler.position
-    with _StopFlag() as stop:
+    with _StopFlag(announce=main_proc) as stop:
         while epoch < cfg.epochs and not stopped:
             if cfg.max_steps is not None and step >= cfg.max_steps:  # before a step: a resume at N takes none
                 stopped = True
@@ -551,7 +554,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     if interrupted:
         msg = f"interrupted at step {step}" + (f"; checkpoint written to {saved} (resume with --resume {saved})"
                                                if saved else "; no --out folder, so no checkpoint was written")
-        print(msg, file=sys.stderr)
+        if main_proc:
+            print(msg, file=sys.stderr)
         raise KeyboardInterrupt(msg)
 
     result_model = _eval_model(model, ema, task)
