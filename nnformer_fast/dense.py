@@ -188,8 +188,9 @@ def _ffn_block(y: Tensor, adj: Tensor, params: Mapping[str, Tensor], prefix: str
 
 
 def _attention_mask(rel_pos: Tensor) -> Tensor:
-    """M from rel_pos (SPEC §4.5): nonzero, except that the values 2..8 count as 0. Bool."""
-    return (rel_pos != 0) & ~((rel_pos >= 2) & (rel_pos <= 8))
+    """M from rel_pos (SPEC §4.5): nonzero, except that values strictly between 1 and 9 (the
+    distances 2..8, and any fraction there) count as 0, as the reference masks them. Bool."""
+    return (rel_pos != 0) & ~((rel_pos > 1) & (rel_pos < 9))
 
 
 # --------------------------------------------------------------------------- §4 accuracy model
@@ -214,7 +215,7 @@ def _nnformer_equal_size(
     x = F.linear(code, params["op_embed.weight"])  # (B, L, D)
     D = x.shape[-1]
     adj = adj.to(x.dtype)
-    rel_pos = rel_pos.to(torch.long)
+    rel_pos = rel_pos if rel_pos.is_floating_point() else rel_pos.to(torch.long)
     n_front = 0
     if class_token:
         x = torch.cat([params["cls_token"].to(x.dtype).reshape(1, 1, D).expand(B, 1, D), x], dim=1)

@@ -436,6 +436,7 @@ def test_seeds_past_2_63_drop_as_their_low_32_bits(monkeypatch, backend):
     (dict(n_head=8, dim=36), "divisible"),
     (dict(depths=[]), "depths must start"),
     (dict(act_layer="tanh"), "unknown activation 'tanh'"),
+    (dict(class_token=False), "readout needs class_token=True or avg_tokens=True"),
 ])
 def test_nnformer_rejects_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

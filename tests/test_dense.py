@@ -338,7 +338,9 @@ def test_nnformer_num_vertices_padding():
 
 @pytest.mark.parametrize("depth, avg", [(2, False), (1, True)])
 def test_nnformer_rel_pos_distance_values_ignored(depth, avg):
-    # rel_pos values 2..8 count as "no edge"; 1, 9 and -1 count as edges
+    # rel_pos values 2..8 (and any fraction strictly between 1 and 9, as the reference's
+    # masked_fill(1 < v < 9) reads a float rel_pos) count as "no edge"; 1, 9, -1, 0.5 and
+    # 9.5 count as edges
     p = _acc_params(depth)
     s = _acc_sample([5], 5, seed=5)
     kw = dict(depth=depth, avg_tokens=avg)
@@ -348,8 +350,11 @@ def test_nnformer_rel_pos_distance_values_ignored(depth, avg):
     rel[0, 3, 1] = 2
     rel[0, 2, 0] = 8
     torch.testing.assert_close(dense_nnformer(p, dict(s, code_rel_pos=rel), **kw), base)
-    for val in (1, 9, -1):
-        rel2 = s["code_rel_pos"].clone()
+    rel = s["code_rel_pos"].double()
+    rel[0, 4, 0], rel[0, 3, 1] = 1.5, 8.5
+    torch.testing.assert_close(dense_nnformer(p, dict(s, code_rel_pos=rel), **kw), base)
+    for val in (1, 9, -1, 0.5, 9.5):
+        rel2 = s["code_rel_pos"].double()
         rel2[0, 4, 0] = val
         assert not torch.allclose(dense_nnformer(p, dict(s, code_rel_pos=rel2), **kw), base)
 

@@ -41,7 +41,7 @@ def _double(sample):
 CONFIGS = [
     dict(),
     dict(avg_tokens=True),
-    dict(class_token=False),
+    dict(class_token=False, avg_tokens=True),
     dict(depth_embed=False, act_layer="gelu"),
     dict(class_token=False, depth_embed=False, avg_tokens=True, act_layer="leaky_relu"),
     dict(n_head=8, act_layer="square_relu"),
@@ -86,6 +86,33 @@ def test_padding_never_changes_real_tokens():
     assert_close(out, oracle, atol=1e-12, rtol=1e-10, name="padded vs alone")
 
 
+def test_attention_mask_follows_the_references_rule():
+    """The reference closes the mask where 1 < rel_pos < 9 and opens it for every other
+    nonzero value: 9, negative values and fractions outside (1, 9) open it, 1.5 and 8.5 do not."""
+    torch.manual_seed(6)
+    model = NNFormer(depths=[2], dim=32).double().eval()
+    sample = _double(cell_sample([7] * 4, seed=7))
+    rel_pos = sample["code_rel_pos"].double()
+    g = torch.Generator().manual_seed(8)
+    free = (rel_pos == 0) & torch.ones(7, 7, dtype=torch.bool).triu(1)
+    values = torch.tensor([1.5, 8.5, 9.0, -1.0, 0.5, 12.0], dtype=torch.float64)
+    rel_pos[free] = values[torch.randint(0, len(values), (int(free.sum()),), generator=g)]
+    sample["code_rel_pos"] = rel_pos
+    oracle = dense_nnformer(model.state_dict(), sample, depth=2)
+    assert_close(model(sample, None), oracle, atol=1e-12, rtol=1e-10, name="rel_pos values")
+    closed = sample | {"code_rel_pos": torch.where((rel_pos > 1) & (rel_pos < 9), 0.0, rel_pos)}
+    assert_close(model(closed, None), oracle, atol=1e-12, rtol=1e-10, name="(1, 9) closes the mask")
+
+
+def test_droppath_rates_rise_over_all_depths_as_in_the_reference():
+    model = NNFormer(depths=[4, 4], dim=32, droppath=0.35)
+    rates = [layer.self_attn.drop_path.p for layer in model.encoder.layers]
+    assert rates == pytest.approx(torch.linspace(0, 0.35, 8).tolist()[:4])
+    assert [layer.feed_forward.drop_path.p for layer in model.encoder.layers] == rates
+    assert [l.self_attn.drop_path.p for l in NNFormer(depths=[3], droppath=0.2).encoder.layers] \
+        == pytest.approx([0.0, 0.1, 0.2])
+
+
 def test_accuracy_state_dict_keys_are_the_references():
     model = NNFormer(depths=[2])
     expected = {"op_embed.weight", "depth_embed.weight", "cls_token", "norm.weight", "norm.bias",
@@ -118,6 +145,8 @@ def test_accuracy_model_trains_and_runs_under_autocast():
     (lambda s: s.update(code_rel_pos=s["code_rel_pos"][:, :3]), "code_rel_pos must be"),
     (lambda s: s["code"].__setitem__((1, 0, 0), float("nan")), "code of sample 1 holds NaN"),
     (lambda s: s["code_adj"].__setitem__((0, 0, 0), 1.0), "self loop"),
+    (lambda s: s["code_adj"].__setitem__((1, 0, 3), 2.0), r"code_adj of sample 1 holds 2.0 at \(0, 3\)"),
+    (lambda s: s["code_adj"].__setitem__((0, 1, 2), 0.5), r"code_adj of sample 0 holds 0.5 at \(1, 2\)"),
 ])
 def test_accuracy_model_bad_input(bad, message):
     model = NNFormer(depths=[1], dim=32)

@@ -12,8 +12,9 @@ from .blocks import AttentionBlock, BiGINMlp, DAGAttention, FeedForwardBlock
 
 __all__ = ["NNFormer"]
 
-# rel_pos values the reference reserves for distances: they do not open the attention mask.
-_DISTANCE_CODES = (2, 8)
+# The reference closes the attention mask where 1 < rel_pos < 9 (values it reserves for
+# distances); every other nonzero value, 9 and negative ones included, opens it.
+_DISTANCE_CODES = (1, 9)  # exclusive bounds
 
 
 class EncoderLayer(nn.Module):
@@ -29,10 +30,12 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, depth: int, dim: int, n_head: int, hidden: int, act: str, dropout: float,
+    def __init__(self, depths: Sequence[int], dim: int, n_head: int, hidden: int, act: str, dropout: float,
                  droppath: float):
         super().__init__()
-        rates = torch.linspace(0, droppath, depth).tolist() if depth > 1 else [0.0] * depth
+        # As in the reference: the rates rise over sum(depths) blocks, of which the first
+        # depths[0] are built.
+        rates = torch.linspace(0, droppath, sum(depths)).tolist()[: depths[0]]
         self.layers = nn.ModuleList(EncoderLayer(dim, n_head, hidden, act, dropout, r) for r in rates)
         self.norm = nn.LayerNorm(dim)
 
@@ -56,7 +59,7 @@ class NNFormer(nn.Module):
 
     ``forward(sample, static_feats=None)`` takes the padded dict of SPEC §4 — ``code``
     (B, L, in_chans) float, ``code_depth`` (B, 1, in_chans) float, ``code_rel_pos`` (B, L, L)
-    int, ``code_adj`` (B, L, L) float, optionally ``num_vertices`` (B,) int for mixed-size
+    int, ``code_adj`` (B, L, L) float of 0s and 1s, optionally ``num_vertices`` (B,) int for mixed-size
     padded batches and ``graph`` (from :meth:`build_graph`) to reuse a prebuilt graph — and
     returns (B, 1). Internally the tokens are packed (no padding) and
     attention runs on the sparse relations of a :class:`GraphBatch`.
@@ -69,13 +72,15 @@ class NNFormer(nn.Module):
         super().__init__()
         if len(depths) == 0 or depths[0] < 1:
             raise ValueError(f"NNFormer: depths must start with the encoder's layer count (>= 1), got {depths}")
+        if not (avg_tokens or class_token):  # the reference asserts the same
+            raise ValueError("NNFormer: the readout needs class_token=True or avg_tokens=True")
         self.in_chans, self.dim, self.dataset = in_chans, dim, dataset
         self.avg_tokens, self.class_token, self.use_depth_embed = avg_tokens, class_token, depth_embed
         self.op_embed = nn.Linear(in_chans, dim, bias=False)
         self.depth_embed = nn.Linear(in_chans, dim, bias=False) if depth_embed else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.norm = nn.LayerNorm(dim)
-        self.encoder = Encoder(depths[0], dim, n_head, int(dim * mlp_ratio), act_layer, dropout, droppath)
+        self.encoder = Encoder(depths, dim, n_head, int(dim * mlp_ratio), act_layer, dropout, droppath)
         self.head = RegressionHead(dim)
         self.apply(_init_weights)
         if self.cls_token is not None:
@@ -114,7 +119,7 @@ class NNFormer(nn.Module):
 
         pad = (front, back, front, back)
         inner_pair = node[:, :, None] & node[:, None, :]
-        opens = (rel_pos != 0) & ~((rel_pos >= _DISTANCE_CODES[0]) & (rel_pos <= _DISTANCE_CODES[1]))
+        opens = (rel_pos != 0) & ~((rel_pos > _DISTANCE_CODES[0]) & (rel_pos < _DISTANCE_CODES[1]))
         mask = (F.pad(opens, pad) & inner_pair) | (is_global[:, :, None] & valid[:, None, :]) \
             | (valid[:, :, None] & is_global[:, None, :])
         gin_adj = F.pad(adj != 0, pad) & inner_pair
@@ -169,6 +174,13 @@ def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
         bad = ~torch.isfinite(t).flatten(1).all(1)  # NaN != 0 would otherwise become an edge
         if bool(bad.any()):
             raise ValueError(f"NNFormer: {name} of sample {int(bad.nonzero()[0])} holds NaN or inf")
+    if adj.dtype != torch.bool:
+        # the reference multiplies by code_adj's values; the GIN kernels sum unweighted edges
+        weighted = ((adj != 0) & (adj != 1)).nonzero()
+        if weighted.numel():
+            g, i, j = weighted[0].tolist()
+            raise ValueError(f"NNFormer: code_adj of sample {g} holds {adj[g, i, j].item()} at ({i}, {j}); "
+                             "entries must be 0 or 1 (the reference builds code_adj = (code_rel_pos == 1))")
     return code, rel_pos, adj
 
 
