@@ -114,6 +114,54 @@ def test_nb201_cell_bad_ops(ops):
         C.nb201_cell(ops)
 
 
+# The fixed 8-node graph of SPEC section 7, written out: input -> {e1, e2, e4}, e1 -> {e3, e5},
+# e2 -> e6, e3 -> e6, {e4, e5, e6} -> output.
+NB201_FIXED_EDGES = [(0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 6), (3, 6), (4, 7), (5, 7), (6, 7)]
+# e1 nor_conv_3x3, e2 none, e3 avg_pool_3x3, e4 skip_connect, e5 none, e6 nor_conv_1x1
+HAND_CHECKED = "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"
+
+
+@pytest.mark.parametrize("arch", [DIAMOND, HAND_CHECKED, ALL_NONE,
+                                  "|nor_conv_1x1~0|+|none~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"])
+def test_nb201_reference_encoding_keeps_all_8_nodes(arch):
+    cell = C.nb201_cell(arch, 0.5, prune=False)
+    codes = [0] + [C.NB201_OPS.index(n) for n in C.parse_nb201_arch(arch)] + [6]
+    assert_cell(cell, codes, NB201_FIXED_EDGES)
+    n_none = codes.count(5)
+    assert n_none > 0 and cell.num_nodes == 8 and cell.depth == 8 - n_none
+    assert cell.key == arch and cell.accuracy == 0.5
+    tok = C.tokenize(cell)
+    assert tok["code"].argmax(1).tolist() == codes  # none nodes stay, with their edges
+    assert tok["code_depth"].sum() == 1 and tok["code_depth"][0, 8 - n_none] == 1
+    assert torch.equal(tok["code_rel_pos"], torch.from_numpy(adj_from_edges(8, NB201_FIXED_EDGES)))
+
+
+def test_nb201_hand_checked_example_in_both_encodings():
+    ref = C.nb201_cell(HAND_CHECKED, prune=False)
+    np.testing.assert_array_equal(ref.ops, [0, 2, 5, 3, 4, 5, 1, 6])
+    assert ref.depth == 6
+    # pruned: e2 and e5 go; input, e1, e3, e4, e6, output all stay on a path (0-e1-e3-e6-7, 0-e4-7)
+    pruned = C.nb201_cell(HAND_CHECKED)
+    assert_cell(pruned, [0, 2, 3, 4, 1, 6], [(0, 1), (0, 3), (1, 2), (2, 4), (3, 5), (4, 5)])
+    assert pruned.depth == 6
+
+
+@pytest.mark.parametrize("arch", [ALL_CONV3, "|avg_pool_3x3~0|+|skip_connect~0|nor_conv_1x1~1|"
+                                             "+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|"])
+def test_nb201_encodings_agree_without_none(arch):
+    pruned, ref = C.nb201_cell(arch), C.nb201_cell(arch, prune=False)
+    np.testing.assert_array_equal(pruned.ops, ref.ops)
+    np.testing.assert_array_equal(pruned.adjacency, ref.adjacency)
+    assert pruned.num_nodes == ref.num_nodes == pruned.depth == ref.depth == 8
+    a, b = C.tokenize(pruned), C.tokenize(ref)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nb201_prune_must_be_a_bool():
+    with pytest.raises(ValueError, match="prune must be True or False, got 'reference'"):
+        C.nb201_cell(ALL_CONV3, prune="reference")
+
+
 # ---------------------------------------------------------------- NAS-Bench-101 graphs
 
 NB101_EDGES = [(0, 1), (0, 2), (1, 4), (3, 4), (4, 5), (0, 5)]
@@ -164,6 +212,18 @@ def test_cell_checks_shapes():
         C.Cell(np.zeros((3, 3)), np.zeros(2))
 
 
+def test_cell_depth_defaults_to_the_node_count():
+    cell = C.Cell(np.zeros((3, 3)), [0, 1, 4])
+    assert cell.depth == 3 and type(cell.depth) is int
+    assert type(C.Cell(np.zeros((3, 3)), [0, 1, 4], depth=np.int64(2)).depth) is int
+
+
+@pytest.mark.parametrize("depth", [True, 0, -1, 2.5, "3"])
+def test_cell_refuses_bad_depth(depth):
+    with pytest.raises(ValueError, match=f"depth must be an integer >= 1.*got {depth!r}"):
+        C.Cell(np.zeros((3, 3)), [0, 1, 4], depth=depth)
+
+
 # ---------------------------------------------------------------- tokens and batches
 
 
@@ -194,6 +254,11 @@ def test_tokenize_errors():
         C.tokenize(cell, in_chans=8)
     with pytest.raises(ValueError, match="op codes"):
         C.tokenize(C.Cell(np.zeros((2, 2)), [0, 7]), in_chans=4)
+    # the one-hot of the depth is what overflows, not the node count
+    with pytest.raises(ValueError, match="tokenize: depth=9 must be < in_chans=9"):
+        C.tokenize(C.Cell(np.zeros((3, 3)), [0, 1, 4], depth=9), in_chans=9)
+    tok = C.tokenize(C.Cell(np.zeros((4, 4)), [0, 1, 1, 1], depth=2), in_chans=3)  # L=4 >= in_chans is fine
+    assert tok["code_depth"].tolist() == [[0, 0, 1]]
 
 
 def some_nb201_cells():
@@ -379,6 +444,38 @@ def test_nb201_csv_tokenize_sample(nb201_csv):
     assert torch.equal(batch["code_depth"][:, 0].argmax(-1), batch["num_vertices"])
     assert torch.equal(batch["code"].sum((1, 2)).long(), batch["num_vertices"])
     assert ((y >= 0) & (y <= 1)).all()
+
+
+def test_nb201_csv_reference_encoding(data_dir, nb201_csv):
+    ref = C.load_nb201_csv(need(data_dir, "nb201_accuracy.csv"), prune=False)
+    assert [c.key for c in ref] == [c.key for c in nb201_csv]
+    assert [c.accuracy for c in ref] == [c.accuracy for c in nb201_csv]
+    assert {c.num_nodes for c in ref} == {8}
+    assert all(c.depth == 8 - int((c.ops == 5).sum()) for c in ref)
+    # depth 8 means no 'none': exactly the cells that pruning leaves whole
+    assert [c.depth == 8 for c in ref] == [c.num_nodes == 8 for c in nb201_csv]
+    for c in ref[::997]:
+        again = C.nb201_cell(c.key, prune=False)
+        np.testing.assert_array_equal(c.ops, again.ops)
+        np.testing.assert_array_equal(c.adjacency, again.adjacency)
+
+
+def test_nb201_loaders_pass_prune_through(tmp_path):
+    path = tmp_path / "nb201.csv"
+    columns = ["ArchitectureString", "CIFAR10TestAccuracy200Epochs", "CIFAR100TestAccuracy200Epochs",
+               "ImageNetTestAccuracy200Epochs"]
+    path.write_text(",".join(columns) + "\n" + f"{HAND_CHECKED},90,70,40\n{ALL_NONE},10,1,1\n")
+    pruned, ref = C.load_nb201_csv(path), C.load_nb201_csv(path, prune=False)
+    assert [c.num_nodes for c in pruned] == [6, 2] and [c.depth for c in pruned] == [6, 2]
+    assert [c.num_nodes for c in ref] == [8, 8] and [c.depth for c in ref] == [6, 2]
+    naslib = tmp_path / "naslib.json"
+    # NASLib ids [skip, none, conv3x3, conv1x1, avgpool] on edges (1,2),(1,3),(1,4),(2,3),(2,4),(3,4)
+    naslib.write_text(json.dumps({"cifar10": {"(2, 1, 0, 4, 1, 3)": {"val_accuracy": 88.0}}}))
+    (cell,) = C.load_nb201_naslib(naslib, prune=False)
+    assert cell.key == HAND_CHECKED and cell.num_nodes == 8 and cell.depth == 6
+    assert C.load_nb201_naslib(naslib)[0].num_nodes == 6
+    with pytest.raises(ValueError, match="prune must be True or False"):
+        C.load_nb201_csv(path, prune="no")
 
 
 def test_nb201_csv_dataset_choice(data_dir):

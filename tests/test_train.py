@@ -1,5 +1,6 @@
 """Short real trainings on tiny data: loss decreases, exact resume, Ctrl-C, NaN, bad inputs,
 the accuracy consistency loss, ``compile``."""
+import dataclasses
 import functools
 import json
 import os
@@ -87,6 +88,46 @@ def test_vectorized_batch_matches_collate(lat):
     torch.testing.assert_close(b.inputs[2], s)
     assert torch.equal(b.inputs[1].edge_index, g.edge_index) and torch.equal(b.inputs[1].ptr, g.ptr)
     torch.testing.assert_close(b.target, y)
+
+
+NONE_ARCHS = ["|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|",
+              "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+              "|nor_conv_1x1~0|+|none~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|",
+              "|avg_pool_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|"]
+
+
+def test_cell_batch_code_depth_follows_cell_depth():
+    """code_depth is the one-hot of each cell's depth, not of its node count: the authors'
+    NAS-Bench-201 cells have 8 nodes and depth = their non-none nodes."""
+    from nnformer_fast.data.cells import nb201_cell, tokenize
+
+    cells = T.CellArrays([nb201_cell(a, 0.5, prune=False) for a in NONE_ARCHS] + [nb201_cell(NONE_ARCHS[0], 0.5)])
+    np.testing.assert_array_equal(cells.depths, [6, 2, 5, 8, 6])
+    np.testing.assert_array_equal(cells.num_nodes, [8, 8, 8, 8, 6])
+    idx = [4, 1, 0, 3, 2]
+    batch = T.CellBatchBuilder(cells)[idx]
+    depth = batch.inputs[0]["code_depth"]
+    assert depth.shape == (5, 1, 32) and torch.equal(depth.sum(-1), torch.ones(5, 1))
+    assert depth[:, 0].argmax(-1).tolist() == [6, 2, 6, 8, 5]
+    for row, i in enumerate(idx):
+        assert torch.equal(depth[row], tokenize(cells.cells[i])["code_depth"])
+
+
+def test_fingerprint_hashes_depths_that_differ_from_the_node_counts():
+    import hashlib
+
+    from nnformer_fast.data.cells import nb201_cell
+
+    task = T.AccuracyTask(depth=1)
+    pruned = T.CellArrays([nb201_cell(a, 0.1 * i) for i, a in enumerate(NONE_ARCHS)])
+    ref = T.CellArrays([nb201_cell(a, 0.1 * i, prune=False) for i, a in enumerate(NONE_ARCHS)])
+    same_sizes = T.CellArrays([nb201_cell(NONE_ARCHS[3], 0.3, prune=False)] * 2)
+    other_depth = T.CellArrays([same_sizes.cells[0], dataclasses.replace(same_sizes.cells[0], depth=7)])
+    # depth = L everywhere: the fingerprint of node counts and targets alone, as before depths existed
+    h = hashlib.sha256(pruned.num_nodes.tobytes() + pruned.targets.astype(np.float64).tobytes())
+    assert T.dataset_fingerprint(task, pruned) == h.hexdigest()[:16]
+    assert T.dataset_fingerprint(task, ref) != T.dataset_fingerprint(task, pruned)
+    assert T.dataset_fingerprint(task, other_depth) != T.dataset_fingerprint(task, same_sizes)
 
 
 def test_time_limit_stops_with_a_checkpoint(lat, tmp_path):

@@ -116,7 +116,8 @@ def test_fit_refuses_out_of_range_settings(no_training):
     train = synthetic_latency_set(24, seed=0)
     for bad, match in [(dict(grad_clip=0.0), "grad_clip"), (dict(threads=0), "threads"), (dict(lr=-1.0), "lr"),
                        (dict(ema=-0.1), "ema"), (dict(ema=float("nan")), "ema"), (dict(min_lr_ratio=2.0), "min_lr"),
-                       (dict(max_graphs=0), "max_graphs"), (dict(checkpoint_every=-1), "checkpoint_every")]:
+                       (dict(max_graphs=0), "max_graphs"), (dict(checkpoint_every=-1), "checkpoint_every"),
+                       (dict(nb201_encoding="authors"), r"nb201_encoding \(--nb201-encoding\) must be one of")]:
         with pytest.raises(ValueError, match=match):
             fit(_cfg(**bad), train_set=train, test_set=None)
 
@@ -163,6 +164,102 @@ def test_bad_cell_json_names_file_and_key(tmp_path, items, match):
     with pytest.raises(ValueError, match=match) as e:
         T.load_dataset("accuracy", path)
     assert str(path) in str(e.value)
+
+
+# NAS-Bench-201 in the authors' SPEC §7 JSON: the 8 unpruned nodes, the fixed adjacency, percent accuracies
+# with *_avg twins.
+NB201_ADJ = [[0, 1, 1, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 1, 0],
+             [0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1], [0] * 8]
+NB201_RECORDS = {"0": [0, 2, 5, 3, 4, 5, 1, 6], "1": [0, 5, 5, 5, 5, 5, 5, 6], "2": [0, 2, 2, 2, 2, 2, 2, 6]}
+
+
+def _authors_nb201_json(path, avg: bool = True):
+    def record(i, ops):
+        acc = {"test_accuracy": 80.0 + i, "validation_accuracy": 70.0 + i}
+        if avg:
+            acc.update(test_accuracy_avg=79.5 + i, validation_accuracy_avg=69.5 + i)
+        return {"module_adjacency": NB201_ADJ, "module_operations": ops, **acc}
+
+    path.write_text(json.dumps({k: record(int(k), ops) for k, ops in NB201_RECORDS.items()}))
+    return path
+
+
+def test_spec_json_in_the_authors_nb201_layout_gets_their_depth(tmp_path):
+    cells = T.load_dataset("accuracy", _authors_nb201_json(tmp_path / "nb201.json"))
+    assert cells.num_nodes.tolist() == [8, 8, 8]
+    assert cells.depths.tolist() == [6, 2, 8]  # the ops other than none (5)
+    assert cells.targets.tolist() == pytest.approx([0.70, 0.71, 0.72])
+    assert cells.cells[0].extra["validation_accuracy_avg"] == pytest.approx(0.695)
+    assert T.CellBatchBuilder(cells)[[0, 1, 2]].inputs[0]["code_depth"][:, 0].argmax(-1).tolist() == [6, 2, 8]
+    # the same cells without *_avg are not marked as the authors' NB201 layout: depth = L
+    plain = T.load_dataset("accuracy", _authors_nb201_json(tmp_path / "plain.json", avg=False))
+    assert plain.depths.tolist() == [8, 8, 8]
+
+
+def test_spec_json_without_avg_keeps_depth_L(tmp_path):
+    path = tmp_path / "nb101.json"
+    path.write_text(json.dumps({"0": {"module_adjacency": ADJ, "module_operations": [0, 1, 4],
+                                      "validation_accuracy": 0.9, "test_accuracy": 0.89},
+                                "1": {"module_adjacency": [[0, 1], [0, 0]], "module_operations": [0, 4],
+                                      "validation_accuracy": 0.1, "test_accuracy": 0.1}}))
+    cells = T.load_dataset("accuracy", path, nb201_encoding="reference")  # not a format it applies to
+    assert cells.num_nodes.tolist() == [3, 2] and cells.depths.tolist() == [3, 2]
+
+
+ARCHS = ["|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|",
+         "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+         "|nor_conv_1x1~0|+|none~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|",
+         "|avg_pool_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|",
+         "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|none~0|none~1|nor_conv_1x1~2|",
+         "|skip_connect~0|+|none~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|none~2|"] * 2
+
+
+def _nb201_csv(path):
+    rows = [f"{a},{60 + i},{40 + i},{20 + i}" for i, a in enumerate(ARCHS)]
+    path.write_text("ArchitectureString,CIFAR10TestAccuracy200Epochs,CIFAR100TestAccuracy200Epochs,"
+                    "ImageNetTestAccuracy200Epochs\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_nb201_encoding_of_the_csv_and_naslib_formats(tmp_path):
+    csv = _nb201_csv(tmp_path / "nb201.csv")
+    pruned, ref = (T.load_dataset("accuracy", csv, nb201_encoding=e) for e in ("pruned", "reference"))
+    assert set(ref.num_nodes.tolist()) == {8} and ref.depths.tolist() == [6, 2, 5, 8, 6, 5] * 2
+    assert pruned.num_nodes.tolist() == pruned.depths.tolist() == [6, 2, 3, 8, 6, 3] * 2
+    naslib = tmp_path / "naslib.json"
+    naslib.write_text(json.dumps({"cifar10": {"(2, 1, 0, 4, 1, 3)": {"val_accuracy": 88.0},
+                                              "(1, 1, 1, 1, 1, 1)": {"val_accuracy": 10.0}}}))
+    ref = T.load_dataset("accuracy", naslib, nb201_encoding="reference")
+    assert ref.num_nodes.tolist() == [8, 8] and ref.depths.tolist() == [6, 2]
+    assert T.load_dataset("accuracy", naslib).num_nodes.tolist() == [6, 2]
+    with pytest.raises(ValueError, match="unknown NAS-Bench-201 encoding 'unpruned'"):
+        T.load_dataset("accuracy", csv, nb201_encoding="unpruned")
+
+
+def test_cli_nb201_encoding_reaches_the_loader_and_is_kept_on_resume(tmp_path, monkeypatch, capsys):
+    from nnformer_fast.data import cells as C
+
+    csv, out = _nb201_csv(tmp_path / "nb201.csv"), tmp_path / "run"
+    seen = []
+    real = C.load_nb201_csv
+    monkeypatch.setattr(C, "load_nb201_csv", lambda *a, **k: seen.append(k.get("prune")) or real(*a, **k))
+    train = ["train", "--task", "accuracy", "--data", str(csv), "--model", "depth=1,dim=32", "--epochs", "2",
+             "--max-nodes", "64", "--out", str(out), "--quiet", "--precision", "fp32", "--threads", "1"]
+    assert main([*train, "--nb201-encoding", "reference", "--max-steps", "1"]) == 0
+    assert seen == [False]
+    assert torch.load(out / "last.pt", weights_only=True)["train_config"]["nb201_encoding"] == "reference"
+    assert main(["evaluate", str(out / "last.pt"), "--quiet", "--device", "cpu"]) == 0  # the run's own encoding
+    assert seen == [False, False]
+    capsys.readouterr()
+    assert main([*train, "--resume"]) == 2  # default: pruned
+    err = capsys.readouterr().err.strip()
+    assert "saved for another training set" in err and "\n" not in err, err
+    assert "saved with nb201_encoding='reference', this run has nb201_encoding='pruned'" in err, err
+    assert main([*train, "--nb201-encoding", "reference", "--resume", "--max-steps", "2"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main([*train, "--nb201-encoding", "authors"])
+    assert e.value.code == 2 and "invalid choice: 'authors'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- evaluate / predict device

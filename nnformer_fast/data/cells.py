@@ -5,7 +5,8 @@ A cell is a small DAG in topological order: node 0 is the input, node L-1 the ou
 
 - NAS-Bench-101: input 0, conv1x1-bn-relu 1, conv3x3-bn-relu 2, maxpool3x3 3, output 4.
 - NAS-Bench-201: input 0, nor_conv_1x1 1, nor_conv_3x3 2, avg_pool_3x3 3, skip_connect 4,
-  none 5, output 6. Each edge operation of the arch string is a node.
+  none 5, output 6. Each edge operation of the arch string is a node; ``nb201_cell`` builds
+  SPEC's pruned graph or, with ``prune=False``, the authors' unpruned one.
 
 Accuracies are stored as fractions in [0, 1]; files that give percent are divided by 100.
 
@@ -96,6 +97,9 @@ class Cell:
     extra: further per-cell numbers from the source file (other accuracies as fractions,
         flops, params, zero-cost proxy scores), keyed by their source name.
     key: the cell's identity in its source file (arch string, JSON key), or None.
+    depth: the integer >= 1 one-hot encoded in ``code_depth``; None means L (SPEC section 7),
+        and ``__post_init__`` puts L there. The authors' NAS-Bench-201 encoding counts only
+        the non-``none`` nodes (see ``nb201_cell``).
     """
 
     adjacency: np.ndarray
@@ -103,6 +107,7 @@ class Cell:
     accuracy: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
     key: str | None = None
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         self.adjacency = np.asarray(self.adjacency, dtype=np.int64)
@@ -113,6 +118,11 @@ class Cell:
                 f"Cell: need adjacency (L, L) and ops (L,) with L >= 2, got shapes "
                 f"{self.adjacency.shape} and {self.ops.shape}"
             )
+        if self.depth is None:
+            self.depth = n
+        elif not _is_int(self.depth) or self.depth < 1:
+            raise ValueError(f"Cell: depth must be an integer >= 1 (one-hot in code_depth), got {self.depth!r}")
+        self.depth = int(self.depth)
 
     @property
     def num_nodes(self) -> int:
@@ -192,19 +202,33 @@ def parse_nb201_arch(arch: str) -> list[str]:
     return ops
 
 
+def _check_prune(prune) -> None:
+    # a truthy string such as "reference" must not silently select the pruned encoding
+    if not isinstance(prune, (bool, np.bool_)):
+        raise ValueError(f"prune must be True or False, got {prune!r}")
+
+
 def nb201_cell(
     arch_or_ops: str | Sequence[str] | Sequence[int],
     accuracy: float | None = None,
     extra: Mapping[str, float] | None = None,
+    *,
+    prune: bool = True,
 ) -> Cell:
-    """Build the pruned NAS-Bench-201 cell graph (SPEC section 7).
+    """Build a NAS-Bench-201 cell graph from the 8-node graph (input, e1..e6, output).
 
     arch_or_ops: an arch string, or the 6 edge ops in arch-string order as names or as op
         codes 1..5.
-    The 8-node graph (input, e1..e6, output) loses its ``none`` nodes, then every node not
-    on an input -> output path. A cell whose output is cut off from its input (all paths
-    pass through ``none``) becomes just the input and the output with no edge (L = 2).
+    prune=True (SPEC section 7, the default): the graph loses its ``none`` nodes, then every
+    node not on an input -> output path; depth = L. A cell whose output is cut off from its
+    input (all paths pass through ``none``) becomes just the input and the output with no
+    edge (L = 2).
+    prune=False (the authors' encoding): all 8 nodes and the fixed adjacency, ``none`` nodes
+    and their edges kept; depth = the number of non-``none`` nodes (input and output
+    included). The authors' NAS-Bench-201 checkpoints were trained on this one, so their
+    predictions need it.
     """
+    _check_prune(prune)
     if isinstance(arch_or_ops, str):
         names = parse_nb201_arch(arch_or_ops)
         key = arch_or_ops
@@ -224,6 +248,9 @@ def nb201_cell(
         key = "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*names)
     ops = np.array([0] + [NB201_OPS.index(n) for n in names] + [_NB201_OUTPUT], dtype=np.int64)
     adj = _NB201_ADJ.copy()
+    if not prune:
+        depth = int((ops != _NB201_NONE).sum())
+        return Cell(adj, ops, accuracy, dict(extra or {}), key, depth)
     live = ops != _NB201_NONE
     adj[~live, :] = 0
     adj[:, ~live] = 0
@@ -422,14 +449,16 @@ def load_nb101_naslib(path: str | os.PathLike | None = None) -> list[Cell]:
 
 
 def load_nb201_csv(
-    path: str | os.PathLike | None = None, dataset: str = "cifar10"
+    path: str | os.PathLike | None = None, dataset: str = "cifar10", *, prune: bool = True
 ) -> list[Cell]:
     """Load ``nb201_accuracy.csv`` (15625 rows; row i = NAS-Bench-201 index i).
 
     dataset: "cifar10", "cifar100" or "ImageNet16-120"; ``accuracy`` is that 200-epoch test
     accuracy / 100, and ``extra`` holds all three (fractions) under those names. A missing
     column, a malformed row (named by its line) or a file without rows raise ValueError.
+    prune: the cell encoding (see ``nb201_cell``).
     """
+    _check_prune(prune)
     if dataset not in _NB201_CSV_COLUMNS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {list(_NB201_CSV_COLUMNS)}")
     path = _resolve(path, "nb201_accuracy.csv")
@@ -438,7 +467,7 @@ def load_nb201_csv(
         if None in row or None in row.values():  # DictReader's restkey / restval
             raise ValueError(f"row has {'more' if None in row else 'fewer'} fields than the header ({len(header)})")
         extra = {name: _percent_to_fraction(_number(row[col], col)) for name, col in _NB201_CSV_COLUMNS.items()}
-        return nb201_cell(row["ArchitectureString"], extra[dataset], extra)
+        return nb201_cell(row["ArchitectureString"], extra[dataset], extra, prune=prune)
 
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -452,7 +481,7 @@ def load_nb201_csv(
 
 
 def load_nb201_naslib(
-    path: str | os.PathLike | None = None, dataset: str = "cifar10"
+    path: str | os.PathLike | None = None, dataset: str = "cifar10", *, prune: bool = True
 ) -> list[Cell]:
     """Load NASLib's NAS-Bench-201 zero-cost file (``nb201_naslib_725.json``).
 
@@ -460,7 +489,9 @@ def load_nb201_naslib(
     ids ``[skip, none, conv3x3, conv1x1, avgpool]`` on edges (1,2),(1,3),(1,4),(2,3),(2,4),
     (3,4); they are reordered to arch-string order (0,1),(0,2),(1,2),(0,3),(1,3),(2,3).
     ``accuracy`` is ``val_accuracy`` / 100; flops, params and proxy scores go to ``extra``.
+    prune: the cell encoding (see ``nb201_cell``).
     """
+    _check_prune(prune)
     path = _resolve(path, "nb201_naslib_725.json")
     root = _load_json_object(path)
     if dataset not in root:
@@ -478,7 +509,7 @@ def load_nb201_naslib(
             for k, v in item.items()
             if k not in ("val_accuracy", "idx", "arch")
         }
-        return nb201_cell(names, acc, extra)
+        return nb201_cell(names, acc, extra, prune=prune)
 
     return _load_records(path, records.items(), build)
 
@@ -487,19 +518,20 @@ def tokenize(cell: Cell, in_chans: int = 32) -> dict[str, torch.Tensor]:
     """The model's per-cell input (SPEC section 7, ``onehot_op``).
 
     Returns ``code`` (L, in_chans) float32 one-hot of the op codes, ``code_depth``
-    (1, in_chans) float32 one-hot of L, ``code_rel_pos`` (L, L) int64 adjacency and
-    ``code_adj`` (L, L) float32 ``code_rel_pos == 1``.
+    (1, in_chans) float32 one-hot of ``cell.depth`` (L unless the cell says otherwise),
+    ``code_rel_pos`` (L, L) int64 adjacency and ``code_adj`` (L, L) float32
+    ``code_rel_pos == 1``.
     """
-    n = cell.num_nodes
-    if n >= in_chans:
-        raise ValueError(f"tokenize: node count L={n} must be < in_chans={in_chans} (one-hot of L)")
+    if cell.depth >= in_chans:
+        what = f"node count L={cell.depth}" if cell.depth == cell.num_nodes else f"depth={cell.depth}"
+        raise ValueError(f"tokenize: {what} must be < in_chans={in_chans} (code_depth is its one-hot)")
     if cell.ops.min() < 0 or cell.ops.max() >= in_chans:
         raise ValueError(f"tokenize: op codes {cell.ops.tolist()} must lie in [0, {in_chans})")
     ops = torch.from_numpy(cell.ops)
     rel_pos = torch.from_numpy(cell.adjacency).clone()
     return {
         "code": torch.nn.functional.one_hot(ops, in_chans).float(),
-        "code_depth": torch.nn.functional.one_hot(torch.tensor([n]), in_chans).float(),
+        "code_depth": torch.nn.functional.one_hot(torch.tensor([cell.depth]), in_chans).float(),
         "code_rel_pos": rel_pos,
         "code_adj": (rel_pos == 1).float(),
     }

@@ -40,7 +40,7 @@ def evaluate(checkpoint: str | os.PathLike, data: Optional[str] = None, *, split
     split: ``"test"`` (the held-out part, re-split with the run's settings), ``"train"`` or
     ``"all"``. ``device``: auto (CUDA when available), cpu, cuda, cuda:N. ``progress``: bars
     while the data loads and while it is evaluated. ``data_options``: ``fmt``,
-    ``nb201_device``, ``accuracy_dataset``, ``target``.
+    ``nb201_device``, ``accuracy_dataset``, ``target``, ``nb201_encoding``.
     """
     from .loop import evaluate_model, resolve_device
 
@@ -52,7 +52,8 @@ def evaluate(checkpoint: str | os.PathLike, data: Optional[str] = None, *, split
     if data is None:
         data = run.get("data")
         for key, opt in (("data_format", "fmt"), ("nb201_device", "nb201_device"),
-                         ("accuracy_dataset", "accuracy_dataset"), ("accuracy_target", "target")):
+                         ("accuracy_dataset", "accuracy_dataset"), ("accuracy_target", "target"),
+                         ("nb201_encoding", "nb201_encoding")):
             if key in run and run[key] is not None:
                 data_options.setdefault(opt, run[key])
     full = load_dataset(task.name, data, in_chans=task.model_config.get("in_chans", 32), progress=progress,

@@ -45,6 +45,11 @@ def _add_data_args(p, *, required: bool = False) -> None:
     p.add_argument("--accuracy-dataset", default="cifar10", help="cifar10 | cifar100 | ImageNet16-120 (NB201)")
     p.add_argument("--target", dest="accuracy_target", default="validation_accuracy",
                    help="accuracy field of SPEC §7 JSON files (default validation_accuracy)")
+    p.add_argument("--nb201-encoding", choices=("pruned", "reference"), default="pruned",
+                   help="NAS-Bench-201 cells of the nb201-csv and nb201-naslib formats: pruned (SPEC §7, the "
+                        "default) or reference (the authors' 8 unpruned nodes, depth = the non-none nodes; what "
+                        "their checkpoints were trained on). Ignored for other formats (SPEC §7 JSON files with "
+                        "*_avg accuracies always get the authors' depth)")
 
 
 # ---------------------------------------------------------------------------- train
@@ -54,7 +59,8 @@ def _run_train(args) -> int:
     cfg = TrainConfig(
         task=args.task, data=args.data, data_format=args.data_format, nb201_device=args.nb201_device,
         accuracy_dataset=args.accuracy_dataset, accuracy_target=args.accuracy_target,
-        test_fraction=args.test_fraction, split_seed=args.split_seed, train_limit=args.train_limit,
+        nb201_encoding=args.nb201_encoding, test_fraction=args.test_fraction, split_seed=args.split_seed,
+        train_limit=args.train_limit,
         model=args.model, epochs=args.epochs, max_nodes=args.max_nodes, max_graphs=args.max_graphs, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip or None, ema=args.ema, consistency=args.consistency, precision=args.precision,
@@ -131,7 +137,7 @@ def _run_evaluate(args) -> int:
     from .api import evaluate
 
     opts = {"fmt": args.data_format, "nb201_device": args.nb201_device, "accuracy_dataset": args.accuracy_dataset,
-            "target": args.accuracy_target}
+            "target": args.accuracy_target, "nb201_encoding": args.nb201_encoding}
     if args.data is None:  # use the run's own data settings
         opts = {}
     metrics = evaluate(args.checkpoint, args.data, split=args.split, max_nodes=args.max_nodes,

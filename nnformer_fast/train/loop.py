@@ -33,7 +33,7 @@ from ..models.buckets import bucketed
 from .checkpoint import CheckpointError, gather_rng_states, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import regression_metrics
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
-from .tasks import dataset_fingerprint, get_task, load_dataset, split_dataset
+from .tasks import NB201_ENCODINGS, dataset_fingerprint, get_task, load_dataset, split_dataset
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate_model", "ModelEMA", "make_loader", "resolve_device",
            "check_config", "RUN_SETTINGS"]
@@ -45,6 +45,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 #: continue the run it resumes. Data settings are covered by the training set's fingerprint.
 RUN_SETTINGS = ("max_nodes", "max_graphs", "epochs", "seed", "lr", "weight_decay", "warmup", "min_lr_ratio",
                 "grad_clip", "ema", "consistency", "precision", "compile", "flush_denormal")
+#: TrainConfig fields that choose the training set: the fingerprint refuses a resume on other
+#: data, and the refusal names those of them that changed.
+DATA_SETTINGS = ("data", "data_format", "nb201_device", "accuracy_dataset", "accuracy_target", "nb201_encoding",
+                 "test_fraction", "split_seed", "train_limit")
 
 
 @dataclass
@@ -57,6 +61,7 @@ class TrainConfig:
     nb201_device: Optional[str] = None
     accuracy_dataset: str = "cifar10"
     accuracy_target: str = "validation_accuracy"
+    nb201_encoding: str = "pruned"        # NB201 CSV / NASLib cells: "pruned" (SPEC §7) or "reference" (authors')
     test_fraction: float = 0.2
     split_seed: int = 0
     train_limit: Optional[int] = None
@@ -189,6 +194,7 @@ def check_config(cfg: "TrainConfig") -> None:
          cfg.checkpoint_every)
     need(isinstance(cfg.num_workers, integer) and cfg.num_workers >= 0, "num_workers", ">= 0", cfg.num_workers)
     need(cfg.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", cfg.precision)
+    need(cfg.nb201_encoding in NB201_ENCODINGS, "nb201_encoding", f"one of {NB201_ENCODINGS}", cfg.nb201_encoding)
     need(isinstance(cfg.model, dict), "model", "a dict of model options", cfg.model)
 
 
@@ -301,6 +307,13 @@ def evaluate_model(model: nn.Module, task, dataset, *, max_nodes: int = 8192, de
     return preds, y, regression_metrics(preds, y, relative=task.relative_metrics)
 
 
+def _changed_data_settings(cfg: "TrainConfig", saved: dict) -> str:
+    """``"saved with k=v, this run has k=w"`` for every ``DATA_SETTINGS`` field of ``saved`` (a
+    checkpoint's train_config) that ``cfg`` changes, joined by "; "; "" when none."""
+    return "; ".join(f"saved with {k}={saved[k]!r}, this run has {k}={getattr(cfg, k)!r}"
+                     for k in DATA_SETTINGS if k in saved and saved[k] != getattr(cfg, k))
+
+
 # ---------------------------------------------------------------------------- fit
 def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, **overrides) -> FitResult:
     """Train a predictor; returns a :class:`FitResult`.
@@ -337,7 +350,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     if train_set is None:
         full = load_dataset(cfg.task, cfg.data, fmt=cfg.data_format, nb201_device=cfg.nb201_device,
                             accuracy_dataset=cfg.accuracy_dataset, target=cfg.accuracy_target,
-                            in_chans=task.model_config.get("in_chans", 32), progress=cfg.progress and main_proc)
+                            nb201_encoding=cfg.nb201_encoding, in_chans=task.model_config.get("in_chans", 32),
+                            progress=cfg.progress and main_proc)
         task.check_dataset(full, f"dataset {cfg.data or 'default'}")
         if test_set is None:
             train_set, test_set = split_dataset(cfg.task, full, test_fraction=cfg.test_fraction,
@@ -386,8 +400,10 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     if resume:
         state = load_checkpoint(resume, task=cfg.task, model_config=task.model_config)
         if state.get("dataset") != fingerprint:
+            hint = _changed_data_settings(cfg, state.get("train_config") or {}) or (
+                "check --data, --test-fraction, --split-seed, --train-limit, --nb201-encoding")
             raise CheckpointError(f"{resume}: saved for another training set (fingerprint {state.get('dataset')} "
-                                  f"vs {fingerprint}); check --data, --test-fraction, --split-seed, --train-limit")
+                                  f"vs {fingerprint}); {hint}")
         # older checkpoints hold few "run" settings, but every TrainConfig field in "train_config"
         saved_settings = {**(state.get("train_config") or {}), **(state.get("run") or {})}
         for key, mine in run_settings.items():

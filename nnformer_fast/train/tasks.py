@@ -228,7 +228,8 @@ class LatencyTask:
 # ---------------------------------------------------------------------------- accuracy
 class CellArrays(torch.utils.data.Dataset):
     """Cells as padded arrays (for array-built batches): ``ops`` (M, L) int64, ``adj`` (M, L, L)
-    int64, ``num_nodes`` (M,), ``targets`` (M,) float32. Item ``i`` is ``(tokens, target)``."""
+    int64, ``num_nodes`` (M,) int64, ``depths`` (M,) int64 (the cells' ``depth``, one-hot in
+    ``code_depth``), ``targets`` (M,) float32. Item ``i`` is ``(tokens, target)``."""
 
     def __init__(self, cells: Sequence, in_chans: int = 32):
         from ..data.cells import tokenize
@@ -237,9 +238,13 @@ class CellArrays(torch.utils.data.Dataset):
         self.in_chans = in_chans
         m = len(self.cells)
         self.num_nodes = np.array([c.num_nodes for c in self.cells], dtype=np.int64)
+        self.depths = np.array([c.depth for c in self.cells], dtype=np.int64)
         L = int(self.num_nodes.max()) if m else 1
-        if L >= in_chans:
-            raise ValueError(f"cells have up to {L} nodes; in_chans={in_chans} must exceed that")
+        if m and self.depths.max() >= in_chans:
+            i = int(self.depths.argmax())
+            what = (f"up to {self.depths[i]} nodes" if self.depths[i] == self.num_nodes[i]
+                    else f"depths up to {self.depths[i]}")
+            raise ValueError(f"cells have {what}; in_chans={in_chans} must exceed that (code_depth is a one-hot)")
         self.ops = np.zeros((m, L), dtype=np.int64)
         self.adj = np.zeros((m, L, L), dtype=np.int64)
         self.targets = np.array([np.nan if c.accuracy is None else c.accuracy for c in self.cells], np.float32)
@@ -281,7 +286,7 @@ class CellBatchBuilder(torch.utils.data.Dataset):
         ops = torch.from_numpy(c.ops[idx, :L])
         valid = torch.arange(L)[None, :] < torch.from_numpy(nv)[:, None]
         code = torch.nn.functional.one_hot(ops, c.in_chans).float() * valid[..., None]
-        depth = torch.nn.functional.one_hot(torch.from_numpy(nv)[:, None], c.in_chans).float()
+        depth = torch.nn.functional.one_hot(torch.from_numpy(c.depths[idx])[:, None], c.in_chans).float()
         rel_pos = torch.from_numpy(c.adj[idx, :L, :L])
         sample = {"code": code, "code_depth": depth, "code_rel_pos": rel_pos, "code_adj": (rel_pos == 1).float(),
                   "num_vertices": torch.from_numpy(nv)}
@@ -370,12 +375,14 @@ def get_task(name: str, **options):
 # ---------------------------------------------------------------------------- loading
 LATENCY_FORMATS = ("auto", "default", "nnlqp", "npz", "nb201-latency")
 ACCURACY_FORMATS = ("auto", "spec-json", "nb201-csv", "nb101-naslib", "nb201-naslib")
+#: NAS-Bench-201 cell encodings of the CSV and NASLib formats (``nb201_cell``'s prune=True / False)
+NB201_ENCODINGS = ("pruned", "reference")
 
 
 def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: str = "auto",
                  nb201_device: Optional[str] = None, accuracy_dataset: str = "cifar10",
-                 target: str = "validation_accuracy", in_chans: int = 32, progress: bool = False,
-                 filters: Optional[dict] = None):
+                 target: str = "validation_accuracy", nb201_encoding: str = "pruned", in_chans: int = 32,
+                 progress: bool = False, filters: Optional[dict] = None):
     """The whole dataset of a task.
 
     latency: ``data`` None or ``"default"`` → the embedded default set; a folder or text file
@@ -383,8 +390,13 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
     ``nb201_device`` given) → NAS-Bench-201 latencies of ``nb201_device`` under ``data``.
     accuracy: ``*.csv`` → NAS-Bench-201 CSV (``accuracy_dataset`` column); ``*.json`` → SPEC §7
     JSON (``target`` field; percent values are divided by 100), or NASLib's zero-cost files
-    (detected by their top-level keys).
+    (detected by their top-level keys). ``nb201_encoding``: ``"pruned"`` (SPEC §7) or
+    ``"reference"`` (the authors' unpruned cells) for the NB201 CSV and NASLib NB201 files;
+    other formats ignore it.
     """
+    if nb201_encoding not in NB201_ENCODINGS:
+        raise ValueError(f"unknown NAS-Bench-201 encoding {nb201_encoding!r}; choose from {NB201_ENCODINGS}")
+    prune = nb201_encoding == "pruned"
     filters = filters or {}
     if task == "latency":
         from ..data import latency as L
@@ -416,7 +428,7 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
         if not path.is_file():
             raise FileNotFoundError(f"accuracy dataset not found: {path}")
         if fmt == "nb201-csv" or (fmt == "auto" and path.suffix == ".csv"):
-            cells = C.load_nb201_csv(path, accuracy_dataset)
+            cells = C.load_nb201_csv(path, accuracy_dataset, prune=prune)
         else:
             with open(path) as f:
                 root = json.load(f)
@@ -424,7 +436,7 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
                 cells = C.load_nb101_naslib(path)
             elif fmt == "nb201-naslib" or (fmt == "auto" and isinstance(root, dict) and "cifar10" in root
                                            and not any(k.isdigit() for k in root)):
-                cells = C.load_nb201_naslib(path, accuracy_dataset)
+                cells = C.load_nb201_naslib(path, accuracy_dataset, prune=prune)
             else:
                 cells = _load_spec_json(root, path, target)
         if not cells:
@@ -438,14 +450,21 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
 
 def _load_spec_json(root: dict, path: Path, target: str):
     """SPEC §7 JSON: ``{"0": {module_adjacency, module_operations, <accuracies>}, ...}``;
-    NAS-Bench-201 files give percent (any accuracy > 1 marks the file as percent)."""
-    from ..data.cells import Cell
+    NAS-Bench-201 files give percent (any accuracy > 1 marks the file as percent). Cells are
+    taken as they are (no pruning). A file whose records carry ``*_avg`` accuracies is a
+    NAS-Bench-201 file in the authors' layout (8 nodes, ``none`` nodes kept): its cells get
+    the authors' depth, the number of ops other than ``none`` (code 5); other files (e.g.
+    NAS-Bench-101, already pruned) keep depth = L."""
+    from ..data.cells import Cell, NB201_OPS
 
     if not isinstance(root, dict) or not root:
         raise ValueError(f"{path}: expected a JSON object keyed '0', '1', ...")
     keys = sorted(root, key=lambda k: int(k) if str(k).isdigit() else -1)
     percent = any(float(v) > 1.0 for item in root.values() if isinstance(item, dict)
                   for k, v in item.items() if "accuracy" in k and isinstance(v, (int, float)))
+    nb201 = any(k.endswith("_avg") for item in root.values() if isinstance(item, dict)
+                for k in item if "accuracy" in k)
+    none = NB201_OPS.index("none")
     cells = []
     for key in keys:
         item = root[key]
@@ -465,7 +484,8 @@ def _load_spec_json(root: dict, path: Path, target: str):
         try:
             adj = np.asarray(item["module_adjacency"], dtype=np.int64)
             ops = np.asarray(item["module_operations"], dtype=np.int64)
-            cells.append(Cell(adj, ops, acc, extra, str(key)))
+            depth = int((ops != none).sum()) if nb201 else None
+            cells.append(Cell(adj, ops, acc, extra, str(key), depth))
         except (TypeError, ValueError) as e:  # ragged lists, strings, shape mismatch
             raise ValueError(f"{path} [{key}]: bad module_adjacency / module_operations: {e}") from None
     return cells
@@ -494,8 +514,13 @@ def split_dataset(task: str, dataset, *, test_fraction: float = 0.2, seed: int =
 
 
 def dataset_fingerprint(task, dataset) -> str:
-    """A short hash of the node counts and targets (resuming on other data is refused)."""
+    """A short hash of the node counts, targets and cell depths (resuming on other data is
+    refused). Depths equal to the node counts are left out, so such sets keep the
+    fingerprint they had before depths were hashed."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(task.sizes(dataset), dtype=np.int64).tobytes())
+    sizes = np.ascontiguousarray(task.sizes(dataset), dtype=np.int64)
+    h.update(sizes.tobytes())
     h.update(np.ascontiguousarray(task.targets(dataset), dtype=np.float64).tobytes())
+    if isinstance(dataset, CellArrays) and not np.array_equal(dataset.depths, sizes):
+        h.update(dataset.depths.tobytes())
     return h.hexdigest()[:16]
