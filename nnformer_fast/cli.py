@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS", "int_at_least"]
+__all__ = ["main", "build_parser", "COMMANDS", "int_at_least", "one_line"]
 
 
 def _csv(kind: Callable = str):
@@ -23,6 +23,13 @@ def _csv(kind: Callable = str):
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return parse
+
+
+def one_line(message, limit: int = 300) -> str:
+    """``str(message)`` on one line (newlines and runs of spaces become single spaces), cut to
+    ``limit`` characters: an error about a file never echoes the file."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -147,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as e:  # bad options or data, unreadable/unwritable files: one line, no traceback
-        print(f"nnformer-fast {args.command}: error: {e}", file=sys.stderr)
+        print(one_line(f"nnformer-fast {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what was written stays (train writes its checkpoint first)
         print(f"\nnnformer-fast {args.command}: interrupted"

@@ -18,6 +18,7 @@ from nnformer_fast.ops import bigin, dag_attention, dag_attention_qkv
 from nnformer_fast.ops import checks as op_checks
 from nnformer_fast.ops.backends import ENV_VAR, _REGISTRY
 from nnformer_fast.testing import random_batch
+from nnformer_fast.train import tasks as T
 
 
 # ---------------------------------------------------------------------- saved latency sets
@@ -141,6 +142,46 @@ def test_nb101_json_not_json(tmp_path):
     path.write_text("{'0': ")
     with pytest.raises(ValueError, match="not a JSON file"):
         C.load_nb101_json(path)
+
+
+SPEC_JSON = json.dumps({"0": NB101}).encode()
+UNREADABLE_DATA = {  # file name -> bytes: each must give one line naming the file, never a traceback
+    "null.json": b"null",
+    "number.json": b"3",
+    "nested.json": b"[" * 200_000 + b"]" * 200_000,
+    "empty.json": b"",
+    "blank.json": b"  \n\n",
+    "truncated.json": SPEC_JSON[:-7],
+    "binary.json": bytes(range(256)) * 40,
+    "utf16.json": SPEC_JSON.decode().encode("utf-16"),
+    "utf16-no-bom.json": SPEC_JSON.decode().encode("utf-16-le"),
+    "long-value.json": json.dumps({"0": dict(NB101, validation_accuracy="x" * 300_000)}).encode(),
+    "long-key.json": json.dumps({"9" * 300_000: {"module_operations": [0, 4]}}).encode(),
+    "binary.csv": bytes(range(256)) * 40,
+    "utf16.csv": "ArchitectureString,CIFAR10TestAccuracy200Epochs\n".encode("utf-16"),
+    "nul.csv": b"ArchitectureString,CIFAR10TestAccuracy200Epochs\x00\n",
+    "empty.csv": b"",
+    "one-line.txt": b" ".join([b"field"] * 60_000),
+    "binary.txt": bytes(range(256)) * 40,
+}
+
+
+@pytest.mark.parametrize("name", list(UNREADABLE_DATA))
+def test_unreadable_data_files_give_one_short_line(tmp_path, capsys, name):
+    """Empty, truncated, binary, UTF-16, ``null``, deeply nested and huge one-line files:
+    exit 2 and one line (at most 300 characters) naming the file, never the file's content."""
+    from nnformer_fast.cli import main
+
+    path = tmp_path / name
+    path.write_bytes(UNREADABLE_DATA[name])
+    task = "latency" if name.endswith(".txt") else "accuracy"
+    assert main(["train", "--task", task, "--data", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and len(lines[0]) <= 300, err[:500]
+    with pytest.raises(ValueError) as info:  # the loaders' own messages are short too (Python API)
+        T.load_dataset(task, path)
+    assert str(path) in str(info.value) and len(str(info.value)) <= 200 + len(str(path)), str(info.value)[:500]
 
 
 def test_bool_op_codes_are_not_op_codes():

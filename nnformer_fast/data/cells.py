@@ -43,6 +43,7 @@ __all__ = [
     "load_nb101_naslib",
     "load_nb201_csv",
     "load_nb201_naslib",
+    "read_json_object",
     "tokenize",
     "collate_same_size",
     "collate_padded",
@@ -334,11 +335,11 @@ def _percent_to_fraction(value: float) -> float:
 def _number(value, name: str) -> float:
     """A JSON/CSV number as float; strings like "high", bools, None and lists raise ValueError."""
     if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {_short(value)}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise ValueError(f"{name} must be a number, got {_short(value)}") from None
 
 
 def _load_records(path, items, build) -> list[Cell]:
@@ -346,34 +347,65 @@ def _load_records(path, items, build) -> list[Cell]:
     ValueError naming the file and the record's key; zero records raise too."""
     cells = []
     for key, item in items:
+        where = f"{path} [{_cut(str(key))}]"
         try:
             if not isinstance(item, Mapping):
                 raise ValueError(f"expected an object of fields, got {type(item).__name__}")
             cells.append(build(key, item))
         except KeyError as e:
-            raise ValueError(f"{path} [{key}]: missing field {e.args[0]!r}") from None
-        except (TypeError, ValueError, IndexError) as e:
-            raise ValueError(f"{path} [{key}]: {e}") from None
+            raise ValueError(f"{where}: missing field {_short(e.args[0])}") from None
+        except (TypeError, ValueError, IndexError, RecursionError) as e:
+            raise ValueError(f"{where}: {_cut(str(e), 200)}") from None
     if not cells:
         raise ValueError(f"{path}: no records")
     return cells
 
 
-def _load_json_object(path: Path, *keys: str) -> dict:
+def _cut(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, so a message never echoes a whole record."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut (:func:`_cut`)."""
+    return _cut(repr(value), limit)
+
+
+def _read_json(path: Path):
+    """The JSON value in ``path``; ValueError naming the file when it is empty, not UTF-8
+    (binary, UTF-16), not JSON (truncated) or nested too deeply to parse."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"{path}: UTF-16 text; JSON files must be UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a JSON file (byte {e.start} is not UTF-8 text)") from None
+    if not text.strip():
+        raise ValueError(f"{path}: empty file, expected JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:  # its message never quotes the document
+        raise ValueError(f"{path}: not a JSON file ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise ValueError(f"{path}: not a readable JSON file ({_cut(str(e), 120)})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read") from None
+
+
+def read_json_object(path: str | os.PathLike, *keys: str) -> dict:
     """The JSON object of ``path`` at ``root[keys[0]][keys[1]]...``; ValueError naming the
     file when the file is not JSON or a level is not an object."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    path = Path(path)
+    data = _read_json(path)
     where = "root"
     for k in keys:
         if not isinstance(data, dict) or k not in data:
             raise ValueError(f"{path}: {where} must be an object with key {k!r}")
         data, where = data[k], f"[{k!r}]"
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: {where} must be an object of records, got {type(data).__name__}")
+        raise ValueError(f"{path}: {where} must be an object of records, got "
+                         f"{'null' if data is None else type(data).__name__}")
     return data
 
 
@@ -404,13 +436,13 @@ def load_nb101_json(path: str | os.PathLike, target: str = "validation_accuracy"
     the file and its key.
     """
     path = Path(path)
-    data = _load_json_object(path)
+    data = read_json_object(path)
 
     def order(key):
         try:
             return int(key)
         except ValueError:
-            raise ValueError(f"{path} [{key}]: keys must be integers (the cell index)") from None
+            raise ValueError(f"{path} [{_cut(key)}]: keys must be integers (the cell index)") from None
 
     def build(key, item):
         extra = {k: _number(v, k) for k, v in item.items() if "accuracy" in k}
@@ -445,7 +477,7 @@ def load_nb101_naslib(path: str | os.PathLike | None = None) -> list[Cell]:
         extra = {k: _number(v, k) for k, v in item.items() if k != "val_accuracy"}
         return nb101_cell(adj, ops, acc, extra, key)
 
-    return _load_records(path, _load_json_object(path, "nasbench101", "cifar10").items(), build)
+    return _load_records(path, read_json_object(path, "nasbench101", "cifar10").items(), build)
 
 
 def load_nb201_csv(
@@ -471,13 +503,18 @@ def load_nb201_csv(
 
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames
-        if not header:
-            raise ValueError(f"{path}: empty file (no header row)")
-        missing = [c for c in ("ArchitectureString", *_NB201_CSV_COLUMNS.values()) if c not in header]
-        if missing:
-            raise ValueError(f"{path}: header {header} lacks the columns {missing}")
-        return _load_records(path, ((f"line {reader.line_num}", row) for row in reader), build)
+        try:
+            header = reader.fieldnames
+            if not header:
+                raise ValueError(f"{path}: empty file (no header row)")
+            missing = [c for c in ("ArchitectureString", *_NB201_CSV_COLUMNS.values()) if c not in header]
+            if missing:
+                raise ValueError(f"{path}: header {_short(header, 120)} lacks the columns {missing}")
+            return _load_records(path, ((f"line {reader.line_num}", row) for row in reader), build)
+        except UnicodeDecodeError as e:  # binary or UTF-16
+            raise ValueError(f"{path}: not a UTF-8 CSV file ({e.reason}; binary or UTF-16?)") from None
+        except csv.Error as e:  # NUL bytes, a field over the size limit, ...
+            raise ValueError(f"{path}:{reader.line_num}: not a CSV file ({e})") from None
 
 
 def load_nb201_naslib(
@@ -493,9 +530,9 @@ def load_nb201_naslib(
     """
     _check_prune(prune)
     path = _resolve(path, "nb201_naslib_725.json")
-    root = _load_json_object(path)
+    root = read_json_object(path)
     if dataset not in root:
-        raise ValueError(f"{path}: unknown dataset {dataset!r}; has {list(root)}")
+        raise ValueError(f"{path}: unknown dataset {dataset!r}; has {_short(list(root), 120)}")
     records = root[dataset]
     if not isinstance(records, dict):
         raise ValueError(f"{path}: [{dataset!r}] must be an object of records, got {type(records).__name__}")

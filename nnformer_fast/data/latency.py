@@ -98,13 +98,14 @@ def parse_latency_file(path: str | os.PathLike) -> list[LatencyRecord]:
         where = f"{path}:{lineno}"
         if len(parts) not in (6, 7):
             raise ValueError(f"{where}: expected 'speed_id graph_path batch_size latency_ms model_type "
-                             f"platform_id [stage]', got {len(parts)} fields: {line.strip()!r}")
+                             f"platform_id [stage]', got {len(parts)} fields: {line.strip()[:80]!r}"
+                             + ("..." if len(line.strip()) > 80 else ""))
         try:
             bs = int(parts[2])
             lat = float(parts[3])
         except ValueError:
             raise ValueError(f"{where}: batch_size must be an int and latency_ms a number, got "
-                             f"{parts[2]!r} and {parts[3]!r}") from None
+                             f"{parts[2][:40]!r} and {parts[3][:40]!r}") from None
         if bs < 1 or not np.isfinite(lat) or lat <= 0:
             raise ValueError(f"{where}: need batch_size >= 1 and a positive finite latency, got {bs}, {lat}")
         records.append(LatencyRecord(parts[0], parts[1], bs, lat, parts[4], parts[5],
@@ -127,8 +128,9 @@ def _find_text_file(root: Path, file: str | None) -> tuple[Path, Path]:
     txts = sorted(root.glob("*.txt"))
     if len(txts) == 1:
         return root, txts[0]
-    raise FileNotFoundError(f"{root}: cannot tell the latency text file (found {[t.name for t in txts]}); "
-                            "pass file=")
+    raise FileNotFoundError(f"{root}: cannot tell the latency text file (found {len(txts)} *.txt files: "
+                            f"{[t.name for t in txts[:5]]}); name it latency.txt or give the text file itself "
+                            "as the dataset path")
 
 
 # ---------------------------------------------------------------------------- store I/O

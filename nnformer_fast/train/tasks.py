@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import hashlib
-import json
 import os
 import typing
 from dataclasses import dataclass
@@ -430,8 +429,7 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
         if fmt == "nb201-csv" or (fmt == "auto" and path.suffix == ".csv"):
             cells = C.load_nb201_csv(path, accuracy_dataset, prune=prune)
         else:
-            with open(path) as f:
-                root = json.load(f)
+            root = C.read_json_object(path)
             if fmt == "nb101-naslib" or (fmt == "auto" and "nasbench101" in root):
                 cells = C.load_nb101_naslib(path)
             elif fmt == "nb201-naslib" or (fmt == "auto" and isinstance(root, dict) and "cifar10" in root
@@ -459,8 +457,8 @@ def _load_spec_json(root: dict, path: Path, target: str):
 
     if not isinstance(root, dict) or not root:
         raise ValueError(f"{path}: expected a JSON object keyed '0', '1', ...")
-    keys = sorted(root, key=lambda k: int(k) if str(k).isdigit() else -1)
-    percent = any(float(v) > 1.0 for item in root.values() if isinstance(item, dict)
+    keys = sorted(root, key=lambda k: int(k) if k.isdecimal() and len(k) <= 4000 else -1)  # int() takes <= 4300
+    percent = any(v > 1.0 for item in root.values() if isinstance(item, dict)
                   for k, v in item.items() if "accuracy" in k and isinstance(v, (int, float)))
     nb201 = any(k.endswith("_avg") for item in root.values() if isinstance(item, dict)
                 for k in item if "accuracy" in k)
@@ -468,26 +466,29 @@ def _load_spec_json(root: dict, path: Path, target: str):
     cells = []
     for key in keys:
         item = root[key]
+        where = f"{path} [{key if len(key) <= 60 else key[:57] + '...'}]"
         if not isinstance(item, dict):
-            raise ValueError(f"{path} [{key}]: expected an object with module_adjacency, module_operations and "
+            raise ValueError(f"{where}: expected an object with module_adjacency, module_operations and "
                              f"{target!r}, got {type(item).__name__} {str(item)[:40]}")
         for field in ("module_adjacency", "module_operations"):
             if field not in item:
-                raise ValueError(f"{path} [{key}]: missing {field!r}")
+                raise ValueError(f"{where}: missing {field!r}")
         if target not in item:
-            raise ValueError(f"{path} [{key}]: no {target!r}; has {sorted(k for k in item if 'accuracy' in k)}")
+            raise ValueError(f"{where}: no {target!r}; has {sorted(k for k in item if 'accuracy' in k)[:10]}")
         if isinstance(item[target], bool) or not isinstance(item[target], (int, float)):
-            raise ValueError(f"{path} [{key}]: {target!r} is {item[target]!r}, not a number")
-        acc = float(item[target]) / (100.0 if percent else 1.0)
-        extra = {k: float(v) / (100.0 if percent else 1.0) for k, v in item.items()
-                 if "accuracy" in k and isinstance(v, (int, float))}
+            raise ValueError(f"{where}: {target!r} is {repr(item[target])[:60]}, not a number")
         try:
+            acc = float(item[target]) / (100.0 if percent else 1.0)
+            extra = {k: float(v) / (100.0 if percent else 1.0) for k, v in item.items()
+                     if "accuracy" in k and isinstance(v, (int, float))}
             adj = np.asarray(item["module_adjacency"], dtype=np.int64)
             ops = np.asarray(item["module_operations"], dtype=np.int64)
             depth = int((ops != none).sum()) if nb201 else None
             cells.append(Cell(adj, ops, acc, extra, str(key), depth))
+        except OverflowError as e:  # an integer accuracy beyond float range
+            raise ValueError(f"{where}: accuracy out of range ({e})") from None
         except (TypeError, ValueError) as e:  # ragged lists, strings, shape mismatch
-            raise ValueError(f"{path} [{key}]: bad module_adjacency / module_operations: {e}") from None
+            raise ValueError(f"{where}: bad module_adjacency / module_operations: {str(e)[:160]}") from None
     return cells
 
 
