@@ -1,14 +1,16 @@
 """Safe output files: atomic writes (readers see the old file or the complete new one, never a
-torn one), and a check that an output folder can be written before long work starts."""
+torn one), removal of the temporary files a killed writer left, and a check that an output
+folder can be written before long work starts."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes", "writable_folder"]
+__all__ = ["atomic_open", "atomic_write_bytes", "remove_stale_temporaries", "writable_folder"]
 
 
 @contextlib.contextmanager
@@ -18,7 +20,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     loss). When the block raises, the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temporary(path, os.getpid())
     try:
         with open(tmp, mode) as f:
             yield f
@@ -29,6 +31,44 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _temporary(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp{pid}")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_open` of ``path`` left behind when its
+    process was killed (``kill -9``, power loss): ``.<name>.tmp<PID>`` beside ``path`` whose
+    process is gone, and the calling process's own (which is not writing ``path`` while it
+    calls this; a restarted container often reuses the PID). Returns the removed paths."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}.tmp"
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix):]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        try:
+            tmp.unlink()
+        except FileNotFoundError:  # another process removed it first
+            continue
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0 checks without sending anything; off POSIX
+    every process counts as alive, so nothing is removed)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process / not a PID: leave it
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -217,7 +217,8 @@ def _main(argv=None) -> int:
           f"epoch of {first_epoch_s:.0f} s -> {epochs} epochs (budget {args.budget_s:.0f} s)")
 
     result = fit(TrainConfig(model=MODEL, epochs=epochs, max_nodes=MAX_NODES, precision="bf16", lr=LR,
-                             warmup=0.05, num_workers=0, seed=0, out=str(out), progress=sys.stderr.isatty(),
+                             warmup=0.05, num_workers=0, seed=0, out=str(out), overwrite=True,
+                             progress=sys.stderr.isatty(),
                              compile=args.compile,
                              max_seconds=1.2 * args.budget_s),  # a safety net if the machine gets busy
                  train_set=train_set, test_set=test_set)

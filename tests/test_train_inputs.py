@@ -63,6 +63,50 @@ def test_out_folder_is_created_at_the_start(tmp_path):
     assert out.is_dir() and Path(r.checkpoint) == out / "last.pt" and r.step == 0
 
 
+def test_a_fresh_run_refuses_an_earlier_runs_checkpoint(tmp_path, capsys):
+    data = tmp_path / "set.npz"
+    synthetic_latency_set(24, seed=0).save(data)
+    out = tmp_path / "o"
+    train = ["train", "--data", str(data), "--out", str(out), "--quiet", "--epochs", "1", "--model",
+             "dim=32,n_layers=1,dropout=0", "--precision", "fp32", "--threads", "1", "--max-steps", "1"]
+    assert main(train) == 0
+    first = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(train) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{out / 'last.pt'} holds the checkpoint of an earlier run" in err, err
+    assert (out / "last.pt").read_bytes() == first
+    assert main([*train, "--overwrite", "--seed", "1"]) == 0
+    assert (out / "last.pt").read_bytes() != first
+    assert main([*train, "--seed", "1", "--resume", "--max-steps", "2"]) == 0
+
+
+def test_resume_removes_what_a_killed_writer_left(tmp_path):
+    """``kill -9`` during ``torch.save`` leaves ``.last.pt.tmp<PID>``; the next start of the
+    run removes it (its writer is gone) and leaves temporaries of live processes alone."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    r = fit(_cfg(out=str(out), max_steps=1), train_set=synthetic_latency_set(24, seed=0), test_set=None)
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        torn = out / f".last.pt.tmp{writer.pid}"
+        torn.write_bytes(Path(r.checkpoint).read_bytes()[:1000])
+        busy = out / f".last.pt.tmp{live.pid}"
+        busy.write_bytes(b"being written")
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        fit(_cfg(out=str(out), max_steps=2, resume="auto"), train_set=synthetic_latency_set(24, seed=0),
+            test_set=None)
+        assert not torn.exists() and busy.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_cli_reports_os_errors_in_one_line(monkeypatch, capsys):
     import nnformer_fast.train.api as api
 
@@ -294,6 +338,31 @@ def test_evaluate_refuses_unknown_device(run):
     _, ckpt = run
     with pytest.raises(ValueError, match="unknown device 'foo'"):
         evaluate(ckpt, device="foo")
+
+
+# ---------------------------------------------------------------------------- damaged checkpoints
+def test_damaged_checkpoint_is_refused_by_every_command(run, tmp_path, capsys):
+    """A byte flipped inside a weight tensor (the zip's CRC-32 then disagrees) stops predict,
+    evaluate and --resume in one line naming the file, instead of reading garbage numbers."""
+    import zipfile
+
+    data, ckpt = run
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(ckpt.read_bytes())
+    with zipfile.ZipFile(bad) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)  # a weight
+    with open(bad, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        skip = 30 + sum(int.from_bytes(f.read(2), "little") for _ in range(2))
+        f.seek(info.header_offset + skip + info.file_size // 2)
+        f.write(b"\x7f\x7f\x7f\x7f")
+    for argv in (["predict", str(bad), str(ONNX), "--quiet", "--device", "cpu"],
+                 ["evaluate", str(bad), "--quiet", "--device", "cpu"],
+                 ["train", "--data", str(data), "--out", str(tmp_path), "--resume", "--quiet", "--model",
+                  "dim=32,n_layers=1,dropout=0", "--epochs", "1", "--max-nodes", "300", "--precision", "fp32"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{bad}: not a readable checkpoint" in err and "CRC-32" in err, err
 
 
 # ---------------------------------------------------------------------------- progress bars

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import warnings
+import zipfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._atomic import atomic_open
+from .._safe_load import load_torch_file
 from .onnx_features import FEATURE_VERSION, NodeFeatureTable, node_features, static_features
 
 __all__ = [
@@ -370,9 +372,13 @@ class LatencyDataset(Dataset):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"latency set not found: {path}")
-        with np.load(path, allow_pickle=False) as z:
-            store = {k: z[k] for k in _STORE_KEYS}
-            records = {k[4:]: z[k] for k in z.files if k.startswith("rec_")}
+        try:  # allow_pickle=False: an object array (a pickle) is refused, never unpickled
+            with np.load(path, allow_pickle=False) as z:
+                store = {k: z[k] for k in _STORE_KEYS if k in z.files}
+                records = {k[4:]: z[k] for k in z.files if k.startswith("rec_")}
+        except (ValueError, EOFError, OSError, AttributeError, zipfile.BadZipFile) as e:  # AttributeError: a .npy
+            raise ValueError(f"{path}: not a latency set written by LatencyDataset.save "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
         return cls.from_arrays(store, records, str(path), **filters)
 
     def save(self, path: str | os.PathLike, compress: bool = True) -> None:
@@ -637,15 +643,8 @@ def nb201_cell_descriptor(cell, batch_size: int = 1):
 
 
 def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        import pickle
-        import zipfile
-
-        with zipfile.ZipFile(path) as z:
-            name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-            return pickle.loads(z.read(name))
+    """The plain list/dict of a HELP ``.pt`` file; no code runs (:func:`load_torch_file`)."""
+    return load_torch_file(path, "NAS-Bench-201 latency file")
 
 
 def load_nb201_latency(device: str, root: str | os.PathLike | None = None) -> LatencyDataset:
@@ -670,10 +669,14 @@ def load_nb201_latency(device: str, root: str | os.PathLike | None = None) -> La
     for p in (lat_path, idx_path):
         if not p.is_file():
             raise FileNotFoundError(f"NAS-Bench-201 latency file not found: {p}")
-    lat = np.asarray(_torch_load(lat_path), dtype=np.float64).reshape(-1)
+    raw = _torch_load(lat_path)
+    try:
+        lat = np.asarray(raw, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{lat_path}: expected a list of latencies (numbers), got {type(raw).__name__}") from None
     arch2idx = _torch_load(idx_path)
-    if not isinstance(arch2idx, dict):
-        raise ValueError(f"{idx_path}: expected a dict arch string -> index")
+    if not isinstance(arch2idx, dict) or not all(isinstance(k, str) and type(v) is int for k, v in arch2idx.items()):
+        raise ValueError(f"{idx_path}: expected a dict arch string -> index (int)")
     tail = device.rsplit("_", 1)[-1]
     bs = int(tail) if tail.isdigit() and device.count("_") >= 1 and not device.startswith(("gold", "silver")) else 1
     graphs, entry, lats, ids = [], [], [], []

@@ -2,10 +2,12 @@
 
 Writing: ``torch.save`` into a temporary file in the target's folder, flush + fsync, then
 ``os.replace`` onto the target and fsync the folder — a crash at any point leaves either the
-old checkpoint or the new one, never a torn file. Reading: ``torch.load(weights_only=True)``,
-so a checkpoint holds only tensors and plain containers of primitives (RNG states are stored
-as tensors). A file that does not unpickle, lacks the format tag, or was written for another
-task / model configuration is refused with :class:`CheckpointError`.
+old checkpoint or the new one, never a torn file. Reading (:func:`load_torch_file`): the
+CRC-32 of every member of the zip archive is checked (a byte changed on disk in a weight, the
+optimizer state or the pickle is caught), then ``torch.load(weights_only=True)``, so a
+checkpoint holds only tensors and plain containers of primitives (RNG states are stored as
+tensors). A file that fails its CRCs, does not unpickle, lacks the format tag, or was written
+for another task / model configuration is refused with :class:`CheckpointError`.
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from .._atomic import atomic_open
+from .._atomic import atomic_open, remove_stale_temporaries
+from .._safe_load import load_torch_file
 
-__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "check_compatible",
+__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "claim_checkpoint", "load_checkpoint", "check_compatible",
            "capture_rng_state", "restore_rng_state", "gather_rng_states"]
 
 FORMAT = "nnformer_fast.train/1"
@@ -36,6 +39,17 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     return Path(path)
 
 
+def claim_checkpoint(path: str | os.PathLike, *, resume: Optional[str], overwrite: bool) -> None:
+    """Before a run writes ``path``: refuse (:class:`CheckpointError`) to replace the checkpoint
+    of an earlier run unless this run resumes or ``overwrite``; remove the temporary files a
+    killed writer of ``path`` left (:func:`remove_stale_temporaries`)."""
+    path = Path(path)
+    if path.exists() and not resume and not overwrite:
+        raise CheckpointError(f"{path} holds the checkpoint of an earlier run: continue it with --resume, replace it "
+                              "with --overwrite, or train into another --out")
+    remove_stale_temporaries(path)
+
+
 def load_checkpoint(path: str | os.PathLike, *, task: Optional[str] = None,
                     model_config: Optional[Mapping[str, Any]] = None, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
@@ -46,11 +60,7 @@ def load_checkpoint(path: str | os.PathLike, *, task: Optional[str] = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torn/corrupt zip, foreign pickle, code objects refused by weights_only
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated or not written by "
-                              f"nnformer_fast): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    state = load_torch_file(path, "checkpoint", error=CheckpointError, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an nnformer_fast training checkpoint (format {found!r}, "

@@ -65,8 +65,9 @@ def _run_train(args) -> int:
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip or None, ema=args.ema, consistency=args.consistency, precision=args.precision,
         device=args.device, compile=args.compile, num_workers=args.workers, seed=args.seed, out=args.out,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, max_steps=args.max_steps,
-        eval_every_epoch=args.eval_every_epoch, progress=not args.quiet, threads=args.threads)
+        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+        max_steps=args.max_steps, eval_every_epoch=args.eval_every_epoch, progress=not args.quiet,
+        threads=args.threads)
     try:
         result = fit(cfg)
     except KeyboardInterrupt:
@@ -124,6 +125,9 @@ def register_train(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint (no value: OUT/last.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even though OUT/last.pt holds an earlier run (which is replaced); without "
+                        "it or --resume, train refuses such a folder")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop (with a checkpoint) once N steps in all are done (checked before each step: a run "
                         "resumed at N takes none; 0 takes none)")

@@ -30,7 +30,8 @@ from torch import nn
 
 from .._atomic import writable_folder
 from ..models.buckets import bucketed
-from .checkpoint import CheckpointError, gather_rng_states, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (CheckpointError, claim_checkpoint, gather_rng_states, load_checkpoint, restore_rng_state,
+                         save_checkpoint)
 from .metrics import regression_metrics
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import NB201_ENCODINGS, dataset_fingerprint, get_task, load_dataset, split_dataset
@@ -84,6 +85,7 @@ class TrainConfig:
     out: Optional[str] = None             # checkpoint folder (None = no checkpoints)
     checkpoint_every: int = 0             # steps (0 = only at the end / on Ctrl-C)
     resume: Optional[str] = None          # a checkpoint path, or "auto" = <out>/last.pt if present
+    overwrite: bool = False               # a fresh run may replace <out>/last.pt of another run
     max_steps: Optional[int] = None       # stop (with a checkpoint) once this many steps in all are done; checked
     #                                       before each step: 0 takes none, a resume at N takes none
     max_seconds: Optional[float] = None   # stop (with a checkpoint) after this much training time
@@ -323,7 +325,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     ``LatencyDataset`` or ``CellArrays``). Raises ``FloatingPointError`` on a NaN/inf loss,
     ``KeyboardInterrupt`` after writing a checkpoint on Ctrl-C, ``CheckpointError`` when the
     resume checkpoint does not match (another task, model, training set, or any setting of
-    ``RUN_SETTINGS``, world size or loss weight), ``ValueError`` for settings out of range
+    ``RUN_SETTINGS``, world size or loss weight) or when a fresh run (no ``resume``, no
+    ``overwrite``) would replace the checkpoint in ``out``, ``ValueError`` for settings out of range
     (:func:`check_config`), an unknown device or an ``out`` folder that cannot be written —
     all before any training.
     """
@@ -336,6 +339,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
                          "with data-dependent shapes inside forward, which torch.compile splits into many graphs")
     _autocast(device, cfg.precision)  # validate precision/device early
     ckpt_path = writable_folder(cfg.out, "--out") / "last.pt" if cfg.out else None
+    if ckpt_path is not None:
+        claim_checkpoint(ckpt_path, resume=cfg.resume, overwrite=cfg.overwrite)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     if cfg.flush_denormal:
