@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0+cpu
+# pyproject.toml's [build-system] requires (tests/test_packaging.py keeps them equal)
+BUILD_TOOLS := "setuptools>=77" "pybind11>=2.12" ninja "cmake>=3.18"
 
 .PHONY: setup demo test bench clean
 
@@ -17,7 +19,7 @@ setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml $(wildcard setup.py CMakeLists.txt) $(shell find csrc -type f 2>/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install "setuptools>=64" wheel "pybind11>=2.12" ninja "cmake>=3.18"
+	$(PY) -m pip install $(BUILD_TOOLS)
 	$(PY) -m pip install --no-build-isolation -e ".[dev,triton,data]"
 	touch $@
 

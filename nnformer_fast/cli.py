@@ -10,7 +10,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS", "int_at_least", "one_line"]
+from ._cli_args import int_at_least, one_line
+
+__all__ = ["main", "build_parser", "COMMANDS"]
 
 
 def _csv(kind: Callable = str):
@@ -22,26 +24,6 @@ def _csv(kind: Callable = str):
             return [kind(t) for t in items]
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-    return parse
-
-
-def one_line(message, limit: int = 300) -> str:
-    """``str(message)`` on one line (newlines and runs of spaces become single spaces), cut to
-    ``limit`` characters: an error about a file never echoes the file."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum`` (otherwise a usage error, exit 2)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
     return parse
 
 
@@ -153,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as e:  # bad options or data, unreadable/unwritable files: one line, no traceback
+    except (ValueError, OSError, ModuleNotFoundError) as e:  # bad options or data, unreadable/unwritable files,
+        # an optional package missing (the message names its extra): one line, no traceback
         print(one_line(f"nnformer-fast {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what was written stays (train writes its checkpoint first)

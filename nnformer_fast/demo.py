@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import statistics
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import int_at_least
+from ._cli_args import int_at_least, pick_threads
 
 #: the demo's model: the reference architecture at a CPU-friendly width. Dropout is off in
 #: both loops (the reference design's dense formulation has none).
@@ -91,54 +89,6 @@ def _side_by_side(train_set, compiled: bool) -> list[dict]:
     return rounds
 
 
-def _busy_cores(window_s: float = 1.0) -> float | None:
-    """Cores kept busy by other processes over ``window_s`` seconds while this one sleeps, from
-    /proc/stat; None where that file does not describe exactly this machine's CPUs (a container
-    may see its host's). Unlike the load average, it does not count this process's own recent
-    work, nor the extension build that ``make demo`` runs just before."""
-    def snapshot() -> tuple[list[int], int]:
-        with open("/proc/stat") as f:
-            lines = f.read().splitlines()
-        return [int(v) for v in lines[0].split()[1:9]], sum(line[:3] == "cpu" and line[3:4].isdigit()
-                                                            for line in lines)
-    try:
-        before, ncpu = snapshot()
-        time.sleep(window_s)
-        after, _ = snapshot()
-    except (OSError, ValueError, IndexError):
-        return None
-    if ncpu != os.cpu_count():
-        return None
-    spent = [b - a for a, b in zip(before, after)]  # user nice system idle iowait irq softirq steal
-    total = sum(spent)
-    return ncpu * (1.0 - (spent[3] + spent[4]) / total) if total > 0 else 0.0
-
-
-def _pick_threads() -> int:
-    """1 thread when other work keeps a core of a 2-core machine busy (a second OpenMP thread
-    that has to wait for a busy core makes every op 10x slower); otherwise 1 or 2, whichever
-    runs a small training-like op mix faster."""
-    ncpu = os.cpu_count() or 1
-    if ncpu <= 2:
-        busy = _busy_cores()
-        if (busy if busy is not None else os.getloadavg()[0]) > 0.5:
-            torch.set_num_threads(1)
-            return 1
-    best, best_t = 1, math.inf
-    a, w = torch.randn(2048, 128), torch.randn(128, 512)
-    for n in sorted({1, min(2, ncpu)}):
-        torch.set_num_threads(n)
-        (a @ w).relu_().sum()
-        t = time.perf_counter()
-        for _ in range(20):
-            (a @ w).relu_().sum()
-        dt = time.perf_counter() - t
-        if dt < best_t:
-            best, best_t = n, dt
-    torch.set_num_threads(best)
-    return best
-
-
 def _load(data: str | None, out: Path):
     from .data.latency import LatencyDataset
 
@@ -193,7 +143,7 @@ def _main(argv=None) -> int:
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    threads = args.threads or _pick_threads()
+    threads = args.threads or pick_threads()
     ds, source = _load(args.data, out)
     train_set, test_set = ds.split_in_domain(test_fraction=0.2, seed=0)
     sizes = ds.num_nodes

@@ -375,16 +375,16 @@ def test_demo_runs_end_to_end_on_a_small_set(tmp_path, capsys):
 
 
 def test_demo_sees_a_core_kept_busy_by_another_process():
-    from nnformer_fast.demo import _busy_cores
+    from nnformer_fast._cli_args import busy_cores
 
-    idle = _busy_cores(0.3)
+    idle = busy_cores(0.3)
     if idle is None:
         pytest.skip("/proc/stat does not describe this machine's CPUs")
     assert 0.0 <= idle <= os.cpu_count()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)  # let it start spinning
-        assert _busy_cores(0.5) > 0.5
+        assert busy_cores(0.5) > 0.5
     finally:
         spinner.kill()
         spinner.wait()

@@ -205,9 +205,9 @@ class OnnxGraph:
 def _import_onnx():
     try:
         import onnx
-    except ImportError:
-        raise ImportError("parsing ONNX files needs the onnx package: pip install 'nnformer_fast[data]' "
-                          "(or pip install onnx)") from None
+    except ImportError:  # ModuleNotFoundError: the CLIs print it as one line, exit 2
+        raise ModuleNotFoundError("parsing ONNX files needs the onnx package: pip install 'nnformer_fast[data]' "
+                                  "(or pip install onnx)") from None
     return onnx
 
 

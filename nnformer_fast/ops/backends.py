@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor
 
 __all__ = ["Backend", "register", "backends", "select", "ENV_VAR", "CUDA_PREFERENCE"]
@@ -63,8 +64,19 @@ def register(backend: Backend) -> None:
 
 
 def backends() -> dict:
-    """Name -> None when the backend loaded, else the reason it did not."""
-    return {name: b.load_error for name, b in _REGISTRY.items()}
+    """Name -> what automatic selection makes of the backend on this machine, readable at a glance:
+    ``'ok'``, ``'CPU only'`` (no CUDA kernels in it although there is a GPU), ``'no GPU'``, or why
+    it did not load; e.g. ``{'torch': 'ok', 'native': 'ok', 'triton': 'no GPU'}``."""
+    gpu = torch.cuda.is_available()
+    devices = ("cpu", "cuda") if gpu else ("cpu",)
+
+    def status(b: Backend) -> str:
+        if b.load_error is not None:
+            return b.load_error
+        if not any(d in b.preferred_on for d in devices):
+            return "no GPU"
+        return "CPU only" if gpu and "cuda" not in b.preferred_on else "ok"
+    return {name: status(b) for name, b in _REGISTRY.items()}
 
 
 def select(op: str, *tensors: Tensor) -> Backend:

@@ -27,16 +27,18 @@ MAX_HEAD_DIM = 256
 #: ``bigin`` reads the forward output instead of recomputing the pre-activation
 SIGN_ACTIVATIONS = ("relu", "leaky_relu")
 _BUILD = build_info()
-if not _BUILD["native"]:
-    LOAD_ERROR: Optional[str] = f"native extension not available ({_BUILD['error']}); " \
-                                "build it with `pip install --no-build-isolation -e .`"
+_REBUILD = "rebuild it against this torch with `pip install --no-build-isolation` (README: Install)"
+if not _BUILD["installed"]:  # a pure-Python install (NNFF_SKIP_EXT=1): chosen, not broken
+    LOAD_ERROR: Optional[str] = "not installed (pure-Python install)"
+elif not _BUILD["native"]:
+    LOAD_ERROR = f"the compiled extension failed to load ({_BUILD['error']}); {_REBUILD}"
 elif not _BUILD["torch_match"]:
-    LOAD_ERROR = (f"native extension was built against torch {_BUILD['built_torch']} but torch "
-                  f"{_BUILD['runtime_torch']} is running; rebuild with `pip install --no-build-isolation -e .`")
+    LOAD_ERROR = f"built against torch {_BUILD['built_torch']}, running {_BUILD['runtime_torch']}; {_REBUILD}"
 else:
     LOAD_ERROR = None
 if LOAD_ERROR is not None:
-    warnings.warn(f"nnformer_fast: {LOAD_ERROR}; falling back to the torch backend", RuntimeWarning, stacklevel=2)
+    warnings.warn(f"nnformer_fast: native backend: {LOAD_ERROR}; the ops run on the torch backend",
+                  RuntimeWarning, stacklevel=2)
 
 _OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
     and hasattr(torch.ops.nnformer_fast, "dag_attention_fwd") and hasattr(torch.ops.nnformer_fast, "dropout_fwd")
@@ -228,5 +230,5 @@ register(Backend(
          "dropout": dropout},
     load_error=LOAD_ERROR if LOAD_ERROR is not None or _OPS_READY else "native ops did not register",
     unsupported=_unsupported,
-    preferred_on=("cpu", "cuda"),
+    preferred_on=("cpu", "cuda") if _BUILD["cuda"] else ("cpu",),
 ))

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .._atomic import writable_folder
-from ..cli import int_at_least
+from .._cli_args import int_at_least, pick_threads
 
 __all__ = ["EXPERIMENTS", "PAPER", "Settings", "run_experiment", "reproduce", "update_markdown",
            "find_devices", "hardware_info", "register_reproduce", "section_markers"]
@@ -663,9 +663,7 @@ def _run(args) -> int:
     if args.threads is not None:
         s.threads = args.threads
     else:
-        from ..demo import _pick_threads
-
-        s.threads = _pick_threads()
+        s.threads = pick_threads()
     experiments = list(EXPERIMENTS) if "all" in args.experiments else list(dict.fromkeys(args.experiments))
     if args.devices and "nb201-latency" not in experiments:
         raise ValueError("--devices applies to nb201-latency only")
