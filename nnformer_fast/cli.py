@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from ._cli_args import int_at_least, one_line
@@ -134,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # each warning on one line, like the errors
+            warnings.showwarning = lambda message, *_, **__: print(
+                one_line(f"nnformer-fast {args.command}: warning: {message}"), file=sys.stderr)
+            return int(args.func(args) or 0)
     except (ValueError, OSError, ModuleNotFoundError) as e:  # bad options or data, unreadable/unwritable files,
         # an optional package missing (the message names its extra): one line, no traceback
         print(one_line(f"nnformer-fast {args.command}: error: {e}"), file=sys.stderr)

@@ -47,6 +47,7 @@ The embedding of a scalar ``x`` into ``2n`` dims is
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ STATIC_SCALARS, STATIC_DIM = 4, 10
 STATIC_FEATURES = STATIC_SCALARS * STATIC_DIM  # 40
 #: version of the feature layout; part of every cache key.
 FEATURE_VERSION = 1
+#: more elements than a tensor of any real network holds (256 Ti): a larger or negative shape
+#: draws a warning (its features and FLOPs are meaningless)
+MAX_PLAUSIBLE_ELEMENTS = 2 ** 48
+#: ONNX dims are int64
+MAX_DIM = 2 ** 63 - 1
 
 _ELEMENTWISE = {
     "Relu", "Add", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Mul", "LeakyRelu", "Sub",
@@ -300,6 +306,18 @@ def _shape_of(vi):
     return [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
 
 
+def _warn_impossible_shapes(shapes: dict[str, list[int] | None], name: str) -> None:
+    """One warning naming the first tensor with a negative dim or more than
+    ``MAX_PLAUSIBLE_ELEMENTS`` elements (e.g. a corrupt file or an absurd batch size)."""
+    bad = [(t, d) for t, d in shapes.items()
+           if d and (min(d) < 0 or math.prod(d) > MAX_PLAUSIBLE_ELEMENTS)]
+    if bad:
+        tensor, dims = bad[0]
+        warnings.warn(f"{name}: {len(bad)} tensor(s) of physically impossible shape (a negative dim or more than "
+                      f"2**48 elements), e.g. {tensor[:60]!r} {dims[:8]}; its features and FLOPs are meaningless",
+                      stacklevel=3)
+
+
 def describe_onnx(model_or_path, batch_size: int = 1, *, name: str | None = None) -> OnnxGraph:
     """Parse an ONNX model (a path or a ``onnx.ModelProto``) into an :class:`OnnxGraph`.
 
@@ -321,8 +339,8 @@ def describe_onnx(model_or_path, batch_size: int = 1, *, name: str | None = None
     else:
         model = model_or_path
         name = name or (model.graph.name or "<ModelProto>")
-    if int(batch_size) < 1:
-        raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+    if not 1 <= int(batch_size) <= MAX_DIM:
+        raise ValueError(f"{name}: batch_size must lie in [1, 2**63 - 1] (ONNX dims are int64), got {batch_size}")
     batch_size = int(batch_size)
     graph = model.graph
     if len(graph.node) == 0:
@@ -437,6 +455,7 @@ def describe_onnx(model_or_path, batch_size: int = 1, *, name: str | None = None
             for a in node.attribute:
                 if a.name == "value":
                     shapes[node.output[0]] = list(a.t.dims)
+    _warn_impossible_shapes(shapes, name)
 
     # --- per node values, in topological order
     n = len(kept)

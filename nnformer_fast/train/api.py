@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -87,11 +87,14 @@ def onnx_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 @torch.no_grad()
 def predict(checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike] | str, *, batch_size: int = 1,
-            device: str = "auto", progress: bool = True) -> list[tuple[str, float]]:
+            device: str = "auto", progress: bool = True,
+            on_error: Optional[Callable[[Path, Exception], None]] = None) -> list[tuple[str, float]]:
     """Predicted latency (ms) of every ONNX file in ``paths`` (files or folders) at
     ``batch_size``: a list of ``(path, ms)`` in file order. Needs a latency checkpoint.
     ``device``: auto (CUDA when available), cpu, cuda, cuda:N; ``progress``: a bar while the
-    ONNX files are read."""
+    ONNX files are read. A file that cannot be read raises its ``ValueError`` /
+    ``OSError``; with ``on_error`` given, it is passed ``(file, error)`` instead and the other
+    files are still predicted (the list then lacks that file)."""
     from tqdm.auto import tqdm
 
     from ..data.latency import collate_latency
@@ -105,14 +108,21 @@ def predict(checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike] | 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files = onnx_files(paths)
-    items = []
+    items, read = [], []
     for f in tqdm(files, desc="read ONNX", unit="file", disable=not progress, dynamic_ncols=True, leave=False):
-        g = load_onnx_graph(f, batch_size)
+        try:
+            g = load_onnx_graph(f, batch_size)
+        except (ValueError, OSError) as e:
+            if on_error is None:
+                raise
+            on_error(f, e)
+            continue
         items.append((torch.from_numpy(np.asarray(g.x, np.float32)), torch.from_numpy(np.asarray(g.edge_index)),
                       torch.from_numpy(np.asarray(g.static, np.float32)), torch.tensor(0.0)))
+        read.append(f)
     out = []
     for s in range(0, len(items), 64):
         x, graph, static, _ = collate_latency(items[s:s + 64])
         pred = model(x.to(device), graph.to(device), static.to(device)).reshape(-1).float().cpu().tolist()
-        out += list(zip(map(str, files[s:s + 64]), pred))
+        out += list(zip(map(str, read[s:s + 64]), pred))
     return out

@@ -170,22 +170,55 @@ def register_evaluate(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------- predict
+#: ``--batch-size`` above this draws a warning: far beyond any measured network
+LARGE_BATCH = 2 ** 16
+
+
+def _batch_size(text: str) -> int:
+    """``--batch-size``: an integer in [1, 2**63 - 1] (ONNX dims are int64)."""
+    from .._cli_args import int_at_least
+    from ..data.onnx_features import MAX_DIM
+
+    value = int_at_least(1)(text)
+    if value > MAX_DIM:
+        raise argparse.ArgumentTypeError(f"must be <= 2**63 - 1 (ONNX dims are int64), got {value}")
+    return value
+
+
 def _run_predict(args) -> int:
+    from .._cli_args import one_line
     from .api import predict
 
-    for path, ms in predict(args.checkpoint, args.onnx, batch_size=args.batch_size, device=args.device,
-                            progress=not args.quiet):
+    if args.batch_size > LARGE_BATCH:
+        print(f"nnformer-fast predict: warning: --batch-size {args.batch_size} is far beyond the batch sizes of "
+              "measured networks; the predictions extrapolate", file=sys.stderr)
+    failed = []
+
+    def report(path, error):  # one line per unreadable file; the others are still predicted
+        failed.append(path)
+        print(one_line(f"nnformer-fast predict: error: {error}"), file=sys.stderr)
+
+    done = predict(args.checkpoint, args.onnx, batch_size=args.batch_size, device=args.device,
+                   progress=not args.quiet, on_error=report)
+    for path, ms in done:
         print(f"{path}\t{ms:.4f} ms")
+    if failed:
+        print(f"nnformer-fast predict: {len(failed)} of {len(failed) + len(done)} ONNX files could not be read",
+              file=sys.stderr)
+        return 2
     return 0
 
 
 def register_predict(subparsers) -> None:
     p = subparsers.add_parser("predict", help="predict the latency of ONNX files",
                               description="Print the predicted latency (ms) of each ONNX file (folders are "
-                                          "searched recursively for *.onnx).")
+                                          "searched recursively for *.onnx). A file that cannot be read is "
+                                          "reported in one line and the others are predicted; the exit status "
+                                          "is then 2.")
     p.add_argument("checkpoint", help="a latency checkpoint written by train")
     p.add_argument("onnx", nargs="+", help="ONNX files or folders")
-    p.add_argument("--batch-size", type=int, default=1, help="input batch size of the networks (default 1)")
+    p.add_argument("--batch-size", type=_batch_size, default=1,
+                   help=f"input batch size of the networks (default 1; a warning above {LARGE_BATCH})")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_predict)
