@@ -482,3 +482,29 @@ def test_seeds_past_2_63_drop_as_their_low_32_bits(monkeypatch, backend):
 def test_nnformer_rejects_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NNFormer(**{"depths": (1,), "dim": 16, **kwargs})
+
+
+# ---------------------------------------------------------------------- NAS-Bench-201 latency files
+ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
+NB201_BAD = {
+    "latencies not numbers": (["fast", "slow"], {ARCH: 0}, "pixel3.pt", "expected a list of latencies"),
+    "index not a dict": ([1.0, 2.0], [ARCH], "str_arch2idx.pt", "expected a dict"),
+    "negative index": ([1.0, 2.0], {ARCH: -1}, "str_arch2idx.pt", "an int >= 0"),
+    "index a float": ([1.0, 2.0], {ARCH: 1.0}, "str_arch2idx.pt", "an int >= 0"),
+    "not a torch file": (None, {ARCH: 0}, "pixel3.pt", "not a complete zip archive"),
+}
+
+
+@pytest.mark.parametrize("case", list(NB201_BAD))
+def test_malformed_nb201_latency_files_are_named(tmp_path, case):
+    """A negative index would silently read another cell's latency (Python wraps it)."""
+    from nnformer_fast.data.latency import load_nb201_latency
+
+    latencies, index, culprit, match = NB201_BAD[case]
+    if latencies is None:
+        (tmp_path / "pixel3.pt").write_bytes(b"1.0 2.0\n")
+    else:
+        torch.save(latencies, tmp_path / "pixel3.pt")
+    torch.save(index, tmp_path / "str_arch2idx.pt")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / culprit)) + ".*" + match):
+        load_nb201_latency("pixel3", tmp_path)

@@ -675,8 +675,9 @@ def load_nb201_latency(device: str, root: str | os.PathLike | None = None) -> La
     except (TypeError, ValueError):
         raise ValueError(f"{lat_path}: expected a list of latencies (numbers), got {type(raw).__name__}") from None
     arch2idx = _torch_load(idx_path)
-    if not isinstance(arch2idx, dict) or not all(isinstance(k, str) and type(v) is int for k, v in arch2idx.items()):
-        raise ValueError(f"{idx_path}: expected a dict arch string -> index (int)")
+    if not isinstance(arch2idx, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0
+                                                 for k, v in arch2idx.items()):
+        raise ValueError(f"{idx_path}: expected a dict arch string -> index (an int >= 0)")
     tail = device.rsplit("_", 1)[-1]
     bs = int(tail) if tail.isdigit() and device.count("_") >= 1 and not device.startswith(("gold", "silver")) else 1
     graphs, entry, lats, ids = [], [], [], []
