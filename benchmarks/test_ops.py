@@ -124,3 +124,39 @@ def test_bigin_dense(benchmark, bigin_case, backward):
     adj[graph.batch[e[0]], local[e[0]], local[e[1]]] = 1
     hd, gd = (t.requires_grad_(backward) for t in (hd, gd))
     benchmark(_run, lambda: dense_bigin(hd, gd, adj), (hd, gd), backward)
+
+
+# The native ops check their CSRs on every call (an O(entries) read of int64 ids; nothing is
+# remembered on the CPU, so a write that bumps no version counter is caught). Each group below
+# times one op and that check alone on the same CSRs: the ratio is the check's share.
+NATIVE = "native" in BACKENDS
+
+
+@pytest.mark.skipif(not NATIVE, reason="native backend not built")
+@pytest.mark.parametrize("what", ["op", "index check"])
+def test_dag_attention_index_check(benchmark, attention_case, what, monkeypatch):
+    from nnformer_fast import _C
+
+    name, graph, q, k, v = attention_case
+    benchmark.group = f"native dag_attention {name} fwd fp32: op vs its index check"
+    if what == "op":
+        monkeypatch.setenv(ENV_VAR, "native")
+        benchmark(_run, lambda: dag_attention(q, k, v, graph), (q, k, v), False)
+    else:
+        benchmark(_C.check_csr, graph.rel_rowptr, graph.rel_col, 4 * graph.num_nodes, graph.num_nodes)
+
+
+@pytest.mark.skipif(not NATIVE, reason="native backend not built")
+@pytest.mark.parametrize("what", ["op", "index check"])
+def test_bigin_index_check(benchmark, bigin_case, what, monkeypatch):
+    from nnformer_fast import _C
+
+    graph, h, g = bigin_case
+    benchmark.group = "native bigin latency M=2048 fwd fp32: op vs its index checks"
+    n = graph.num_nodes
+    if what == "op":
+        monkeypatch.setenv(ENV_VAR, "native")
+        benchmark(_run, lambda: bigin(h, g, graph), (h, g), False)
+    else:
+        benchmark(lambda: (_C.check_csr(graph.adj_rowptr, graph.adj_col, n, n),
+                           _C.check_csr(graph.adjt_rowptr, graph.adjt_col, n, n)))

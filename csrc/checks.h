@@ -1,10 +1,12 @@
 // Input checks shared by every kernel binding (CPU and CUDA). Kernels assume what these
 // guarantee: matching shapes/dtypes/devices, contiguous storage, CSR offsets that are
 // monotone and end at the column count, and column / permutation ids in range. A malformed
-// CSR therefore raises here instead of reading out of bounds.
+// CSR therefore raises here instead of reading out of bounds, on every call: a write the
+// version counter does not see (through .numpy(), .data or DLPack) is caught too.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <c10/util/intrusive_ptr.h>
 
@@ -15,12 +17,12 @@
 
 namespace nnff {
 
-// Index tensors whose values passed a scan, remembered by identity: the same live tensor
-// (its TensorImpl, held weakly: that keeps the address from going to a new tensor while
-// remembered, and tells when it was freed) at the same version (every in-place write bumps
-// it), with the same data pointer, size and bounds, is not scanned again. One packed batch's
-// CSRs serve every layer's ops, forward and backward, and on CUDA each scan is a
-// device->host sync. Inference tensors keep no version, so they are scanned every time.
+// CUDA index tensors whose values passed a synchronous scan, remembered by identity: the same
+// live tensor (its TensorImpl, held weakly: that keeps the address from going to a new tensor
+// while remembered, and tells when it was freed) at the same version, with the same data
+// pointer, size and bounds, is checked again without a device->host sync (an asynchronous
+// device-side assert, see check_range), so one batch's CSRs cost one sync for all layers'
+// ops, forward and backward. Inference tensors keep no version: scanned every time.
 class CheckedIndices {
  public:
   bool contains(const at::Tensor& t, int64_t a, int64_t b) const {
@@ -37,15 +39,11 @@ class CheckedIndices {
   }
 
   void insert(const at::Tensor& t, int64_t a, int64_t b) {
-    ++scans_;
     if (t.is_inference()) return;
     std::lock_guard<std::mutex> lock(mutex_);
     entries_[next_] = entry_of(t, a, b);
     next_ = (next_ + 1) % entries_.size();
   }
-
-  // Scans so far (tests read it through nnformer_fast._C.index_scans).
-  int64_t scans() const { return scans_.load(); }
 
  private:
   struct Entry {
@@ -64,12 +62,37 @@ class CheckedIndices {
   mutable std::mutex mutex_;
   std::array<Entry, 64> entries_;  // a few batches' CSRs (7 index tensors a batch)
   size_t next_ = 0;
-  std::atomic<int64_t> scans_{0};
 };
 
 inline CheckedIndices& checked_indices() {
   static CheckedIndices cache;
   return cache;
+}
+
+// Value scans with a host-side result so far: every CPU check, and CUDA checks of tensors not
+// remembered (tests read it through nnformer_fast._C.index_scans).
+inline std::atomic<int64_t>& index_scans() {
+  static std::atomic<int64_t> scans{0};
+  return scans;
+}
+
+// The first i in [0, n) with bad(i), or n. Each chunk first tests all its elements without
+// branching (a vectorisable OR), so a valid tensor costs one streaming read (about 0.3 ms per
+// million ids on one core). Chunks of 2^20 ids run in parallel: below that, waking the
+// threads costs more than the scan, and much more on a loaded machine.
+template <typename Bad>
+int64_t first_bad(int64_t n, const Bad& bad) {
+  std::atomic<int64_t> first{n};
+  at::parallel_for(0, n, int64_t{1} << 20, [&](int64_t b, int64_t e) {
+    bool any = false;
+    for (int64_t i = b; i < e; ++i) any |= bad(i);
+    if (!any) return;
+    int64_t i = b;
+    while (!bad(i)) ++i;
+    for (int64_t seen = first.load(); i < seen && !first.compare_exchange_weak(seen, i);) {
+    }
+  });
+  return first.load();
 }
 
 inline bool is_supported_float(at::ScalarType t) {
@@ -122,49 +145,60 @@ inline void check_index(const at::Tensor& t, const char* op, const char* name, i
   }
 }
 
-// Values of `t` lie in [0, hi). On CUDA a scan costs one device->host sync; a tensor that
-// passed before, unchanged, is not scanned again (CheckedIndices).
+// Values of `t` lie in [0, hi). A CPU tensor is scanned on every call (a parallel read of its
+// int64 values, small next to any kernel that reads them). A CUDA tensor is scanned with one
+// device->host sync, or, when it passed before unchanged (CheckedIndices), checked on the
+// device without a sync: a write the version counter missed then trips a device-side assert
+// before the kernel, queued behind it on the stream, can run.
 inline void check_range(const at::Tensor& t, int64_t hi, const char* op, const char* name) {
-  if (t.numel() == 0 || checked_indices().contains(t, hi, -1)) return;
+  if (t.numel() == 0) return;
   if (t.is_cpu()) {
+    ++index_scans();
     const int64_t* p = t.data_ptr<int64_t>();
-    for (int64_t i = 0, n = t.numel(); i < n; ++i) {
-      TORCH_CHECK(p[i] >= 0 && p[i] < hi, op, ": ", name, "[", i, "] = ", p[i],
-                  " lies outside [0, ", hi, ")");
-    }
-  } else {
-    auto bad = at::logical_or(t < 0, t >= hi).any().item<bool>();
-    TORCH_CHECK(!bad, op, ": ", name, " holds ids outside [0, ", hi, ")");
+    const auto bound = static_cast<uint64_t>(hi);  // one unsigned compare also catches negative ids
+    const int64_t i = first_bad(t.numel(), [=](int64_t i) { return static_cast<uint64_t>(p[i]) >= bound; });
+    TORCH_CHECK(i == t.numel(), op, ": ", name, "[", i, "] = ", p[i], " lies outside [0, ", hi, ")");
+    return;
   }
+  if (checked_indices().contains(t, hi, -1)) {
+    at::_assert_async(at::logical_and(t >= 0, t < hi).all());
+    return;
+  }
+  ++index_scans();
+  auto bad = at::logical_or(t < 0, t >= hi).any().item<bool>();
+  TORCH_CHECK(!bad, op, ": ", name, " holds ids outside [0, ", hi, ")");
   checked_indices().insert(t, hi, -1);
 }
 
-// CSR offsets of `rows` rows and `nnz` entries: rowptr[0] == 0, monotone, rowptr[rows] == nnz.
-// On CUDA a scan costs one device->host sync (skipped like check_range's).
+// CSR offsets of `rows` rows and `nnz` entries: rowptr[0] == 0, monotone, rowptr[rows] == nnz
+// (so every offset lies in [0, nnz]). Checked like check_range's values.
 inline void check_csr_offsets(const at::Tensor& rowptr, int64_t rows, int64_t nnz, const char* op,
                               const std::string& rp, const std::string& cl) {
-  if (checked_indices().contains(rowptr, rows, nnz)) return;
   if (rowptr.is_cpu()) {
+    ++index_scans();
     const int64_t* p = rowptr.data_ptr<int64_t>();
     TORCH_CHECK(p[0] == 0, op, ": ", rp, "[0] must be 0, got ", p[0]);
-    for (int64_t i = 0; i < rows; ++i) {
-      TORCH_CHECK(p[i + 1] >= p[i], op, ": ", rp, " must be non-decreasing, but ", rp, "[",
-                  i + 1, "] = ", p[i + 1], " < ", rp, "[", i, "] = ", p[i]);
-    }
+    const int64_t i = first_bad(rows, [=](int64_t i) { return p[i + 1] < p[i]; });
+    TORCH_CHECK(i == rows, op, ": ", rp, " must be non-decreasing, but ", rp, "[", i + 1, "] = ",
+                p[i + 1], " < ", rp, "[", i, "] = ", p[i]);
     TORCH_CHECK(p[rows] == nnz, op, ": ", rp, "[-1] = ", p[rows], " but ", cl, " has ", nnz,
                 " entries");
-  } else {
-    auto first = rowptr.narrow(0, 0, 1);
-    auto last = rowptr.narrow(0, rows, 1);
-    auto diffs = rows > 0 ? (rowptr.narrow(0, 1, rows) - rowptr.narrow(0, 0, rows)).min()
-                          : at::zeros({}, rowptr.options());
-    auto stats = at::stack({first.squeeze(0), last.squeeze(0), diffs}).cpu();
-    const int64_t* s = stats.data_ptr<int64_t>();
-    TORCH_CHECK(s[0] == 0, op, ": ", rp, "[0] must be 0, got ", s[0]);
-    TORCH_CHECK(s[2] >= 0, op, ": ", rp, " must be non-decreasing");
-    TORCH_CHECK(s[1] == nnz, op, ": ", rp, "[-1] = ", s[1], " but ", cl, " has ", nnz,
-                " entries");
+    return;
   }
+  const auto first = rowptr.select(0, 0), last = rowptr.select(0, rows);
+  const auto min_step = rows > 0 ? (rowptr.narrow(0, 1, rows) - rowptr.narrow(0, 0, rows)).min()
+                                 : at::zeros({}, rowptr.options());
+  if (checked_indices().contains(rowptr, rows, nnz)) {
+    at::_assert_async(first.eq(0).logical_and(last.eq(nnz)).logical_and(min_step.ge(0)));
+    return;
+  }
+  ++index_scans();
+  const auto stats = at::stack({first, last, min_step}).cpu();
+  const int64_t* s = stats.data_ptr<int64_t>();
+  TORCH_CHECK(s[0] == 0, op, ": ", rp, "[0] must be 0, got ", s[0]);
+  TORCH_CHECK(s[2] >= 0, op, ": ", rp, " must be non-decreasing");
+  TORCH_CHECK(s[1] == nnz, op, ": ", rp, "[-1] = ", s[1], " but ", cl, " has ", nnz,
+              " entries");
   checked_indices().insert(rowptr, rows, nnz);
 }
 

@@ -1,6 +1,7 @@
 // The extension module nnformer_fast._C: op schemas (declared once, here) and build info.
 // Kernels register their implementations per device in cpu/*.cpp and cuda_ops.cpp.
 #include <pybind11/pybind11.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include "checks.h"
@@ -69,6 +70,14 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("cpu_flags", [] { return std::string(NNFF_CPU_FLAGS); });
   mod.def("openmp", [] { return NNFF_OPENMP != 0; },
           "whether the CPU kernels run on torch's intra-op threads (compiled with OpenMP)");
-  mod.def("index_scans", [] { return nnff::checked_indices().scans(); },
-          "value scans of index tensors so far (an unchanged tensor that passed is not scanned again)");
+  mod.def(
+      "check_csr",
+      [](const at::Tensor& rowptr, const at::Tensor& col, int64_t rows, int64_t cols) {
+        nnff::check_csr(rowptr, col, rows, cols, "check_csr", "csr", rowptr.device());
+      },
+      "the kernels' check of a CSR (offsets, ids in [0, cols)) on its own, for benchmarks: raises "
+      "RuntimeError on a malformed one");
+  mod.def("index_scans", [] { return nnff::index_scans().load(); },
+          "value scans of index tensors with a host-side result so far (every CPU check; a CUDA tensor "
+          "that passed unchanged is checked on the device instead)");
 }

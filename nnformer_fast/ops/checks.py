@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from ..graph import NUM_RELATIONS, GraphBatch
 
@@ -81,11 +82,11 @@ def check_dropout(x: Tensor, p: float) -> None:
 
 # ---------------------------------------------------------------------- graph index tensors
 class _CheckedIndices:
-    """Index tensors that passed a scan, remembered by identity (the Python twin of
+    """GPU index tensors that passed a scan, remembered by identity (the Python twin of
     ``CheckedIndices`` in csrc/checks.h): the same live tensor object (held weakly) at the same
-    version, data pointer, size and bounds is not scanned again. One batch's CSRs serve every
-    layer's ops, and on CUDA a scan is a device->host sync. Inference tensors keep no version,
-    so they are scanned every time."""
+    version, data pointer, size and bounds is checked again on the device, without the
+    device->host sync of a scan. One batch's CSRs serve every layer's ops. Inference tensors
+    keep no version, so they are scanned every time."""
 
     def __init__(self, size: int = 64):
         self._entries: OrderedDict = OrderedDict()
@@ -103,7 +104,6 @@ class _CheckedIndices:
         return entry is not None and entry[0]() is t and entry[1] == self._key(t, bounds)
 
     def insert(self, t: Tensor, bounds: tuple) -> None:
-        self.scans += 1
         if t.is_inference():
             return
         self._entries[id(t)] = (weakref.ref(t), self._key(t, bounds))
@@ -116,21 +116,18 @@ _CHECKED = _CheckedIndices()
 
 
 def index_scans() -> int:
-    """How many index tensors :func:`check_graph_indices` has scanned so far (for tests)."""
+    """How many index tensors :func:`check_graph_indices` has scanned with a host transfer so far
+    (for tests): every CPU check, and GPU checks of tensors not remembered."""
     return _CHECKED.scans
 
 
 def check_graph_indices(graph: GraphBatch, op: str) -> None:
     """The graph's index tensors that the non-native backends read (torch: ``rel_row``,
     ``rel_col``, ``rel_offsets``, ``adj*_row``, ``adj*_col``; Triton: the CSR offsets,
-    columns and ``rel_tperm``) are int64, 1-D, of consistent sizes, CSR offsets start at 0,
-    never decrease and end at the entry count, and ids lie in range. Raises RuntimeError with
-    the wording of the native checks (csrc/checks.h). A tensor that passed, unchanged, is not
-    scanned again; the tensors first seen by one call are scanned with one host transfer.
+    columns and ``rel_tperm``) are valid (:func:`check_csr_indices`), and ``rel_offsets`` rises
+    from 0 to the relation entries.
 
     op: ``"dag_attention"`` (the relation CSR) or ``"bigin"`` (the adjacency CSRs)."""
-    if torch.compiler.is_compiling() or graph.device.type == "meta":
-        return
     n = graph.num_nodes
     if op == "dag_attention":
         nnz = graph.rel_col.numel()
@@ -138,23 +135,48 @@ def check_graph_indices(graph: GraphBatch, op: str) -> None:
         if len(offsets) != NUM_RELATIONS + 1 or offsets[0] != 0 or offsets[-1] != nnz or \
                 any(b < a for a, b in zip(offsets, offsets[1:])):
             raise RuntimeError(f"{op}: rel_offsets {offsets} must rise from 0 to the {nnz} entries of rel_col")
-        csrs = [("rel", graph.rel_rowptr, graph.rel_col, graph.rel_row, NUM_RELATIONS * n)]
-        extra = [("rel_tperm", graph.rel_tperm, nnz, nnz)]
+        check_csr_indices(op, graph.device, n, [("rel", graph.rel_rowptr, graph.rel_col, graph.rel_row, NUM_RELATIONS * n)],
+                          graph.rel_tperm)
     else:
-        csrs = [("adj", graph.adj_rowptr, graph.adj_col, graph.adj_row, n),
-                ("adjt", graph.adjt_rowptr, graph.adjt_col, graph.adjt_row, n)]
-        extra = []
-    todo = []  # (kind, name, tensor, bound) not yet checked
+        check_csr_indices(op, graph.device, n, [("adj", graph.adj_rowptr, graph.adj_col, graph.adj_row, n),
+                                                ("adjt", graph.adjt_rowptr, graph.adjt_col, graph.adjt_row, n)])
+
+
+def check_csr_indices(op: str, device: torch.device, n: int, csrs: list,
+                      rel_tperm: Optional[Tensor] = None) -> None:
+    """CSRs over ``n`` nodes, each ``(name, rowptr, col, row, rows)`` (``row``, the row id of
+    each entry, may be None), and an optional ``rel_tperm`` indexing the entries of the first:
+    1-D int64 on ``device``, of consistent sizes, offsets that start at 0, never decrease and
+    end at the entry count, ids in range. Raises RuntimeError with the wording of the native
+    checks (csrc/checks.h). Skipped while tracing (fake tensors hold no values).
+
+    CPU tensors are scanned on every call, so a write the version counter misses (through
+    ``.numpy()`` or ``.data``) is caught too. On a GPU, the tensors first seen by one call are
+    scanned with one host transfer; one that passed, unchanged, is checked again by a
+    device-side assert (no sync), which stops the stream before a kernel reads an id written
+    behind the version counter."""
+    if device.type == "meta" or torch.compiler.is_compiling() or is_fake(csrs[0][2]):
+        return
+    todo = []  # (kind, name, tensor, bound)
     for name, rowptr, col, row, rows in csrs:
         nnz = col.numel()
-        for suffix, t, size in (("_rowptr", rowptr, rows + 1), ("_col", col, -1), ("_row", row, nnz)):
-            _check_index(op, name + suffix, t, size, graph.device)
+        _check_index(op, name + "_rowptr", rowptr, rows + 1, device)
         todo.append(("rowptr", name, rowptr, (rows, nnz)))
-        todo += [("range", name + "_col", col, n), ("range", name + "_row", row, n)]
-    for name, t, size, hi in extra:
-        _check_index(op, name, t, size, graph.device)
-        todo.append(("range", name, t, hi))
-    todo = [item for item in todo if item[2].numel() and not _CHECKED.contains(item[2], (item[0], item[3]))]
+        for suffix, t in (("_col", col), ("_row", row)):
+            if t is not None:
+                _check_index(op, name + suffix, t, nnz if suffix == "_row" else -1, device)
+                todo.append(("range", name + suffix, t, n))
+    if rel_tperm is not None:
+        nnz = csrs[0][2].numel()
+        _check_index(op, "rel_tperm", rel_tperm, nnz, device)
+        todo.append(("range", "rel_tperm", rel_tperm, nnz))
+    todo = [item for item in todo if item[2].numel()]
+    if device.type != "cpu":  # remembered GPU tensors: a device-side assert, no host sync
+        remembered = [_CHECKED.contains(t, (kind, bound)) for kind, _, t, bound in todo]
+        for (kind, _, t, bound), known in zip(todo, remembered):
+            if known:
+                torch._assert_async(_valid_on_device(kind, t, bound))
+        todo = [item for item, known in zip(todo, remembered) if not known]
     if not todo:
         return
     stats = []
@@ -185,7 +207,18 @@ def check_graph_indices(graph: GraphBatch, op: str) -> None:
                                    f"{rp}[{i}] = {int(t[i])}")
             if last != bound[1]:
                 raise RuntimeError(f"{op}: {rp}[-1] = {last} but {cl} has {bound[1]} entries")
-        _CHECKED.insert(t, (kind, bound))
+        _CHECKED.scans += 1
+        if device.type != "cpu":
+            _CHECKED.insert(t, (kind, bound))
+
+
+def _valid_on_device(kind: str, t: Tensor, bound) -> Tensor:
+    """A bool scalar on t's device: ids in [0, bound) ("range"), or CSR offsets that start at 0,
+    never decrease and end at the entry count ``bound[1]`` ("rowptr")."""
+    if kind == "range":
+        return ((t >= 0) & (t < bound)).all()
+    ok = (t[0] == 0) & (t[-1] == bound[1])
+    return ok & ((t[1:] - t[:-1]).min() >= 0) if t.numel() > 1 else ok
 
 
 def _check_index(op: str, name: str, t: Tensor, size: int, device: torch.device) -> None:

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ..graph import GraphBatch
+from ..ops.checks import check_csr_indices
 from ..ops.reference import add_biases
 from ._common import _cast_out, acc_dtype_for, autotuned, avg_degree_bucket, kernel_op
 
@@ -188,6 +189,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col = ctx.saved_tensors
+    # checked by the public op before the forward pass; a write the version counter misses
+    # (``.numpy()``, ``.data``) may have changed them since
+    check_csr_indices("bigin backward", h.device, h.shape[0], [("adj", adj_rowptr, adj_col, None, h.shape[0]),
+                                                               ("adjt", adjt_rowptr, adjt_col, None, h.shape[0])])
     dh, dg = bigin_bwd(grad_out, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, ctx.act)
     return dh, dg, None, None, None, None, None
 

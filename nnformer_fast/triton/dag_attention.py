@@ -45,7 +45,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ..graph import GraphBatch
+from ..graph import NUM_RELATIONS, GraphBatch
+from ..ops.checks import check_csr_indices
 from ._common import (_cast_out, _dropout_keep, acc_dtype_for, autotuned, avg_degree_bucket, dropout_threshold,
                       kernel_op, seed_salt)
 
@@ -369,8 +370,17 @@ def _setup_context(ctx, inputs, output):
     ctx.dropout_p, ctx.scale, ctx.seed = dropout_p, scale, seed
 
 
+def _check_saved_relation(q: Tensor, rel_rowptr: Tensor, rel_col: Tensor, rel_tperm: Tensor) -> None:
+    """The public op checked the relation CSR before the forward pass; a write the version
+    counter misses (``.numpy()``, ``.data``) may have changed it since."""
+    n = q.shape[0]
+    check_csr_indices("dag_attention backward", q.device, n,
+                      [("rel", rel_rowptr, rel_col, None, NUM_RELATIONS * n)], rel_tperm)
+
+
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, lse, rel_rowptr, rel_col, rel_tperm = ctx.saved_tensors
+    _check_saved_relation(q, rel_rowptr, rel_col, rel_tperm)
     dq, dk, dv = dag_attention_bwd(grad_out, q, k, v, lse, rel_rowptr, rel_col, rel_tperm,
                                    ctx.dropout_p, ctx.scale, ctx.seed)
     return dq, dk, dv, None, None, None, None, None, None
@@ -378,6 +388,7 @@ def _backward(ctx, grad_out, grad_lse):
 
 def _qkv_backward(ctx, grad_out, grad_lse):
     qkv, lse, rel_rowptr, rel_col, rel_tperm = ctx.saved_tensors
+    _check_saved_relation(qkv, rel_rowptr, rel_col, rel_tperm)
     dqkv = dag_attention_qkv_bwd(grad_out, qkv, lse, rel_rowptr, rel_col, rel_tperm,
                                  ctx.dropout_p, ctx.scale, ctx.seed)
     return dqkv, None, None, None, None, None, None
