@@ -19,7 +19,7 @@ SETUP = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")  # helpers only
 REQUIRED = ["CMakeLists.txt", "Makefile", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
             "csrc/nnformer_fast.cpp", "csrc/cuda/common.cuh", "tests/conftest.py",
             "tests/cuda_emulator/emulator.h", "tests/cuda_emulator/launchers.cpp", "tests/test_ops.py",
-            "docs/REPRODUCTION.md", "benchmarks/conftest.py", "nnformer_fast/data/default/latency_cpu_ort.npz"]
+            "docs/DESIGN.md", "benchmarks/conftest.py", "nnformer_fast/data/default/latency_cpu_ort.npz"]
 
 
 def _tracked_files() -> list[str]:

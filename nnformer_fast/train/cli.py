@@ -117,7 +117,7 @@ def register_train(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (latency task; one graph for all batch shapes; the first steps "
-                        "compile, about 1.5 min on a 2-core CPU; see the README for when it pays)")
+                        "compile, about 1.5 min on a 2-core CPU; see docs/TRAINING.md for when it pays)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers building batches (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
