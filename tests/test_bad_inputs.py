@@ -502,3 +502,34 @@ def test_malformed_nb201_latency_files_are_named(tmp_path, case):
     torch.save(index, tmp_path / "str_arch2idx.pt")
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / culprit)) + ".*" + match):
         load_nb201_latency("pixel3", tmp_path)
+
+
+# ---------------------------------------------------------------------- packed latency sets
+def test_truncated_or_foreign_npz_is_named(tmp_path):
+    good = _save(tmp_path / "good.npz", _store(), _records())
+    for name, data in (("torn.npz", good.read_bytes()[:200]), ("text.npz", b"not an archive"),
+                       ("array.npz", None)):
+        path = tmp_path / name
+        if data is None:
+            np.save(path.with_suffix(".npy"), np.zeros(3))
+            path.with_suffix(".npy").rename(path)
+        else:
+            path.write_bytes(data)
+        with pytest.raises(ValueError, match=re.escape(str(path)) + ": not a latency set"):
+            LatencyDataset.load(path)
+
+
+def test_pack_names_a_malformed_spread_file(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from nnformer_fast.data.latency import pack_latency_set
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph), tmp_path / "a.onnx")
+    (tmp_path / "latency.txt").write_text("s0 a.onnx 1 2.0 fam cpu\n")
+    (tmp_path / "latency_spread.tsv").write_text("speed_id\tx\ty\tp25_ms\tp75_ms\ns0\t.\t.\tfast\t2.1\n")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "latency_spread.tsv")) + ":2: p25_ms"):
+        pack_latency_set(tmp_path, tmp_path / "set.npz", workers=0, progress=False)

@@ -376,7 +376,7 @@ class LatencyDataset(Dataset):
             with np.load(path, allow_pickle=False) as z:
                 store = {k: z[k] for k in _STORE_KEYS if k in z.files}
                 records = {k[4:]: z[k] for k in z.files if k.startswith("rec_")}
-        except (ValueError, EOFError, OSError, AttributeError, zipfile.BadZipFile) as e:  # AttributeError: a .npy
+        except (ValueError, EOFError, OSError, TypeError, zipfile.BadZipFile) as e:  # TypeError: a .npy array
             raise ValueError(f"{path}: not a latency set written by LatencyDataset.save "
                              f"({type(e).__name__}: {str(e)[:120]})") from None
         return cls.from_arrays(store, records, str(path), **filters)
@@ -560,12 +560,16 @@ def pack_latency_set(root: str | os.PathLike, out: str | os.PathLike, *, workers
     spread = Path(ds.source).parent / "latency_spread.tsv"
     if spread.is_file():
         q = {}
-        with open(spread) as f:
+        with open(spread, encoding="utf-8", errors="replace") as f:
             next(f, None)
-            for line in f:
+            for lineno, line in enumerate(f, 2):
                 p = line.split("\t")
                 if len(p) >= 5:
-                    q[p[0]] = (float(p[3]), float(p[4]))
+                    try:
+                        q[p[0]] = (float(p[3]), float(p[4]))
+                    except ValueError:
+                        raise ValueError(f"{spread}:{lineno}: p25_ms and p75_ms must be numbers, got "
+                                         f"{p[3][:20]!r} and {p[4][:20]!r}") from None
         both = [q.get(sid, (np.nan, np.nan)) for sid in ds.records["speed_id"]]
         ds.records["p25_ms"] = np.array([b[0] for b in both], dtype=np.float32)
         ds.records["p75_ms"] = np.array([b[1] for b in both], dtype=np.float32)
