@@ -45,8 +45,9 @@ def claim_checkpoint(path: str | os.PathLike, *, resume: Optional[str], overwrit
     killed writer of ``path`` left (:func:`remove_stale_temporaries`)."""
     path = Path(path)
     if path.exists() and not resume and not overwrite:
-        raise CheckpointError(f"{path} holds the checkpoint of an earlier run: continue it with --resume, replace it "
-                              "with --overwrite, or train into another --out")
+        raise CheckpointError(f"{path} holds the checkpoint of an earlier run: continue it with --resume "
+                              "(resume='auto'), replace it with --overwrite (overwrite=True), or train into another "
+                              "--out")
     remove_stale_temporaries(path)
 
 
