@@ -27,19 +27,24 @@ def load_torch_file(path: str | os.PathLike, what: str, *, error: type[Exception
     ``weights_only`` unpickling refuses it (e.g. a global that could run code)."""
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise error(f"{path}: not a readable {what} (not a complete zip archive: {_why(e)})") from None
-    except OSError as e:  # missing, unreadable, or a seek past the end of a truncated file
+        f = open(path, "rb")  # one open file for the check and the load: a file replaced meanwhile is not mixed in
+    except OSError as e:
         raise error(f"{path}: cannot read the {what} ({e.strerror or _why(e)})") from None
-    if bad is not None:
-        raise error(f"{path}: not a readable {what} (member {bad!r} fails its CRC-32 check: the file was "
-                    "changed or damaged after it was written)")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # UnpicklingError for refused globals, RuntimeError for bad records, ...
-        raise error(f"{path}: not a readable {what} (refused by torch.load(weights_only=True): {_why(e)})") from None
+    with f:
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:  # OSError: a seek past a truncated end
+            raise error(f"{path}: not a readable {what} (not a complete zip archive: {_why(e)})") from None
+        if bad is not None:
+            raise error(f"{path}: not a readable {what} (member {bad!r} fails its CRC-32 check: the file was "
+                        "changed or damaged after it was written)")
+        f.seek(0)
+        try:
+            return torch.load(f, map_location=map_location, weights_only=True)
+        except Exception as e:  # UnpicklingError for refused globals, RuntimeError for bad records, ...
+            raise error(f"{path}: not a readable {what} (refused by torch.load(weights_only=True): "
+                        f"{_why(e)})") from None
 
 
 def _why(e: Exception) -> str:
