@@ -12,22 +12,33 @@ batch and shared by every layer:
   entry ``e`` in the transposed relation, so a backward pass gathers instead of scattering.
 
 All index tensors are int64. Building costs a sort of the relation entries, no (N, N) or
-(B, L, L) intermediate.
+(B, L, L) intermediate. The sibling and co-parent relations grow with the square of a node's
+out- and in-degree (a 20,000-wide fan-out alone has 4·10⁸ sibling entries, about 10 GB), so
+the builders refuse a graph whose relations could exceed ``MAX_RELATION_ENTRIES`` entries
+before allocating them.
 """
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["GraphBatch", "NUM_RELATIONS", "TRANSPOSED_RELATION"]
+__all__ = ["GraphBatch", "NUM_RELATIONS", "TRANSPOSED_RELATION", "MAX_RELATION_ENTRIES", "MAX_RELATION_ENTRIES_ENV"]
 
 NUM_RELATIONS = 4
 #: relation index of the transpose of each relation: fwd <-> bwd, sib and cop are symmetric.
 TRANSPOSED_RELATION = (1, 0, 2, 3)
+#: default bound on one graph's relation entries (all four relations, self loops included);
+#: each entry costs 24 bytes of index tensors (``rel_col``, ``rel_row``, ``rel_tperm``), so
+#: about 1.2 GB, before the attention's buffers. Override per call (``max_relation_entries=``)
+#: or with the environment variable ``MAX_RELATION_ENTRIES_ENV``.
+MAX_RELATION_ENTRIES = 50_000_000
+MAX_RELATION_ENTRIES_ENV = "NNFORMER_FAST_MAX_RELATION_ENTRIES"
 
 
 @dataclass
@@ -154,6 +165,7 @@ class GraphBatch:
         *,
         mask_edge_index: Optional[Tensor] = None,
         validate: bool = True,
+        max_relation_entries: Optional[int] = None,
     ) -> "GraphBatch":
         """Build from packed edge lists (PyG convention).
 
@@ -165,6 +177,9 @@ class GraphBatch:
             mask_edge_index: (2, E_M) int64 edges of the attention mask adjacency (may hold
                 self loops and cycles, e.g. global tokens); default ``A``.
             validate: check ids, graph membership, self loops and cycles of ``A``.
+            max_relation_entries: refuse (ValueError) a graph whose relations could hold more
+                entries; default ``$NNFORMER_FAST_MAX_RELATION_ENTRIES`` or
+                ``MAX_RELATION_ENTRIES``. Checked whatever ``validate`` says.
         """
         num_nodes = _as_ints(num_nodes, "num_nodes")
         device = edge_index.device if isinstance(edge_index, Tensor) else torch.device("cpu")
@@ -190,7 +205,7 @@ class GraphBatch:
             _check_acyclic(edge_index, n, batch)
             if mask_edge_index is not None:
                 _check_edges(mask_edge_index, n, batch, "mask_edge_index")
-        return cls._build(ptr, batch, edge_index, mask_edge_index)
+        return cls._build(ptr, batch, edge_index, mask_edge_index, _relation_limit(max_relation_entries))
 
     @classmethod
     def from_dense(
@@ -200,6 +215,7 @@ class GraphBatch:
         num_vertices: Optional[Tensor] = None,
         *,
         validate: bool = True,
+        max_relation_entries: Optional[int] = None,
     ) -> "GraphBatch":
         """Build from padded dense adjacencies.
 
@@ -209,6 +225,7 @@ class GraphBatch:
                 and cycles (global tokens).
             num_vertices: (B,) ints; nodes ``>= num_vertices[b]`` are padding and dropped
                 together with their edges. Default: every node is real.
+            validate, max_relation_entries: as for :meth:`from_edge_index`.
         """
         if not isinstance(adj, Tensor) or adj.dim() != 3 or adj.shape[1] != adj.shape[2]:
             raise ValueError(f"GraphBatch.from_dense: adj must be a (B, L, L) tensor, got "
@@ -248,11 +265,12 @@ class GraphBatch:
         if validate:
             _check_no_self_loops(edge_index, batch)
             _check_acyclic(edge_index, int(ptr[-1]), batch)
-        return cls._build(ptr, batch, edge_index, mask_edge_index)
+        return cls._build(ptr, batch, edge_index, mask_edge_index, _relation_limit(max_relation_entries))
 
     @classmethod
     def collate(cls, graphs: Sequence["GraphBatch"]) -> "GraphBatch":
-        """Concatenate batches (already validated) into one; graph order is kept."""
+        """Concatenate batches (already validated and within their relation bound) into one;
+        graph order is kept."""
         if len(graphs) == 0:
             raise ValueError("GraphBatch.collate: empty list of graphs")
         devices = {g.device for g in graphs}
@@ -272,8 +290,9 @@ class GraphBatch:
         return cls._build(ptr, batch, edges, mask_edges)
 
     @classmethod
-    def _build(cls, ptr: Tensor, batch: Tensor, edge_index: Tensor,
-               mask_edge_index: Optional[Tensor]) -> "GraphBatch":
+    def _build(cls, ptr: Tensor, batch: Tensor, edge_index: Tensor, mask_edge_index: Optional[Tensor],
+               max_relation_entries: Optional[int]) -> "GraphBatch":
+        """The batch from its edges; ``max_relation_entries`` None skips the relation bound."""
         n = batch.numel()
         src, dst = _unique_edges(edge_index[0], edge_index[1], n)
         edge_index = torch.stack([src, dst])
@@ -285,6 +304,8 @@ class GraphBatch:
         else:
             m_src, m_dst = _unique_edges(mask_edge_index[0], mask_edge_index[1], n)
             mask_edge_index = torch.stack([m_src, m_dst])
+        if max_relation_entries is not None:
+            _check_relation_size(m_src, m_dst, batch, ptr.numel() - 1, max_relation_entries)
         rel_rowptr, rel_col, rel_row, rel_tperm, offsets = _relations(m_src, m_dst, n)
         sizes = ptr[1:] - ptr[:-1]
         return cls(
@@ -381,6 +402,47 @@ def _dense_to_edges(adj: Tensor, num_vertices: Tensor, offsets: Tensor) -> Tenso
 
 
 # ---------------------------------------------------------------------- validation
+def _relation_limit(value: Optional[int]) -> int:
+    """The relation bound: ``value``, else ``$NNFORMER_FAST_MAX_RELATION_ENTRIES``, else the default."""
+    if value is None:
+        text = os.environ.get(MAX_RELATION_ENTRIES_ENV, "").strip()
+        if not text:
+            return MAX_RELATION_ENTRIES
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"GraphBatch: {MAX_RELATION_ENTRIES_ENV}={text!r} must be a positive integer")
+        return int(text)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"GraphBatch: max_relation_entries must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_relation_size(src: Tensor, dst: Tensor, batch: Tensor, num_graphs: int, limit: int) -> None:
+    """Refuse a graph whose relations could exceed ``limit`` entries, before building them.
+
+    For mask edges ``src -> dst`` (deduplicated) the four relations of a graph hold at most
+    ``4·N + 2·E + Σ out_degree² + Σ in_degree²`` entries (self loops; children and parents;
+    siblings through each parent; co-parents through each child), an O(N + E) count that the
+    builders' work also follows."""
+    n = batch.numel()
+    out_deg = torch.bincount(src, minlength=n)
+    in_deg = torch.bincount(dst, minlength=n)
+    per_node = 4 + out_deg + in_deg + out_deg * out_deg + in_deg * in_deg
+    per_graph = torch.zeros(num_graphs, dtype=torch.int64, device=batch.device).index_add_(0, batch, per_node)
+    over = (per_graph > limit).nonzero().flatten()
+    if not over.numel():
+        return
+    g = int(over[0])
+    widest = torch.maximum(out_deg, in_deg).masked_fill(batch != g, -1)
+    node = int(widest.argmax())
+    out_d, in_d = int(out_deg[node]), int(in_deg[node])
+    side = f"{out_d:,} children" if out_d >= in_d else f"{in_d:,} parents"
+    raise ValueError(
+        f"GraphBatch: graph {g} could have {int(per_graph[g]):,} relation entries (about "
+        f"{24 * int(per_graph[g]) / 1e9:.1f} GB of index tensors), over the limit of {limit:,}: its widest node "
+        f"{node} has {side}, {max(out_d, in_d) ** 2:,} sibling or co-parent pairs; raise the limit with "
+        f"max_relation_entries= or {MAX_RELATION_ENTRIES_ENV} if the memory is there")
+
+
 def _as_ints(x, name: str, owner: str = "GraphBatch") -> Tensor:
     """``x`` (tensor, array or nested list) as int64, refusing float, complex and bool values
     (a cast would truncate 1.9 to 1 and read True as 1). Empty inputs of any dtype pass:

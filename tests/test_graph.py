@@ -257,3 +257,85 @@ def test_cycle_check_is_linear_in_any_numbering():
             raise AssertionError("no cycle found")
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+
+
+# ---------------------------------------------------------------------- relation-size bound
+def _fan_out_batch_edges(width: int):
+    """Graph 0: a 3-node chain; graph 1: node 3 with ``width`` children."""
+    chain = torch.tensor([[0, 1], [1, 2]])
+    fan = torch.stack([torch.full((width,), 3), torch.arange(4, 4 + width)])
+    return torch.cat([chain, fan], 1), [3, width + 1]
+
+
+def test_wide_fan_out_is_refused_before_its_relations_are_allocated():
+    """A 20,000-wide fan-out has 4·10⁸ sibling entries (10 GB). Under a 3 GB address-space limit
+    the child gets the refusal, naming graph and node, not a MemoryError after minutes."""
+    code = textwrap.dedent("""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        import torch
+        from nnformer_fast import GraphBatch
+        chain = torch.tensor([[0, 1], [1, 2]])
+        width = 20_000
+        fan = torch.stack([torch.full((width,), 3), torch.arange(4, 4 + width)])
+        try:
+            GraphBatch.from_edge_index(torch.cat([chain, fan], 1), [3, width + 1])
+        except ValueError as exc:
+            print(exc)
+        else:
+            print("built")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    said = res.stdout.strip() or res.stderr[-2000:]
+    assert res.returncode == 0 and "over the limit of 50,000,000" in said, said
+    assert "graph 1 could have 400," in said and "widest node 3 has 20,000 children" in said, said
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_relation_bound_refuses_every_graph_over_the_limit(seed):
+    """Whatever the limit, a graph whose built relations hold more entries is refused (the count
+    is an upper bound), and the limit that the bound itself meets passes."""
+    graph = random_batch([5, 12, 30], avg_degree=3.0, seed=seed, global_token=bool(seed % 2))
+    per_graph = torch.zeros(graph.num_graphs, dtype=torch.int64).index_add_(
+        0, graph.batch[graph.rel_row], torch.ones_like(graph.rel_row))
+    widest = int(per_graph.argmax())
+    edges = graph.edge_index
+    mask = graph.mask_edge_index
+    with pytest.raises(ValueError, match=rf"graph {widest} could have [\d,]+ relation entries"):
+        GraphBatch.from_edge_index(edges, graph.num_nodes_per_graph, mask_edge_index=mask,
+                                   max_relation_entries=int(per_graph.max()) - 1)
+    bound = _relation_bound(mask if mask is not None else edges, graph.batch, graph.num_graphs)
+    assert bool((bound >= per_graph).all())
+    again = GraphBatch.from_edge_index(edges, graph.num_nodes_per_graph, mask_edge_index=mask,
+                                       max_relation_entries=int(bound.max()))
+    assert torch.equal(again.rel_col, graph.rel_col)
+
+
+def _relation_bound(edges, batch, num_graphs):
+    """4·N + 2·E + Σ out² + Σ in² per graph, from a dense adjacency (independent of graph.py)."""
+    n = batch.numel()
+    adj = torch.zeros(n, n, dtype=torch.int64)
+    adj[edges[0], edges[1]] = 1
+    out_deg, in_deg = adj.sum(1), adj.sum(0)
+    per_node = 4 + out_deg + in_deg + out_deg ** 2 + in_deg ** 2
+    return torch.zeros(num_graphs, dtype=torch.int64).index_add_(0, batch, per_node)
+
+
+def test_relation_bound_from_the_environment(monkeypatch):
+    edges, sizes = _fan_out_batch_edges(100)  # graph 1: 4·101 + 2·100 + 100² + 100 = 10,704 at most
+    GraphBatch.from_edge_index(edges, sizes)
+    monkeypatch.setenv("NNFORMER_FAST_MAX_RELATION_ENTRIES", "10000")
+    with pytest.raises(ValueError, match="graph 1 could have 10,704 relation entries .* over the limit of "
+                                         "10,000: its widest node 3 has 100 children"):
+        GraphBatch.from_edge_index(edges, sizes)
+    GraphBatch.from_edge_index(edges, sizes, max_relation_entries=10_704)  # the argument wins
+    dense = torch.zeros(1, 40, 40)
+    dense[0, 0, 1:] = 1
+    monkeypatch.setenv("NNFORMER_FAST_MAX_RELATION_ENTRIES", "1000")
+    with pytest.raises(ValueError, match="graph 0 .* widest node 0 has 39 children"):
+        GraphBatch.from_dense(dense)
+    monkeypatch.setenv("NNFORMER_FAST_MAX_RELATION_ENTRIES", "1e9")
+    with pytest.raises(ValueError, match=r"NNFORMER_FAST_MAX_RELATION_ENTRIES='1e9' must be a positive integer"):
+        GraphBatch.from_dense(dense)
+    with pytest.raises(ValueError, match="max_relation_entries must be a positive integer, got 0"):
+        GraphBatch.from_dense(dense, max_relation_entries=0)
