@@ -287,7 +287,7 @@ class GraphBatch:
         ptr = torch.zeros(sizes.numel() + 1, dtype=torch.int64, device=sizes.device)
         torch.cumsum(sizes, 0, out=ptr[1:])
         batch = torch.repeat_interleave(torch.arange(sizes.numel(), device=sizes.device), sizes)
-        return cls._build(ptr, batch, edges, mask_edges)
+        return cls._build(ptr, batch, edges, mask_edges, max_relation_entries=None)
 
     @classmethod
     def _build(cls, ptr: Tensor, batch: Tensor, edge_index: Tensor, mask_edge_index: Optional[Tensor],
