@@ -209,7 +209,8 @@ def _main(argv=None) -> int:
                     title=f"held-out: MAPE {100 * m['mape']:.1f}%, tau {m['tau']:.3f}", log=True):
         print(f"wrote {out / 'metrics.json'} and {out / 'scatter.png'}")
     else:
-        print(f"wrote {out / 'metrics.json'} (matplotlib not installed: no scatter plot)")
+        print(f"wrote {out / 'metrics.json'} (no scatter plot: matplotlib is not installed; "
+              "pip install 'nnformer_fast[plots]')")
     print(f"demo wall time {time.perf_counter() - t_all:.0f} s")
     return 0
 
