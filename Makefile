@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0+cpu
 # pyproject.toml's [build-system] requires (tests/test_packaging.py keeps them equal)
-BUILD_TOOLS := "setuptools>=77" "pybind11>=2.12" ninja "cmake>=3.18"
+BUILD_TOOLS := "setuptools>=64" wheel "pybind11>=2.12" ninja "cmake>=3.18"
 
 .PHONY: setup demo test bench clean
 

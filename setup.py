@@ -2,7 +2,7 @@
 
 Like other PyTorch extensions (flash-attention, pyg-lib, torch-scatter), the extension compiles
 against the torch already installed, so install torch first and build without isolation:
-    pip install "setuptools>=77" "pybind11>=2.12" ninja "cmake>=3.18"
+    pip install "setuptools>=64" wheel "pybind11>=2.12" ninja "cmake>=3.18"
     pip install --no-build-isolation .          # or -e . (development), or the sdist / wheel
 Any other way fails in one line saying so, before CMake starts.
 Environment: NNFF_CUDA=1 / 0 forces the CUDA kernels on / off (default: on when nvcc is
@@ -135,4 +135,4 @@ class CMakeBuild(build_ext):
 
 if __name__ == "__main__":  # how pip's build backend runs this file (tests import its helpers)
     ext_modules = [] if os.environ.get("NNFF_SKIP_EXT") == "1" else [Extension("nnformer_fast._C", sources=[])]
-    setup(ext_modules=ext_modules, cmdclass={"build": CheckedBuild, "build_ext": CMakeBuild})
+    setup(license="MIT", ext_modules=ext_modules, cmdclass={"build": CheckedBuild, "build_ext": CMakeBuild})

@@ -8,7 +8,6 @@ import site as sitelib
 import subprocess
 import sys
 import tarfile
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -56,10 +55,11 @@ def test_sdist_has_no_build_products(sdist_files):
 
 
 def test_build_tools_declared_once():
-    """pyproject's [build-system] requires = setup.py's checked tools + setuptools = the Makefile's list."""
+    """pyproject's [build-system] requires = setuptools + wheel + setup.py's checked tools = the Makefile's list."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
-    setuptools = [r for r in requires if r.startswith("setuptools")]
-    assert sorted(requires) == sorted(setuptools + list(SETUP["BUILD_TOOLS"]))
+    backend = [r for r in requires if r.startswith(("setuptools", "wheel"))]
+    assert sorted(requires) == sorted(backend + list(SETUP["BUILD_TOOLS"]))
     makefile = (ROOT / "Makefile").read_text()
     line = next(x for x in makefile.splitlines() if x.startswith("BUILD_TOOLS"))
     assert sorted(t.strip('"') for t in line.split(":=")[1].split()) == sorted(requires)
