@@ -193,8 +193,8 @@ def test_nb201_reader_on_small_files(tmp_path):
     ds = load_nb201_latency("titanx_32", tmp_path)
     assert len(ds) == 2 and list(ds.latencies) == [3.0, 1.0]
     x, e, s, y = ds[1]
-    assert x.shape == (3, 192) and e.tolist() == [[0, 1], [1, 2]]  # input -> conv1x1 -> output
-    assert x[:, :7].argmax(1).tolist() == [0, 1, 6]
+    assert x.shape == (8, 192)  # every executed op stays, none included (tests/test_nb201_latency.py)
+    assert x[:, :7].argmax(1).tolist() == [0, 5, 5, 5, 1, 5, 5, 6]
     assert ds.store["scalars"][0][0] == 32  # batch size from the device name
     assert ds.store["scalars"][0][1] > ds.store["scalars"][1][1]  # more convs, more FLOPs
     with pytest.raises(ValueError, match="unknown NAS-Bench-201 device"):

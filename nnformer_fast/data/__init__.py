@@ -41,13 +41,16 @@ __all__ = [
     "collate_latency",
     "parse_latency_file",
     "load_nb201_latency",
+    "load_nb201_latency_csv",
+    "nb201_latency_set",
     "load_onnx_graph",
     "OnnxGraph",
     "load_default_latency_set",
     "build_latency_set",
 ]
 
-from .latency import LatencyDataset, collate_latency, load_nb201_latency, parse_latency_file  # noqa: E402
+from .latency import (LatencyDataset, collate_latency, load_nb201_latency, load_nb201_latency_csv,  # noqa: E402
+                      nb201_latency_set, parse_latency_file)
 from .onnx_features import OnnxGraph, load_onnx_graph  # noqa: E402
 from .default import load_default_latency_set  # noqa: E402
 

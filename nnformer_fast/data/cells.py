@@ -6,7 +6,9 @@ A cell is a small DAG in topological order: node 0 is the input, node L-1 the ou
 - NAS-Bench-101: input 0, conv1x1-bn-relu 1, conv3x3-bn-relu 2, maxpool3x3 3, output 4.
 - NAS-Bench-201: input 0, nor_conv_1x1 1, nor_conv_3x3 2, avg_pool_3x3 3, skip_connect 4,
   none 5, output 6. Each edge operation of the arch string is a node; ``nb201_cell`` builds
-  SPEC's pruned graph or, with ``prune=False``, the authors' unpruned one.
+  SPEC's pruned graph or, with ``prune=False``, the authors' unpruned one. Pruning is for
+  accuracy only: latency cells keep every op the network executes, so they are always
+  unpruned (``nnformer_fast.data.latency.nb201_cell_descriptor``).
 
 Accuracies are stored as fractions in [0, 1]; files that give percent are divided by 100.
 

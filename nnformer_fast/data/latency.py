@@ -27,6 +27,8 @@ a crash mid-write never leaves a corrupt cache.
 """
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +54,8 @@ __all__ = [
     "parse_latency_file",
     "load_nb201_latency",
     "nb201_cell_descriptor",
+    "nb201_latency_set",
+    "load_nb201_latency_csv",
     "NB201_DEVICES",
     "pack_latency_set",
 ]
@@ -606,7 +610,9 @@ _NB201_ATTRS = {0: (0, 0), 1: (1, 0), 2: (3, 1), 3: (3, 1), 4: (0, 0), 5: (0, 0)
 
 def _nb201_scalars(ops, batch_size: int):
     """(batch, FLOPs, params, MACs) of the NAS-Bench-201 CIFAR network (C=16, N=5, 32x32,
-    10 classes) whose 15 cells all use ``ops`` (cell op codes); formulas of onnx_features."""
+    10 classes) whose 15 cells all use the six edge ``ops`` (op codes 1..5); formulas of
+    onnx_features. Every op the network executes counts, whether or not its output reaches
+    the cell's output: ``none`` runs too (``x * 0``, one elementwise op)."""
     flops = params = macs = 0.0
     for s in range(3):
         c, hw = 16 * 2 ** s, (32 // 2 ** s) ** 2
@@ -620,19 +626,34 @@ def _nb201_scalars(ops, batch_size: int):
             elif op == 3:
                 flops += 5 * 9 * act
                 macs += 5 * 2 * act
+            elif op == 5:
+                flops += 5 * act
+                macs += 5 * 2 * act
     # stem, two residual reductions, head: the same for every cell
     flops += batch_size * (2 * 32 * 32 * 16 * 27 + 2 * 16 * 16 * 32 * 16 * 9 * 2 + 2 * 8 * 8 * 64 * 32 * 9 * 2)
     params += 16 * 27 + 32 * 16 * 9 + 32 * 32 * 9 + 64 * 32 * 9 + 64 * 64 * 9 + 64 * 10 + 10
     return float(batch_size), flops, params, macs
 
 
-def nb201_cell_descriptor(cell, batch_size: int = 1):
-    """(op_ids, attrs, shapes, edge_index, scalars) of a NAS-Bench-201 :class:`Cell` in the
-    192-wide layout: one-hot position = NB201 op code (input 0, conv1x1 1, conv3x3 2,
-    avgpool 3, skip 4, output 6), kernel/pad attributes of the op (conv1x1 k=1; conv3x3 and
-    avgpool k=3, pad 1; stride, dilation and group 1 for the three), output shapes all 0
-    (a cell has no single shape), static scalars of the whole CIFAR network built from the
-    cell (:func:`_nb201_scalars`)."""
+def nb201_cell_descriptor(arch, batch_size: int = 1):
+    """(op_ids, attrs, shapes, edge_index, scalars) of a NAS-Bench-201 cell as the latency
+    model reads it, in the 192-wide layout.
+
+    arch: an arch string, the six edge ops (names or codes 1..5), or an unpruned
+    :class:`Cell` (``nb201_cell(arch, prune=False)``). Latency cells keep every op the
+    network executes (docs/DATA.md): all 8 nodes (input, the six edges, output), ``none``
+    included, and the fixed adjacency; a pruned cell that lost nodes is refused.
+    One-hot position = NB201 op code (input 0, conv1x1 1, conv3x3 2, avgpool 3, skip 4,
+    none 5, output 6), kernel/pad attributes of the op (conv1x1 k=1; conv3x3 and avgpool
+    k=3, pad 1; stride, dilation and group 1 for the three), output shapes all 0 (a cell has
+    no single shape), static scalars of the whole CIFAR network built from the cell
+    (:func:`_nb201_scalars`)."""
+    from .cells import Cell, nb201_cell
+
+    cell = arch if isinstance(arch, Cell) else nb201_cell(arch, prune=False)
+    if cell.num_nodes != len(_NB201_ATTRS) + 1:
+        raise ValueError(f"nb201_cell_descriptor: a latency cell keeps every executed op (8 nodes), got "
+                         f"{cell.num_nodes} nodes; build it with nb201_cell(arch, prune=False)")
     ops = np.asarray(cell.ops, dtype=np.int64)
     attrs = np.zeros((len(ops), 8), dtype=np.float32)
     for i, op in enumerate(ops):
@@ -646,6 +667,85 @@ def nb201_cell_descriptor(cell, batch_size: int = 1):
         _nb201_scalars(inner, batch_size)
 
 
+def nb201_latency_set(archs: Sequence[str], latencies_ms, batch_size: int = 1, *, platform: str = "",
+                      source: str = "<arrays>", ids: Sequence[str] | None = None) -> LatencyDataset:
+    """A :class:`LatencyDataset` of NAS-Bench-201 networks measured on one device.
+
+    archs: M arch strings (``|a~0|+|b~0|c~1|+|d~0|e~1|f~2|``), each at most once;
+    latencies_ms: M positive latencies in ms; batch_size: the batch the latencies were
+    measured at (a static feature). Cells are built with every executed op
+    (:func:`nb201_cell_descriptor`). Family ``nasbench201``, platform ``platform``; ``ids``
+    (default the row numbers) become the records' ``speed_id``. A bad arch string, a
+    non-positive latency or a repeated arch raises ValueError naming its row."""
+    archs = list(archs)
+    lat = np.asarray(latencies_ms, dtype=np.float64).reshape(-1)
+    ids = [str(i) for i in range(len(archs))] if ids is None else [str(i) for i in ids]
+    if not len(lat) == len(archs) == len(ids):
+        raise ValueError(f"{source}: {len(archs)} archs, {len(lat)} latencies and {len(ids)} ids; need one of each "
+                         "per network")
+    if not archs:
+        raise ValueError(f"{source}: no latencies")
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{source}: batch_size must be an integer >= 1, got {batch_size!r}")
+    row_of: dict[str, str] = {}
+    graphs = []
+    for arch, y, i in zip(archs, lat, ids):
+        if not (np.isfinite(y) and y > 0):
+            raise ValueError(f"{source} [{i}]: latency must be a positive number of ms, got {y}")
+        if arch in row_of:
+            raise ValueError(f"{source} [{i}]: arch {arch!r} repeats [{row_of[arch]}]")
+        row_of[arch] = i
+        try:
+            graphs.append(_nb201_descriptor_cached(arch, int(batch_size)))
+        except ValueError as e:
+            raise ValueError(f"{source} [{i}]: {e}") from None
+    n = len(graphs)
+    records = {"entry": np.arange(n), "latency": lat.astype(np.float32), "family": np.full(n, "nasbench201"),
+               "platform": np.full(n, platform), "stage": np.full(n, ""), "speed_id": np.array(ids),
+               "graph": np.array(archs)}
+    return LatencyDataset.from_arrays(_concat_store(graphs), records, source)
+
+
+def load_nb201_latency_csv(path: str | os.PathLike, batch_size: int = 1) -> LatencyDataset:
+    """A user's own NAS-Bench-201 latencies: a CSV file with the header ``arch,latency_ms``
+    and one row per measured network (any subset of the 15625 cells, each at most once).
+    Platform = the file's stem. A bad row raises ValueError naming the file and its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"latency CSV not found: {path}")
+    archs, lats, lines = [], [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header] != ["arch", "latency_ms"]:
+                raise ValueError(f"{path}:1: the header must be 'arch,latency_ms', got {','.join(header or [])!r}")
+            for row in reader:
+                if not row or not "".join(row).strip():
+                    continue
+                where = f"{path}:{reader.line_num}"
+                if len(row) != 2:
+                    raise ValueError(f"{where}: expected 'arch,latency_ms', got {len(row)} fields: {','.join(row)!r}")
+                try:
+                    lat = float(row[1])
+                except ValueError:
+                    raise ValueError(f"{where}: latency_ms must be a number, got {row[1]!r}") from None
+                archs.append(row[0].strip())
+                lats.append(lat)
+                lines.append(f"line {reader.line_num}")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    if not archs:
+        raise ValueError(f"{path}: no latency rows")
+    return nb201_latency_set(archs, lats, batch_size, platform=path.stem, source=str(path), ids=lines)
+
+
+@functools.lru_cache(maxsize=2 ** 16)
+def _nb201_descriptor_cached(arch: str, batch_size: int):
+    # the 27 HELP devices share their 15625 cells: build each (arch, batch) once per process
+    return nb201_cell_descriptor(arch, batch_size)
+
+
 def _torch_load(path: Path):
     """The plain list/dict of a HELP ``.pt`` file; no code runs (:func:`load_torch_file`)."""
     return load_torch_file(path, "NAS-Bench-201 latency file")
@@ -656,8 +756,9 @@ def load_nb201_latency(device: str, root: str | os.PathLike | None = None) -> La
     ``str_arch2idx.pt`` under ``root``, default the shared data folder) as a
     :class:`LatencyDataset` over cell graphs (:func:`nb201_cell_descriptor`). Family
     ``nasbench201``, platform = ``device``, batch size from the device suffix (``_32`` ->
-    32, else 1). Cells without a measurement (non-positive or NaN) are dropped."""
-    from .cells import default_data_dir, nb201_cell
+    32, else 1). Cells without a measurement (non-positive or NaN) are dropped. Cells keep
+    every executed op (:func:`nb201_latency_set`)."""
+    from .cells import default_data_dir
 
     if device not in NB201_DEVICES:
         raise ValueError(f"unknown NAS-Bench-201 device {device!r}; known: {', '.join(NB201_DEVICES)}")
@@ -684,18 +785,9 @@ def load_nb201_latency(device: str, root: str | os.PathLike | None = None) -> La
         raise ValueError(f"{idx_path}: expected a dict arch string -> index (an int >= 0)")
     tail = device.rsplit("_", 1)[-1]
     bs = int(tail) if tail.isdigit() and device.count("_") >= 1 and not device.startswith(("gold", "silver")) else 1
-    graphs, entry, lats, ids = [], [], [], []
-    for arch, idx in sorted(arch2idx.items(), key=lambda kv: kv[1]):
-        if idx >= len(lat) or not np.isfinite(lat[idx]) or lat[idx] <= 0:
-            continue
-        graphs.append(nb201_cell_descriptor(nb201_cell(arch), bs))
-        entry.append(len(graphs) - 1)
-        lats.append(lat[idx])
-        ids.append(str(idx))
-    if not graphs:
+    order = sorted(arch2idx.items(), key=lambda kv: kv[1])
+    measured = [(a, i) for a, i in order if i < len(lat) and np.isfinite(lat[i]) and lat[i] > 0]
+    if not measured:
         raise ValueError(f"{lat_path}: no valid latencies")
-    n = len(graphs)
-    records = {"entry": np.array(entry), "latency": np.array(lats, np.float32),
-               "family": np.full(n, "nasbench201"), "platform": np.full(n, device), "stage": np.full(n, ""),
-               "speed_id": np.array(ids), "graph": np.array(ids)}
-    return LatencyDataset.from_arrays(_concat_store(graphs), records, str(lat_path))
+    return nb201_latency_set([a for a, _ in measured], lat[[i for _, i in measured]], bs, platform=device,
+                             source=str(lat_path), ids=[str(i) for _, i in measured])
