@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from nnformer_fast.train.losses import accuracy_loss, consistency_l1, latency_consistency_loss, relative_mse
-from nnformer_fast.train.metrics import acc_within, kendall_tau, mape, regression_metrics
+from nnformer_fast.train.losses import (MAPE_LOG_CAP, accuracy_loss, consistency_l1, latency_consistency_loss,
+                                        log_mse, log_mse_mape, relative_mse)
+from nnformer_fast.train.metrics import acc_within, divergence_reasons, kendall_tau, mape, regression_metrics
 
 
 def test_mape_and_acc_by_hand():
@@ -54,3 +55,34 @@ def test_losses_bf16_inputs_compute_in_fp32():
     p = torch.tensor([2.0, 3.0], dtype=torch.bfloat16)
     out = relative_mse(p, torch.tensor([1.0, 3.0]))
     assert out.dtype == torch.float32 and out.item() == pytest.approx(0.5)
+
+
+def test_log_mse_by_hand():
+    y = torch.tensor([1.0, 0.001])
+    # log 2 and log 0.5 off: mean(log(2)^2, log(2)^2); the tiny target weighs no more than the big one
+    assert log_mse(torch.tensor([2.0, 0.0005]), y).item() == pytest.approx(math.log(2) ** 2, rel=1e-5)
+    assert log_mse(torch.tensor([[1.0], [0.001]]), y).item() == pytest.approx(0.0, abs=1e-10)
+    # relative MSE of the same predictions: the collapse to 0 the log loss avoids costs only 1
+    assert relative_mse(torch.zeros(2), y).item() == pytest.approx(1.0)
+    got = latency_consistency_loss(torch.tensor([2.0, 0.001]), torch.tensor([1.0, 0.001]), y, loss=log_mse)
+    assert got.item() == pytest.approx(math.log(2) ** 2 / 2 + 0.01 * 0.5, rel=1e-5)
+
+    # log term log(2)^2; MAPE term mean(|2 - 1| / 1, |0.0005 - 0.001| / 0.001) = 0.75
+    assert log_mse_mape(torch.tensor([2.0, 0.0005]), y).item() == pytest.approx(math.log(2) ** 2 + 0.75, rel=1e-5)
+    # a 100x over-prediction: its MAPE term stops at e^cap - 1, the log term keeps growing
+    got = log_mse_mape(torch.tensor([100.0]), torch.tensor([1.0])).item()
+    assert got == pytest.approx(math.log(100) ** 2 + math.expm1(MAPE_LOG_CAP), rel=1e-5)
+
+
+def test_divergence_reasons():
+    y = [1.0, 2.0, 3.0, 4.0]
+    assert divergence_reasons([3.0, 2.0, 1.0, 0.5], 2, pred=[1.1, 2.2, 2.9, 4.1], target=y) == []
+    assert divergence_reasons([1.0, 1.0, 1.0, 1.2], 2) == ["final training loss 1.1 above the first epoch's 1"]
+    assert divergence_reasons([1.0, 1.0, 1.2], 2) == []  # less than two epochs' worth: not judged
+    assert divergence_reasons(pred=[4.0, 3.0, 2.0, 1.0], target=y) == ["held-out Kendall tau -1.000 <= 0"]
+    constant = divergence_reasons(pred=[0.01, 0.0101, 0.0102, 0.0103], target=y)
+    assert len(constant) == 1 and constant[0].startswith("held-out predictions nearly constant")
+    assert divergence_reasons(pred=[2.0, 2.0, 2.0, 2.0], target=y) == [
+        "held-out predictions nearly constant (spread 0, targets' 1.12)",
+        "held-out Kendall tau undefined (constant predictions)"]
+    assert divergence_reasons(pred=[1.0, float("nan"), 2.0, 3.0], target=y) == ["non-finite held-out predictions"]

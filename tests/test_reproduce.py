@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 import time
 from pathlib import Path
 
@@ -72,14 +73,16 @@ def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
                "--fractions", "0.1,50%", "--nb101-train", "10", *FAST])
     assert rc == 0, capsys.readouterr().err
     for run in ("nb201-accuracy/train-10pct", "nb201-accuracy/train-50pct", "nb101-accuracy/train-10",
-                "nb201-latency/pixel3", "nb201-latency/gold_6226"):
+                "nb201-latency/pixel3/split-0", "nb201-latency/gold_6226/split-0"):
         rec = json.loads((out / run / "metrics.json").read_text())
         assert (out / run / "scatter.png").is_file() == HAVE_MPL
         assert rec["scatter"] == (str(out / run / "scatter.png") if HAVE_MPL else None)
         assert rec["n_train"] > 0 and rec["n_test"] > 0 and np.isfinite(rec["metrics"]["tau"])
         assert rec["epochs"] == 1 and rec["wall_seconds"] > 0
-    lat = json.loads((out / "nb201-latency" / "pixel3" / "metrics.json").read_text())
+    lat = json.loads((out / "nb201-latency" / "pixel3" / "split-0" / "metrics.json").read_text())
     assert lat["n_train"] == 6 and lat["n_test"] == 54 and {"mape", "acc@1", "acc@5", "acc@10"} <= set(lat["metrics"])
+    assert set(lat["baselines"]) == {"ridge", "gbdt"} and "mape" in lat["baselines"]["ridge"]
+    assert lat["loss"] == {"loss": "log_mse_mape"} and isinstance(lat["diverged"], list)
     assert json.loads((out / "nb201-accuracy" / "train-10pct" / "metrics.json").read_text())["n_train"] == 6
     summary = json.loads((out / "nb201-latency" / "summary.json").read_text())
     assert [r["device"] for r in summary["runs"]] == ["gold_6226", "pixel3"]  # hardware_embedding_index skipped
@@ -89,7 +92,7 @@ def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
         begin, end = section_markers(e)
         assert text.count(begin) == 1 and text.count(end) == 1
     assert "0.877" in text and "0.89" in text and "1.11" in text and "Quick profile" in text
-    assert "| pixel3 |" in text and "| 10 % |" in text and "| 50 % |" in text
+    assert "| pixel3 " in text and "| 10 % |" in text and "| 50 % |" in text
     for e in EXPERIMENTS:
         assert (doc.parent / "reproduction" / f"{e}.png").is_file() == HAVE_MPL
         assert (f"(reproduction/{e}.png)" in text) == HAVE_MPL
@@ -106,7 +109,7 @@ def test_rerun_replaces_section(data, tmp_path):
     begin, end = section_markers("nb201-latency")
     assert text.startswith("# Mine\n\nhand-written notes stay.\n")
     assert text.count(begin) == 1 and text.count(end) == 1
-    assert "| gold_6226 |" in text and "| pixel3 |" not in text
+    assert "| gold_6226 " in text and "| pixel3 " not in text
 
 
 def test_update_markdown_keeps_surroundings(tmp_path):
@@ -257,3 +260,91 @@ def test_progress_bars_and_quiet(data, tmp_path, capsys):
     assert "epoch 1/1" in capsys.readouterr().err
     assert main([*args, "--quiet"]) == 0
     assert "epoch 1/1" not in capsys.readouterr().err
+
+
+EXAMPLE_CSV = Path(__file__).parent / "data" / "my_device.csv"
+
+
+def test_latency_csv_run_with_split_seeds(tmp_path, capsys):
+    """A user's CSV file needs no benchmark data folder: one run per split seed named after
+    the file, the baselines beside NN-Former, the table with median (range) per device."""
+    out, doc = tmp_path / "runs", tmp_path / "R.md"
+    assert main(["reproduce", "nb201-latency", "--latency-csv", str(EXAMPLE_CSV), "--split-seeds", "0,1",
+                 "--data-dir", str(tmp_path / "nowhere"), "--out", str(out), "--doc", str(doc), "--quiet",
+                 *FAST]) == 2  # an explicit --data-dir must exist
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["reproduce", "nb201-latency", "--latency-csv", str(EXAMPLE_CSV), "--split-seeds", "0,1",
+                 "--out", str(out), "--doc", str(doc), "--quiet", *FAST]) == 0
+    stdout = capsys.readouterr().out
+    recs = [json.loads((out / "nb201-latency" / "my_device" / f"split-{k}" / "metrics.json").read_text())
+            for k in (0, 1)]
+    assert [r["split_seed"] for r in recs] == [0, 1] and all(r["device"] == "my_device" for r in recs)
+    assert all(r["n_train"] == 6 and r["n_test"] == 54 and r["data"] == str(EXAMPLE_CSV) for r in recs)
+    for r in recs:
+        assert set(r["baselines"]) == {"ridge", "gbdt"}
+        assert r["baselines"]["ridge"]["n"] == r["metrics"]["n"] == 54
+    preds = np.load(out / "nb201-latency" / "my_device" / "split-1" / "predictions.npz")
+    assert set(preds.files) == {"measured", "predicted", "predicted_ridge", "predicted_gbdt"}
+    assert stdout.count("nb201-latency my_device/split-") == 2
+    text = doc.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| my_device"))
+    tau = recs[0]["metrics"]["tau"], recs[1]["metrics"]["tau"]
+    assert f"{np.median(tau):.3f} ({min(tau):.3f}–{max(tau):.3f})" in row
+    assert "τ NN-Former | τ ridge | τ GBDT" in text and "split seeds 0, 1" in text and "my_device.csv" in text
+
+
+def test_diverged_runs_are_marked(data, tmp_path, capsys):
+    """One epoch of a small model leaves near-constant predictions: a warning line, the
+    reasons in metrics.json, a mark in the table."""
+    out, doc = tmp_path / "runs", tmp_path / "R.md"
+    assert main(["reproduce", "nb201-latency", "--devices", "pixel3", "--data-dir", str(data), "--out", str(out),
+                 "--doc", str(doc), "--quiet", *FAST]) == 0
+    rec = json.loads((out / "nb201-latency" / "pixel3" / "split-0" / "metrics.json").read_text())
+    assert rec["diverged"] and rec["diverged"][0].startswith("held-out predictions nearly constant")
+    assert "warning: pixel3/split-0 looks diverged: held-out predictions nearly constant" in capsys.readouterr().out
+    text = doc.read_text()
+    assert "| pixel3 ⚠ 1 of 1 runs diverged |" in text and "Diverged runs: pixel3/split-0 (held-out" in text
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--latency-csv", "bad.csv"], r"bad.csv:3: latency_ms must be a number, got 'slow'"),
+    (["--latency-csv", "missing.csv"], "--latency-csv: file not found"),
+    (["--split-seed", "1", "--split-seeds", "0,1"], "give --split-seed .* or --split-seeds .*, not both"),
+    (["--latency-csv", "gold_6226.csv", "--devices", "gold_6226"], "two runs would be named gold_6226"),
+])
+def test_latency_option_errors(data, tmp_path, monkeypatch, capsys, args, match):
+    import nnformer_fast.train.reproduce as rp
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.csv").write_text(f"arch,latency_ms\n{_arch(['none'] * 6)},1\n{_arch(['skip_connect'] * 6)},slow\n")
+    (tmp_path / "gold_6226.csv").write_text(f"arch,latency_ms\n{_arch(['none'] * 6)},1\n{_arch(['none'] * 5 + ['skip_connect'])},2\n")
+    monkeypatch.setattr(rp, "_train_and_score", lambda *a, **k: pytest.fail("trained before checking the inputs"))
+    assert main(["reproduce", "nb201-latency", *args, "--data-dir", str(data), "--out", str(tmp_path / "o"),
+                 "--no-doc", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and len(err.strip().splitlines()) == 1, err
+
+
+def test_latency_csv_only_with_nb201_latency(data, tmp_path, capsys):
+    assert main(["reproduce", "nb101-accuracy", "--latency-csv", str(EXAMPLE_CSV), "--data-dir", str(data),
+                 "--out", str(tmp_path / "o"), "--no-doc", *FAST]) == 2
+    assert "--latency-csv applies to nb201-latency only" in capsys.readouterr().err
+
+
+def test_missing_scikit_learn_is_one_line(data, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *a, **k):
+        if name.startswith("sklearn"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    assert main(["reproduce", "nb201-latency", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--no-doc",
+                 *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("nnformer-fast reproduce: error: the gbdt baseline needs scikit-learn: "
+                           "pip install 'nnformer_fast[baselines]'")
+    assert not (tmp_path / "o" / "nb201-latency").exists()

@@ -406,3 +406,47 @@ def test_baseline_loops_agree_and_time_only_after_the_warm_up(lat):
     assert r.graphs_per_s == pytest.approx(3 * 8 / r.seconds)
     with pytest.raises(ValueError, match="impl"):
         baseline_fit(train, impl="sparse")
+
+
+def _tiny_and_large_latencies():
+    """NAS-Bench-201 cells whose latency is an additive op cost, 30 % of them a thousand times
+    faster (as on raspi4 and pixel3, where the cut-off cells run in microseconds)."""
+    import itertools
+
+    from nnformer_fast.data import nb201_latency_set
+    from nnformer_fast.data.cells import NB201_OPS, parse_nb201_arch
+
+    archs = ["|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops)
+             for ops in itertools.islice(itertools.product(NB201_OPS[1:6], repeat=6), 0, 15625, 97)]
+    cost = {"nor_conv_1x1": 4, "nor_conv_3x3": 10, "avg_pool_3x3": 2, "skip_connect": 0.2, "none": 0.0}
+    lat = np.array([1 + sum(cost[o] for o in parse_nb201_arch(a)) for a in archs])
+    lat[np.random.default_rng(0).random(len(lat)) < 0.3] *= 1e-3
+    ds = nb201_latency_set(archs, lat)
+    return ds.subset(np.arange(0, len(ds), 2)), ds.subset(np.arange(1, len(ds), 2))
+
+
+def test_fit_reports_a_diverged_run(capsys):
+    """Relative MSE (SPEC §5) on targets spanning four orders of magnitude collapses to
+    near-zero predictions, as raspi4 did with 60 epochs: fit says so in its result and in one
+    warning line."""
+    train, test = _tiny_and_large_latencies()
+    r = fit(_cfg(model=dict(dim=32, n_layers=1, dropout=0.0), epochs=6, max_nodes=8 * 16), train_set=train,
+            test_set=test)
+    assert any(m.startswith("held-out predictions nearly constant") for m in r.divergence), r.divergence
+    err = capsys.readouterr().err
+    assert err.count("warning: the run looks diverged: held-out predictions nearly constant") == 1
+    fine = fit(_cfg(epochs=3), train_set=train, test_set=None)  # the loss check alone: it fell
+    assert fine.divergence == [] and np.mean(fine.losses[-3:]) < np.mean(fine.losses[:3])
+
+
+def test_latency_loss_option(lat, tmp_path):
+    train, _ = lat
+    with pytest.raises(ValueError, match="unknown loss .mae.; choose from relative_mse, log_mse, log_mse_mape"):
+        T.get_task("latency", loss="mae")
+    assert T.get_task("latency").loss_config == {"loss": "relative_mse"}
+    out = str(tmp_path / "run")
+    fit(_cfg(model=dict(TINY, loss="log_mse"), out=out, max_steps=1), train_set=train, test_set=None)
+    with pytest.raises(CheckpointError, match="saved with loss='log_mse', this run has loss='relative_mse'"):
+        fit(_cfg(out=out, resume="auto"), train_set=train, test_set=None)
+    assert fit(_cfg(model=dict(TINY, loss="log_mse"), out=out, resume="auto", max_steps=2), train_set=train,
+               test_set=None).step == 2

@@ -32,7 +32,7 @@ from .._atomic import writable_folder
 from ..models.buckets import bucketed
 from .checkpoint import (CheckpointError, claim_checkpoint, gather_rng_states, load_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .metrics import regression_metrics
+from .metrics import divergence_reasons, regression_metrics
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import NB201_ENCODINGS, dataset_fingerprint, get_task, load_dataset, split_dataset
 
@@ -110,6 +110,8 @@ class FitResult:
     checkpoint: Optional[str] = None
     interrupted: bool = False
     history: list = field(default_factory=list)   # per-epoch eval metrics (eval_every_epoch)
+    divergence: list = field(default_factory=list)  # why the run looks diverged (metrics.divergence_reasons);
+    #                                                 empty when it trained
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -580,14 +582,18 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         raise KeyboardInterrupt(msg)
 
     result_model = _eval_model(model, ema, task)
-    metrics = {}
+    metrics, held_out = {}, {}
     if test_set is not None and main_proc:
-        metrics = evaluate_model(result_model, task, test_set, max_nodes=cfg.max_nodes * 2,
-                                 progress=cfg.progress, desc="evaluate held-out")[2]
+        pred, y, metrics = evaluate_model(result_model, task, test_set, max_nodes=cfg.max_nodes * 2,
+                                          progress=cfg.progress, desc="evaluate held-out")
+        held_out = dict(pred=pred, target=y)
+    divergence = divergence_reasons(losses, steps_per_epoch[0], **held_out)
+    if divergence and main_proc:
+        print(f"warning: the run looks diverged: {'; '.join(divergence)}", file=sys.stderr)
     throughput = {"graphs_per_s": seen_graphs / seconds if seconds else 0.0,
                   "nodes_per_s": seen_nodes / seconds if seconds else 0.0,
                   "steps": run_steps, "seconds": seconds, "warm_graphs_per_s": _warm_rate(epoch_times[1:])}
-    return FitResult(result_model.eval(), losses, metrics, throughput, step, saved, False, history)
+    return FitResult(result_model.eval(), losses, metrics, throughput, step, saved, False, history, divergence)
 
 
 def _warm_rate(epochs: list) -> Optional[float]:

@@ -9,10 +9,14 @@ import math
 
 import numpy as np
 
-__all__ = ["mape", "acc_within", "kendall_tau", "regression_metrics", "ACC_DELTAS"]
+__all__ = ["mape", "acc_within", "kendall_tau", "regression_metrics", "divergence_reasons", "ACC_DELTAS",
+           "CONSTANT_SPREAD"]
 
 #: δ of the Acc(δ) metrics reported by :func:`regression_metrics`.
 ACC_DELTAS = (0.01, 0.05, 0.10)
+#: predictions whose spread (standard deviation) is below this fraction of the targets' are
+#: "nearly constant": the model tells the networks apart no better than a constant would
+CONSTANT_SPREAD = 0.01
 # keeps exact-boundary cases (|p-y|/y == δ in decimal) inside despite float32 rounding
 _SLACK = 1e-6
 
@@ -72,3 +76,35 @@ def regression_metrics(pred, target, *, relative: bool = True) -> dict[str, floa
         for d in ACC_DELTAS:
             out[f"acc@{round(d * 100)}"] = float((err <= d + _SLACK).mean())
     return out
+
+
+def divergence_reasons(losses=None, first_epoch_steps: int | None = None, pred=None, target=None) -> list[str]:
+    """Why a training run looks diverged; empty when it does not. Each reason is one phrase.
+
+    losses: the training loss of every step and first_epoch_steps the steps of its first
+    epoch: the final loss (the mean of the last ``first_epoch_steps`` steps) above the
+    first epoch's mean is a reason (judged once two epochs' worth of steps ran).
+    pred, target: held-out predictions and targets: Kendall τ ≤ 0 (or undefined) and
+    predictions whose spread is below ``CONSTANT_SPREAD`` of the targets' are reasons.
+    """
+    reasons = []
+    if losses is not None and first_epoch_steps:
+        w = int(first_epoch_steps)
+        loss = np.asarray(losses, dtype=np.float64)
+        if loss.size >= 2 * w:
+            first, final = float(loss[:w].mean()), float(loss[-w:].mean())
+            if not final <= first:
+                reasons.append(f"final training loss {final:.4g} above the first epoch's {first:.4g}")
+    if pred is not None:
+        p, y = _as_arrays(pred, target)
+        if not np.isfinite(p).all():
+            reasons.append("non-finite held-out predictions")
+            return reasons
+        spread, target_spread = float(p.std()), float(y.std())
+        if spread <= CONSTANT_SPREAD * target_spread:
+            reasons.append(f"held-out predictions nearly constant (spread {spread:.3g}, targets' {target_spread:.3g})")
+        tau = kendall_tau(p, y)
+        if not tau > 0:
+            reasons.append(f"held-out Kendall tau {tau:.3f} <= 0" if np.isfinite(tau) else "held-out Kendall tau "
+                           "undefined (constant predictions)")
+    return reasons

@@ -8,11 +8,15 @@ Experiments (each trains fresh models with fixed seeds and scores them on held-o
 * ``nb101-accuracy`` — NASLib's 500-cell NAS-Bench-101 subset (``nb101_naslib_500.json``,
   CIFAR-10 validation accuracy): train on 100 cells, Kendall τ on the other 400.
 * ``nb201-latency`` — NAS-Bench-201 latency of every device file in ``nb201_latency/``
-  (``--devices`` to filter): train on 10 % of the cells, MAPE, Acc(δ) and τ on the rest.
+  (``--devices`` to filter) or of a user's own CSV files (``--latency-csv``): for each split
+  seed (``--split-seeds``), train on 10 % of the cells, MAPE, Acc(δ) and τ on the rest, with
+  the ridge and GBDT baselines of :mod:`nnformer_fast.baselines` fitted on the same cells.
 
 Every run writes ``<out>/<experiment>/<run>/metrics.json`` and a predicted-vs-measured
 ``scatter.png`` next to it, and ``<out>/<experiment>/summary.json``; the tables go to a
-generated section of ``docs/REPRODUCTION.md`` (between markers, so re-runs replace it).
+generated section of ``docs/REPRODUCTION.md`` (between markers, so re-runs replace it). A run
+that looks diverged (:func:`~nnformer_fast.train.metrics.divergence_reasons`) gets a warning
+line, ``"diverged"`` reasons in its ``metrics.json`` and a mark in the table.
 """
 from __future__ import annotations
 
@@ -63,11 +67,16 @@ class Settings:
     accuracy_min_epochs: int = 20
     accuracy_max_epochs: int = 300
     nb101_epochs: int = 300
-    latency_epochs: int = 20
+    latency_epochs: int = 30
     epochs: Optional[int] = None           # overrides every experiment's epochs
     accuracy_lr: float = 1e-3
     latency_lr: float = 2e-3
     latency_batch: int = 32
+    #: the latency loss (``LatencyTask``): log MSE + MAPE trains on devices whose latencies span
+    #: four orders of magnitude, where the SPEC's relative MSE collapses to 0 (docs/REPRODUCTION.md)
+    latency_loss: str = "log_mse_mape"
+    #: nb201-latency trains every device once per split seed; tables show median and range
+    latency_split_seeds: tuple = (0, 1, 2)
     precision: str = "fp32"                # bf16 rounds accuracies near 0.9 to steps of 0.004: ties hurt τ
     max_test: Optional[int] = None         # score on a seeded random subset of at most this many
     max_seconds: Optional[float] = None    # per-run training time cap (a safety net)
@@ -85,7 +94,7 @@ class Settings:
         base = dict(quick=True, accuracy_model=dict(depth=2, dim=64, n_head=4, dropout=0.1),
                     latency_model=dict(dim=32, n_layers=1, n_head=4, dropout=0.0), accuracy_samples=8000,
                     accuracy_min_epochs=3, accuracy_max_epochs=60, nb101_epochs=60, latency_epochs=8,
-                    max_test=2000)
+                    max_test=2000, latency_split_seeds=(0,))
         base.update(overrides)
         return cls(**base)
 
@@ -103,6 +112,9 @@ class Settings:
         for f in self.fractions:
             if not 0 < f < 1:
                 raise ValueError(f"nb201-accuracy: fraction {f} must lie in (0, 1)")
+        if not self.latency_split_seeds or len(set(self.latency_split_seeds)) != len(self.latency_split_seeds):
+            raise ValueError(f"nb201-latency: split seeds must be distinct and at least one, got "
+                             f"{list(self.latency_split_seeds)}")
 
 
 def merge_model_options(base: dict, user: dict) -> dict:
@@ -213,13 +225,17 @@ def _seen_in_train(train, test) -> np.ndarray:
 
 def _train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epochs: int, lr: float,
                      batch_graphs: int, s: Settings, run_dir: Path, title: str,
-                     extra: dict, seen: Optional[np.ndarray] = None) -> dict:
-    """Train, predict the test set, write ``metrics.json`` and ``scatter.png``; the record."""
+                     extra: dict, seen: Optional[np.ndarray] = None, split_seed: Optional[int] = None,
+                     baselines: Optional[dict] = None) -> dict:
+    """Train, predict the test set, write ``metrics.json`` and ``scatter.png``; the record.
+    ``baselines``: {name: (len(test_set),) predictions} scored beside the model's."""
     from .loop import TrainConfig, evaluate_model, fit
+    from .metrics import divergence_reasons, regression_metrics
     from .plots import scatter_plot
     from .tasks import get_task
 
     t0 = time.perf_counter()
+    split_seed = s.split_seed if split_seed is None else split_seed
     sizes = get_task(task_name, **model_cfg).sizes(train_set)
     max_nodes = int(batch_graphs * max(int(sizes.max()), 1))
     cfg = TrainConfig(task=task_name, model=dict(model_cfg), epochs=epochs, max_nodes=max_nodes,
@@ -231,13 +247,19 @@ def _train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, ep
                                       desc=f"{title}: evaluate")
     wall = time.perf_counter() - t0 + float(extra.get("load_seconds", 0.0))
     run_dir.mkdir(parents=True, exist_ok=True)
+    baselines = baselines or {}
     record = {**extra, "n_train": len(train_set), "n_test": len(test_set), "epochs": epochs,
               "steps": result.step, "batch_graphs": batch_graphs, "lr": lr, "model": task.model_config,
-              "precision": s.precision, "seed": s.seed, "split_seed": s.split_seed,
+              "loss": task.loss_config, "precision": s.precision, "seed": s.seed, "split_seed": split_seed,
               "stopped_early": bool(s.max_seconds is not None and result.throughput["seconds"] > s.max_seconds),
               "train_seconds": result.throughput["seconds"], "graphs_per_s": result.throughput["graphs_per_s"],
               "wall_seconds": wall, "metrics": metrics, "distinct_targets": int(np.unique(y).size),
-              "final_train_loss": float(np.mean(result.losses[-10:])) if result.losses else None}
+              "final_train_loss": float(np.mean(result.losses[-10:])) if result.losses else None,
+              "baselines": {name: regression_metrics(p, y, relative=task.relative_metrics)
+                            for name, p in baselines.items()},
+              "diverged": result.divergence + divergence_reasons(pred=pred, target=y)}
+    if record["diverged"]:
+        _log(f"warning: {title} looks diverged: {'; '.join(record['diverged'])}")
     if seen is not None:
         from .metrics import kendall_tau
 
@@ -253,7 +275,8 @@ def _train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, ep
                           title=f"{title}: MAPE {100 * metrics['mape']:.1f}%, Acc(10%) "
                                 f"{100 * metrics['acc@10']:.0f}%, tau {metrics['tau']:.3f}")
     record["scatter"] = str(run_dir / "scatter.png") if ok else None
-    np.savez_compressed(run_dir / "predictions.npz", measured=y, predicted=pred)
+    np.savez_compressed(run_dir / "predictions.npz", measured=y, predicted=pred,
+                        **{f"predicted_{name}": p for name, p in baselines.items()})
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
     record["_points"] = (y, pred)  # for the docs figure; dropped before summary.json
     return record
@@ -331,52 +354,82 @@ def _nb101_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
     return [rec]
 
 
-def _nb201_latency(data_dir: Path, out: Path, s: Settings, devices: Optional[Sequence[str]]) -> list[dict]:
-    from ..data.latency import load_nb201_latency
+def _latency_sources(data_dir: Optional[Path], devices: Optional[Sequence[str]], latency_csv: Sequence,
+                     csv_batch_size: int) -> list[tuple]:
+    """(name, data path, loader) of every latency run: the CSV files first (a bad row fails
+    before any training), then the HELP devices (all, or ``devices``; none when only CSV
+    files are given)."""
+    from ..data.latency import load_nb201_latency, load_nb201_latency_csv
 
-    root = _need(data_dir, "nb201-latency")
-    available = find_devices(root)
-    if devices:
-        unknown = [d for d in devices if d not in available]
-        if unknown:
-            raise ValueError(f"nb201-latency: unknown device(s) {', '.join(unknown)}; the files in {root} are for: "
-                             f"{', '.join(available)}")
-        chosen = list(dict.fromkeys(devices))
-    else:
-        chosen = available
+    sources = [(Path(f).stem, str(f), lambda f=f: load_nb201_latency_csv(f, csv_batch_size)) for f in latency_csv]
+    if devices or not latency_csv:
+        root = _need(data_dir, "nb201-latency")
+        available = find_devices(root)
+        if devices:
+            unknown = [d for d in devices if d not in available]
+            if unknown:
+                raise ValueError(f"nb201-latency: unknown device(s) {', '.join(unknown)}; the files in {root} are "
+                                 f"for: {', '.join(available)}")
+        for dev in dict.fromkeys(devices) if devices else available:
+            sources.append((dev, str(root / f"{dev}.pt"), lambda dev=dev: load_nb201_latency(dev, root)))
+    names = [name for name, _, _ in sources]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"nb201-latency: two runs would be named {', '.join(repeated)} (a CSV file's stem names its "
+                         "run); rename the file")
+    return sources
+
+
+def _nb201_latency(data_dir: Optional[Path], out: Path, s: Settings, devices: Optional[Sequence[str]],
+                   latency_csv: Sequence = (), csv_batch_size: int = 1) -> list[dict]:
+    from ..baselines import latency_baselines
+
     epochs = int(s.epochs if s.epochs is not None else s.latency_epochs)
+    model_cfg = {**s.latency_model, "loss": s.latency_loss}
     records = []
-    for dev in chosen:
+    for name, where, load in _latency_sources(data_dir, devices, latency_csv, csv_batch_size):
         t0 = time.perf_counter()
-        ds = load_nb201_latency(dev, root)
+        ds = load()
         load_s = time.perf_counter() - t0
         n = len(ds)
-        perm = np.random.default_rng(s.split_seed).permutation(n)
-        n_train = max(1, min(n - 1, int(round(s.latency_train_fraction * n))))
-        rest = perm[n_train:]
-        train = ds.subset(np.sort(perm[:n_train]))
-        test = ds.subset(np.sort(rest[_subsample(rest.size, s.max_test, s.split_seed)]))
-        rec = _train_and_score("latency", s.latency_model, train, test, epochs=epochs, lr=s.latency_lr,
-                               batch_graphs=s.latency_batch, s=s, run_dir=out / dev, title=dev,
-                               extra={"experiment": "nb201-latency", "run": dev, "device": dev,
-                                      "data": str(root / f"{dev}.pt"), "target": "latency (ms)",
-                                      "n_rest": int(rest.size), "n_cells": n, "load_seconds": load_s})
-        m = rec["metrics"]
-        _log(f"nb201-latency {dev}: {n_train} train, {rec['n_test']} test, {epochs} epochs -> MAPE "
-             f"{100 * m['mape']:.2f}%  Acc(10%) {100 * m['acc@10']:.1f}%  tau {m['tau']:.4f}  "
-             f"({rec['wall_seconds']:.0f} s)")
-        records.append(rec)
+        if n < 2:
+            raise ValueError(f"nb201-latency: {where} holds {n} latency; need at least 2 (train and test)")
+        distinct = int(np.unique(ds.latencies).size)
+        for k in s.latency_split_seeds:
+            perm = np.random.default_rng(k).permutation(n)
+            n_train = max(1, min(n - 1, int(round(s.latency_train_fraction * n))))
+            rest = perm[n_train:]
+            train = ds.subset(np.sort(perm[:n_train]))
+            test = ds.subset(np.sort(rest[_subsample(rest.size, s.max_test, k)]))
+            t1 = time.perf_counter()
+            base = latency_baselines(train, test, seed=s.seed)
+            base_s = time.perf_counter() - t1
+            run = f"{name}/split-{k}"
+            rec = _train_and_score("latency", model_cfg, train, test, epochs=epochs, lr=s.latency_lr,
+                                   batch_graphs=s.latency_batch, s=s, run_dir=out / run, title=run,
+                                   split_seed=k, baselines=base,
+                                   extra={"experiment": "nb201-latency", "run": run, "device": name, "data": where,
+                                          "target": "latency (ms)", "n_rest": int(rest.size), "n_cells": n,
+                                          "distinct_latencies": distinct, "baseline_seconds": base_s,
+                                          "load_seconds": load_s if k == s.latency_split_seeds[0] else 0.0})
+            m, b = rec["metrics"], rec["baselines"]
+            _log(f"nb201-latency {run}: {n_train} train, {rec['n_test']} test, {epochs} epochs -> tau {m['tau']:.3f} "
+                 f"MAPE {100 * m['mape']:.2f}% (ridge {b['ridge']['tau']:.3f} {100 * b['ridge']['mape']:.2f}%, gbdt "
+                 f"{b['gbdt']['tau']:.3f} {100 * b['gbdt']['mape']:.2f}%)  ({rec['wall_seconds']:.0f} s)"
+                 + ("  DIVERGED" if rec["diverged"] else ""))
+            records.append(rec)
     return records
 
 
-def run_experiment(experiment: str, data_dir: Path, out: Path, s: Settings, *,
-                   devices: Optional[Sequence[str]] = None) -> list[dict]:
+def run_experiment(experiment: str, data_dir: Optional[Path], out: Path, s: Settings, *,
+                   devices: Optional[Sequence[str]] = None, latency_csv: Sequence = (),
+                   csv_batch_size: int = 1) -> list[dict]:
     if experiment == "nb201-accuracy":
         return _nb201_accuracy(data_dir, out, s)
     if experiment == "nb101-accuracy":
         return _nb101_accuracy(data_dir, out, s)
     if experiment == "nb201-latency":
-        return _nb201_latency(data_dir, out, s, devices)
+        return _nb201_latency(data_dir, out, s, devices, latency_csv, csv_batch_size)
     raise ValueError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
 
 
@@ -495,34 +548,25 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
                       f"unpruned specs; the most repeated graph occurs {r['largest_duplicate_group']} times): test cells whose graph is also a "
                       "training cell."]
     else:
-        lines += ["| device | train | test | distinct targets | MAPE (%) | Acc(1%) | Acc(5%) | Acc(10%) | Kendall τ | "
-                  "wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in records:
-            m = r["metrics"]
-            lines.append(f"| {r['device']} | {r['n_train']} | {r['n_test']} | {r['distinct_targets']} | "
-                         f"{100 * m['mape']:.2f} | {100 * m['acc@1']:.1f} | {100 * m['acc@5']:.1f} | "
-                         f"{100 * m['acc@10']:.1f} | {_f(m['tau'])} | {r['wall_seconds']:.0f} |")
-        if records:
-            mean = lambda k: float(np.mean([r["metrics"][k] for r in records]))
-            lines.append(f"| **mean of {len(records)}** | | | | **{100 * mean('mape'):.2f}** | {100 * mean('acc@1'):.1f} | "
-                         f"{100 * mean('acc@5'):.1f} | {100 * mean('acc@10'):.1f} | {_f(mean('tau'))} | "
-                         f"{sum(r['wall_seconds'] for r in records):.0f} |")
-            med = lambda k: float(np.median([r["metrics"][k] for r in records]))
-            lines.append(f"| median | | | | {100 * med('mape'):.2f} | {100 * med('acc@1'):.1f} | "
-                         f"{100 * med('acc@5'):.1f} | {100 * med('acc@10'):.1f} | {_f(med('tau'))} | |")
-        lines += ["", f"Paper: no NAS-Bench-201 per-device numbers; its latency result is NNLQP in-domain MAPE "
-                      f"{100 * PAPER['nnlqp-in-domain']['mape']:.2f} % (real ONNX networks of 10 model families measured on a GPU) "
-                      "— a different dataset, so no column here (see the notes)."]
+        lines += _latency_table(records)
     r0 = records[0] if records else None
     if info.get("figure"):
         lines += ["", f"![predicted vs measured, {experiment}]({info['figure']})"]
     lines += [""]
     if r0 is not None:
         task = "accuracy" if experiment.endswith("accuracy") else "latency"
-        lines.append(f"- model: {_model_text(r0['model'], task)}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine decay, "
-                     f"{r0['precision']}, batch ≤ {_batch_text(records)} graphs; seed {r0['seed']}, split seed "
-                     f"{r0['split_seed']}")
-        where = "nb201_latency/<device>.pt" if task == "latency" else Path(r0["data"]).name
+        seeds = ", ".join(str(k) for k in dict.fromkeys(r["split_seed"] for r in records))
+        loss = f", {LOSS_TEXT[r0['loss']['loss']]}" if task == "latency" and r0.get("loss") else ""
+        lines.append(f"- model: {_model_text(r0['model'], task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine decay, "
+                     f"{r0['precision']}, batch ≤ {_batch_text(records)} graphs, {r0['epochs']} epochs; seed "
+                     f"{r0['seed']}, split seed{'s' if ',' in seeds else ''} {seeds}")
+        if task == "latency":
+            lines.append(f"- baselines ({BASELINE_TEXT}), fitted to log latency on the same training cells: "
+                         f"{_baseline_text()}")
+        where = ("nb201_latency/<device>.pt" + (" and " + ", ".join(sorted({Path(r["data"]).name for r in records
+                                                                             if r["data"].endswith(".csv")}))
+                                                   if any(r["data"].endswith(".csv") for r in records) else "")
+                 if task == "latency" else Path(r0["data"]).name)
         lines.append(f"- target: {r0['target']}; data: `{where}`")
     lines += [f"- hardware: {hw['cpu']} ({hw['logical_cpus']} logical CPUs, {hw['torch_threads']} torch "
               f"thread(s)), torch {hw['torch']}, CPU only",
@@ -532,15 +576,110 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
+#: how the tables name each latency loss
+LOSS_TEXT = {"log_mse_mape": "loss MSE of log latency + MAPE", "log_mse": "loss MSE of log latency",
+             "relative_mse": "loss relative MSE (SPEC §5)"}
+#: the latency tables' name for each predictor
+PREDICTORS = {"nnformer": "NN-Former", "ridge": "ridge", "gbdt": "GBDT"}
+BASELINE_TEXT = "`nnformer_fast.baselines`"
+#: devices of the mean-MAPE summary row (GPUs and server CPUs) and of the "enough distinct
+#: latencies" rows (eyeriss, fpga and the four phones of the HELP subset report a few dozen
+#: distinct values, so Kendall τ there mostly counts ties)
+GPU_CPU_PREFIXES = ("1080ti_", "2080ti_", "titanx_", "titanxp_", "titan_rtx_", "gold_", "silver_")
+MIN_DISTINCT = 1000
+
+
+def _baseline_text() -> str:
+    from ..baselines import RIDGE_ALPHAS
+
+    return (f"ridge regression (numpy, closed form, penalty by 5-fold CV from {RIDGE_ALPHAS[0]:g} to "
+            f"{RIDGE_ALPHAS[-1]:g}) and scikit-learn's HistGradientBoostingRegressor (≤ 1000 trees, early stopping) on "
+            "the one-hot of the op at each cell node and the network's log FLOPs, log params, log MACs, log batch size "
+            "and node count")
+
+
+def _by_device(records: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["device"], []).append(r)
+    return groups
+
+
+def _scores(runs: list[dict], who: str, key: str) -> np.ndarray:
+    return np.array([(r["metrics"] if who == "nnformer" else r["baselines"][who])[key] for r in runs], dtype=float)
+
+
+def _med_range(values: np.ndarray, fmt: str, bold: bool = False) -> str:
+    """``median (min–max)`` of ``values``; ``—`` where a value is NaN (τ of constant predictions)."""
+    if np.isnan(values).any():
+        return "—"
+    med = fmt.format(float(np.median(values)))
+    med = f"**{med}**" if bold else med
+    if len(values) < 2:
+        return med
+    return f"{med} ({fmt.format(float(values.min()))}–{fmt.format(float(values.max()))})"
+
+
+def _latency_table(records: list[dict]) -> list[str]:
+    """The nb201-latency table: one row per device, median (range) over the split seeds of
+    NN-Former and the baselines; best median in bold; diverged runs marked."""
+    groups = _by_device(records)
+    who = list(PREDICTORS)
+    head = ("| device | distinct latencies | train / test | " + " | ".join(f"τ {PREDICTORS[w]}" for w in who) + " | "
+            + " | ".join(f"MAPE % {PREDICTORS[w]}" for w in who) + " | Acc(10%) NN-Former | wall s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    med = {}  # device -> {(who, key): median}
+    for dev, runs in groups.items():
+        med[dev] = {(w, k): float(np.median(_scores(runs, w, k))) for w in who for k in ("tau", "mape")}
+        best_tau = np.nanmax([med[dev][(w, "tau")] for w in who])
+        best_mape = np.nanmin([med[dev][(w, "mape")] for w in who])
+        bad = [r for r in runs if r["diverged"]]
+        name = dev + (f" ⚠ {len(bad)} of {len(runs)} runs diverged" if bad else "")
+        r0 = runs[0]
+        taus = [_med_range(_scores(runs, w, "tau"), "{:.3f}", med[dev][(w, "tau")] == best_tau) for w in who]
+        mapes = [_med_range(100 * _scores(runs, w, "mape"), "{:.2f}", med[dev][(w, "mape")] == best_mape) for w in who]
+        acc = _med_range(100 * _scores(runs, "nnformer", "acc@10"), "{:.1f}")
+        lines.append(f"| {name} | {r0['distinct_latencies']} | {r0['n_train']} / {r0['n_test']} | " + " | ".join(taus)
+                     + " | " + " | ".join(mapes) + f" | {acc} | {sum(r['wall_seconds'] for r in runs):.0f} |")
+    rich = [d for d, runs in groups.items() if runs[0]["distinct_latencies"] >= MIN_DISTINCT]
+    gpu_cpu = [d for d in groups if d.startswith(GPU_CPU_PREFIXES)]
+    for label, devs in ((f"mean, ≥ {MIN_DISTINCT} distinct latencies", rich), ("mean, GPUs and CPUs", gpu_cpu),
+                        ("mean, all", list(groups))):
+        if not devs or (label != "mean, all" and len(devs) == len(groups)):
+            continue
+        mean = lambda w, k: float(np.mean([med[d][(w, k)] for d in devs]))
+        lines.append(f"| **{label} ({len(devs)})** | | | " + " | ".join(_f(mean(w, "tau")) for w in who) + " | "
+                     + " | ".join(_f(100 * mean(w, "mape"), 2) for w in who) + " | | |")
+    wins = [d for d in rich if all(med[d][("nnformer", "tau")] > med[d][(w, "tau")]
+                                   and med[d][("nnformer", "mape")] < med[d][(w, "mape")] for w in who[1:])]
+    seeds = len(next(iter(groups.values()))) if groups else 0
+    lines += ["", f"Each cell: the median over {seeds} split seed(s), (min–max) over them; bold: the best median of the "
+                  "row. The means average the devices' medians."]
+    if rich:
+        lost = [d for d in rich if d not in wins]
+        lines.append(f"NN-Former beats both baselines in τ and in MAPE on {len(wins)} of the {len(rich)} devices with "
+                     f"≥ {MIN_DISTINCT} distinct latencies" + (f" (not on: {', '.join(lost)})." if lost else "."))
+    diverged = [r for r in records if r["diverged"]]
+    lines.append("No run diverged." if not diverged else "Diverged runs: " + "; ".join(
+        f"{r['run']} ({', '.join(r['diverged'])})" for r in diverged) + ".")
+    lines += ["", f"Paper: no NAS-Bench-201 per-device numbers; its latency result is NNLQP in-domain MAPE "
+                  f"{100 * PAPER['nnlqp-in-domain']['mape']:.2f} % (real ONNX networks of 10 model families measured on "
+                  "a GPU) — a different dataset, so no column here (see the notes)."]
+    return lines
+
+
 def _docs_figure(experiment: str, records: list[dict], points: list, doc: Path) -> Optional[str]:
     """One PNG of all the experiment's runs beside the markdown file (``reproduction/<experiment>.png``);
     its path relative to the markdown, or None without matplotlib."""
     from .plots import scatter_grid
 
     rel = f"reproduction/{experiment}.png"
-    if experiment == "nb201-latency":
-        panels = [(y, p, f"{r['device']}: MAPE {100 * r['metrics']['mape']:.1f}%, τ {r['metrics']['tau']:.2f}")
-                  for r, (y, p) in zip(records, points)]
+    if experiment == "nb201-latency":  # each device's first split seed
+        first = {}
+        for r, pts in zip(records, points):
+            first.setdefault(r["device"], (r, pts))
+        panels = [(y, p, f"{r['run']}: MAPE {100 * r['metrics']['mape']:.1f}%, τ {r['metrics']['tau']:.2f}")
+                  for r, (y, p) in first.values()]
         ok = scatter_grid(panels, doc.parent / rel, xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
                           log=True, ncols=6)
     else:
@@ -569,20 +708,33 @@ def _check_doc(doc: Path, experiments: Sequence[str]) -> None:
 
 def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce", doc: Optional[str] = None,
               settings: Optional[Settings] = None, devices: Optional[Sequence[str]] = None,
+              latency_csv: Sequence[str | os.PathLike] = (), csv_batch_size: int = 1,
               command: str = "") -> dict[str, list[dict]]:
     """Run ``experiments``; write per-run files under ``out/<experiment>`` and, when ``doc``
-    is given, the generated sections of that markdown file. Returns the run records."""
+    is given, the generated sections of that markdown file. Returns the run records.
+    ``latency_csv``: CSV files (``arch,latency_ms``) that nb201-latency runs instead of the
+    HELP devices (beside them when ``devices`` is given), measured at ``csv_batch_size``."""
     import torch
+
+    from ..baselines import require_sklearn
 
     s = settings or Settings()
     for e in experiments:
         if e not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {e!r}; choose from {', '.join(EXPERIMENTS)} or all")
-    if devices and "nb201-latency" not in experiments:
-        raise ValueError("--devices applies to nb201-latency only")
+    for what, given in (("--devices", devices), ("--latency-csv", latency_csv)):
+        if given and "nb201-latency" not in experiments:
+            raise ValueError(f"{what} applies to nb201-latency only")
     s.check()
-    data = resolve_data_dir(data_dir)
-    for e in experiments:  # fail before hours of training, not after
+    if "nb201-latency" in experiments:
+        require_sklearn()  # the GBDT baseline: a missing extra fails before any training
+    for f in latency_csv:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"--latency-csv: file not found: {f}")
+    # a run of CSV files alone needs no benchmark data folder
+    need = [e for e in experiments if not (e == "nb201-latency" and latency_csv and not devices)]
+    data = resolve_data_dir(data_dir) if need or data_dir is not None else None
+    for e in need:  # fail before hours of training, not after
         _need(data, e)
     writable_folder(out, "--out")
     if doc:
@@ -597,11 +749,13 @@ def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce"
     for e in experiments:
         exp_out = Path(out) / e
         t0 = time.perf_counter()
-        records = run_experiment(e, data, exp_out, s, devices=devices)
+        records = run_experiment(e, data, exp_out, s, devices=devices, latency_csv=latency_csv,
+                                 csv_batch_size=csv_batch_size)
         wall = time.perf_counter() - t0
         info = {"experiment": e, "settings": s.to_dict(), "hardware": hw, "wall_seconds": wall,
                 "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-                "command": command or f"nnformer-fast reproduce {e}", "out": str(exp_out), "data_dir": str(data)}
+                "command": command or f"nnformer-fast reproduce {e}", "out": str(exp_out),
+                "data_dir": None if data is None else str(data)}
         points = [r.pop("_points") for r in records]
         exp_out.mkdir(parents=True, exist_ok=True)
         (exp_out / "summary.json").write_text(json.dumps({**info, "runs": records}, indent=1, default=str))
@@ -629,6 +783,16 @@ def _fractions(text: str) -> list[float]:
     return out
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(t) for t in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"split seeds repeat: {text!r}")
+    return seeds
+
+
 def _names(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -654,6 +818,10 @@ def _run(args) -> int:
         v = getattr(args, name)
         if v is not None:
             kw[name] = v
+    if args.split_seeds is not None and args.split_seed is not None:
+        raise ValueError("give --split-seed (every experiment) or --split-seeds (nb201-latency), not both")
+    if args.split_seeds is not None or args.split_seed is not None:
+        kw["latency_split_seeds"] = tuple(args.split_seeds or [args.split_seed])
     kw["progress"] = not args.quiet
     s = Settings.quick_profile(**kw) if args.quick else Settings(**kw)
     if args.accuracy_model:
@@ -665,10 +833,13 @@ def _run(args) -> int:
     else:
         s.threads = pick_threads()
     experiments = list(EXPERIMENTS) if "all" in args.experiments else list(dict.fromkeys(args.experiments))
-    if args.devices and "nb201-latency" not in experiments:
-        raise ValueError("--devices applies to nb201-latency only")
-    reproduce(experiments, data_dir=args.data_dir, out=args.out, doc=None if args.no_doc else args.doc,
-              settings=s, devices=args.devices, command=_command(args))
+    try:
+        reproduce(experiments, data_dir=args.data_dir, out=args.out, doc=None if args.no_doc else args.doc,
+                  settings=s, devices=args.devices, latency_csv=args.latency_csv or (),
+                  csv_batch_size=args.csv_batch_size, command=_command(args))
+    except ModuleNotFoundError as e:  # the [baselines] extra is not installed: say so in one line
+        print(f"nnformer-fast reproduce: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -677,13 +848,18 @@ def _command(args) -> str:
     parts = ["nnformer-fast", "reproduce", *args.experiments]
     if args.quick:
         parts.append("--quick")
-    for opt in ("fractions", "devices", "epochs", "max_test", "max_seconds", "nb101_train", "accuracy_model",
-                "latency_model", "precision", "seed", "split_seed", "threads"):
+    for opt in ("fractions", "devices", "latency_csv", "csv_batch_size", "epochs", "max_test", "max_seconds",
+                "nb101_train", "accuracy_model", "latency_model", "precision", "seed", "split_seed", "split_seeds",
+                "threads"):
         v = getattr(args, opt)
         if v is None:
             continue
         if opt == "fractions":
             v = ",".join(f"{x:g}" for x in v)
+        elif opt == "latency_csv":
+            v = ",".join(Path(f).name for f in v)
+        elif opt == "csv_batch_size" and not args.latency_csv:
+            continue
         elif isinstance(v, list):
             v = ",".join(map(str, v))
         parts += ["--" + opt.replace("_", "-"), str(v)]
@@ -696,7 +872,8 @@ def register_reproduce(subparsers) -> None:
         description="Reproduce the paper's experiments on real data: " + "; ".join([
             "nb201-accuracy (NAS-Bench-201, train on 1/5/10/50% of the cells, Kendall tau on the rest)",
             "nb101-accuracy (500-cell NAS-Bench-101 subset, 100 train / 400 test)",
-            "nb201-latency (every device of nb201_latency/, 10% train, MAPE/Acc/tau on the rest)"])
+            "nb201-latency (every device of nb201_latency/ or --latency-csv file, 10% train, MAPE/Acc/tau on "
+            "the rest, split seeds 0,1,2, beside ridge and GBDT baselines)"])
         + ". Writes OUT/<experiment>/<run>/{metrics.json,scatter.png} and the generated tables of --doc.")
     p.add_argument("experiments", nargs="+", choices=list(EXPERIMENTS) + ["all"], metavar="EXPERIMENT",
                    help=f"{', '.join(EXPERIMENTS)} or all")
@@ -711,6 +888,12 @@ def register_reproduce(subparsers) -> None:
     p.add_argument("--fractions", type=_fractions, default=None,
                    help="nb201-accuracy training fractions (default 0.01,0.05,0.1,0.5; '5%%' works too)")
     p.add_argument("--devices", type=_names, default=None, help="nb201-latency: comma-separated devices (default all)")
+    p.add_argument("--latency-csv", action="append", default=None, metavar="PATH",
+                   help="nb201-latency: your own device's latencies, a CSV with the header arch,latency_ms (a "
+                        "NAS-Bench-201 arch string and ms per row); one run named after the file's stem, instead of "
+                        "the HELP devices unless --devices is given; repeat for more files")
+    p.add_argument("--csv-batch-size", type=int_at_least(1), default=1,
+                   help="the batch size the --latency-csv latencies were measured at (default 1)")
     p.add_argument("--epochs", type=int_at_least(1), default=None, help="epochs of every run (overrides the profile)")
     p.add_argument("--max-test", type=int_at_least(1), default=None,
                    help="score on a seeded random subset of at most N test cells (default all; 2000 with --quick)")
@@ -721,7 +904,10 @@ def register_reproduce(subparsers) -> None:
     p.add_argument("--latency-model", type=_model_arg, default=None, metavar="K=V,...", help="latency model options, e.g. dim=128")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="training precision (default fp32)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
-    p.add_argument("--split-seed", type=int, default=None, help="train/test split seed (default 0)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="train/test split seed of every experiment (default 0; nb201-latency 0,1,2)")
+    p.add_argument("--split-seeds", type=_seeds, default=None,
+                   help="nb201-latency: comma-separated split seeds, one run each (default 0,1,2; 0 with --quick)")
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="torch threads (default: 1 or 2, picked by a probe)")
     p.add_argument("--quiet", action="store_true", help="no training progress bars (the per-run lines stay)")

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphBatch
-from .losses import (LAMBDA_CONSISTENCY, LAMBDA_MSE, LAMBDA_RANK, accuracy_consistency_loss, accuracy_loss,
-                     latency_consistency_loss, relative_mse)
+from .losses import (LAMBDA_CONSISTENCY, LAMBDA_MSE, LAMBDA_RANK, LATENCY_LOSSES, accuracy_consistency_loss,
+                     accuracy_loss, latency_consistency_loss)
 
 __all__ = ["Batch", "LatencyTask", "AccuracyTask", "get_task", "load_dataset", "split_dataset",
            "LatencyBatchBuilder", "CellArrays", "CellBatchBuilder", "dataset_fingerprint", "TASKS"]
@@ -170,23 +170,32 @@ def _sizes(dataset) -> np.ndarray:
 
 
 class LatencyTask:
-    """Whole-network latency in ms with :class:`nnformer_fast.NNFormerLatency`."""
+    """Whole-network latency in ms with :class:`nnformer_fast.NNFormerLatency`.
+
+    loss: ``"relative_mse"`` (SPEC §5, the default), ``"log_mse"`` or ``"log_mse_mape"``
+    (``reproduce``'s: it trains on devices whose latencies span four orders of magnitude,
+    where relative MSE collapses to 0; see :mod:`.losses`)."""
 
     name = "latency"
     relative_metrics = True
-    loss_config: dict = {}  # no loss options
     #: the model's defaults (SPEC §5); ``model_config`` overrides any of them
     DEFAULTS = dict(in_features=192, dim=512, n_layers=2, n_head=4, mlp_ratio=4.0, act="relu", dropout=0.05,
                     degree_gating=False, layer_scale_init=1e-4, static_features=40)
 
-    def __init__(self, **model_config):
+    def __init__(self, loss: str = "relative_mse", **model_config):
+        if loss not in LATENCY_LOSSES:
+            raise ValueError(f"latency model: unknown loss {loss!r}; choose from {', '.join(LATENCY_LOSSES)}")
         unknown = set(model_config) - set(self.DEFAULTS)
         if unknown:
-            raise ValueError(f"latency model: unknown options {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
+            raise ValueError(f"latency model: unknown options {sorted(unknown)}; known: {sorted(self.DEFAULTS)} "
+                             "and loss")
         from ..models import NNFormerLatency
 
         check_option_types("latency model", NNFormerLatency.__init__, model_config)
         self.model_config = {**self.DEFAULTS, **model_config}
+        self._loss = LATENCY_LOSSES[loss]
+        #: the loss (part of a run's settings: a resumed run must keep it)
+        self.loss_config = {"loss": loss}
 
     def build_model(self) -> torch.nn.Module:
         from ..models import NNFormerLatency
@@ -220,8 +229,8 @@ class LatencyTask:
         p1 = self.forward(model, batch)
         if consistency:
             p2 = self.forward(model, batch)
-            return latency_consistency_loss(p1, p2, batch.target), p1
-        return relative_mse(p1, batch.target), p1
+            return latency_consistency_loss(p1, p2, batch.target, loss=self._loss), p1
+        return self._loss(p1, batch.target), p1
 
 
 # ---------------------------------------------------------------------------- accuracy
