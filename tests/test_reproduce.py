@@ -83,7 +83,10 @@ def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
     assert lat["n_train"] == 6 and lat["n_test"] == 54 and {"mape", "acc@1", "acc@5", "acc@10"} <= set(lat["metrics"])
     assert set(lat["baselines"]) == {"ridge", "gbdt"} and "mape" in lat["baselines"]["ridge"]
     assert lat["loss"] == {"loss": "log_mse_mape"} and isinstance(lat["diverged"], list)
-    assert json.loads((out / "nb201-accuracy" / "train-10pct" / "metrics.json").read_text())["n_train"] == 6
+    acc = json.loads((out / "nb201-accuracy" / "train-10pct" / "metrics.json").read_text())
+    assert acc["n_train"] == 6 and set(acc["baselines"]) == {"ridge", "gbdt"} and "mape" not in acc["baselines"]["ridge"]
+    nb101 = json.loads((out / "nb101-accuracy" / "train-10" / "metrics.json").read_text())
+    assert nb101["baselines"]["ridge"]["n"] == nb101["n_test"]
     summary = json.loads((out / "nb201-latency" / "summary.json").read_text())
     assert [r["device"] for r in summary["runs"]] == ["gold_6226", "pixel3"]  # hardware_embedding_index skipped
     assert summary["hardware"]["cpu"] and summary["hardware"]["torch_threads"] == 1
@@ -93,6 +96,7 @@ def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
         assert text.count(begin) == 1 and text.count(end) == 1
     assert "0.877" in text and "0.89" in text and "1.11" in text and "Quick profile" in text
     assert "| pixel3 " in text and "| 10 % |" in text and "| 50 % |" in text
+    assert text.count("τ ridge ⁴ | τ GBDT ⁴") == 2  # the accuracy tables show their baselines too
     for e in EXPERIMENTS:
         assert (doc.parent / "reproduction" / f"{e}.png").is_file() == HAVE_MPL
         assert (f"(reproduction/{e}.png)" in text) == HAVE_MPL
