@@ -352,3 +352,11 @@ def test_missing_scikit_learn_is_one_line(data, tmp_path, monkeypatch, capsys):
     assert err.strip() == ("nnformer-fast reproduce: error: the gbdt baseline needs scikit-learn: "
                            "pip install 'nnformer_fast[baselines]'")
     assert not (tmp_path / "o" / "nb201-latency").exists()
+
+
+def test_latency_model_option_picks_the_loss(data, tmp_path):
+    out = tmp_path / "o"
+    assert main(["reproduce", "nb201-latency", "--devices", "pixel3", "--latency-model", "loss=relative_mse",
+                 "--data-dir", str(data), "--out", str(out), "--no-doc", "--quiet", *FAST]) == 0
+    rec = json.loads((out / "nb201-latency" / "pixel3" / "split-0" / "metrics.json").read_text())
+    assert rec["loss"] == {"loss": "relative_mse"} and "loss" not in rec["model"]

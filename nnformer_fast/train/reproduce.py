@@ -404,7 +404,7 @@ def _nb201_latency(data_dir: Optional[Path], out: Path, s: Settings, devices: Op
     from ..baselines import latency_baselines
 
     epochs = int(s.epochs if s.epochs is not None else s.latency_epochs)
-    model_cfg = {**s.latency_model, "loss": s.latency_loss}
+    model_cfg = {"loss": s.latency_loss, **s.latency_model}  # --latency-model loss=... wins
     records = []
     for name, where, load in _latency_sources(data_dir, devices, latency_csv, csv_batch_size):
         t0 = time.perf_counter()
