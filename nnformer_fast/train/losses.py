@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["relative_mse", "log_mse", "log_mse_mape", "LATENCY_LOSSES", "latency_consistency_loss", "accuracy_loss", "accuracy_consistency_loss",
-           "consistency_l1", "LAMBDA_MSE", "LAMBDA_RANK", "LAMBDA_CONSISTENCY", "CONSISTENCY_WEIGHT"]
+__all__ = ["relative_mse", "log_mse", "log_mse_mape", "LATENCY_LOSSES", "MAPE_LOG_CAP", "latency_consistency_loss",
+           "accuracy_loss", "accuracy_consistency_loss", "consistency_l1", "LAMBDA_MSE", "LAMBDA_RANK",
+           "LAMBDA_CONSISTENCY", "CONSISTENCY_WEIGHT"]
 
 LAMBDA_MSE = 1.0
 LAMBDA_RANK = 0.2

@@ -336,8 +336,8 @@ def _nb201_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
                                baselines=_accuracy_baselines(features, cells.targets, perm[:n_train], test_idx, s.seed))
         records.append(rec)
         _log(f"nb201-accuracy {name}: {n_train} train, {rec['n_test']} test, {epochs} epochs -> "
-             f"tau {rec['metrics']['tau']:.4f} (ridge {_baseline_tau(rec, 'ridge')}, gbdt {_baseline_tau(rec, 'gbdt')})  "
-             f"({rec['wall_seconds']:.0f} s)")
+             f"tau {rec['metrics']['tau']:.4f} (ridge {_baseline_tau(rec, 'ridge')}, "
+             f"gbdt {_baseline_tau(rec, 'gbdt')})  ({rec['wall_seconds']:.0f} s)")
     return records
 
 
@@ -366,10 +366,11 @@ def _nb101_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
                                   "n_cells": n, "n_distinct_graphs": len(set(_graph_keys(cells))),
                                   "largest_duplicate_group": _largest_group(cells)},
                            seen=_seen_in_train(train, test),
-                           baselines=_accuracy_baselines(features, cells.targets, perm[:s.nb101_train], test_idx, s.seed))
+                           baselines=_accuracy_baselines(features, cells.targets, perm[:s.nb101_train], test_idx,
+                                                         s.seed))
     _log(f"nb101-accuracy {name}: {len(train)} train, {len(test)} test, {epochs} epochs -> "
-         f"tau {rec['metrics']['tau']:.4f} (ridge {_baseline_tau(rec, 'ridge')}, gbdt {_baseline_tau(rec, 'gbdt')})  "
-             f"({rec['wall_seconds']:.0f} s)")
+         f"tau {rec['metrics']['tau']:.4f} (ridge {_baseline_tau(rec, 'ridge')}, "
+         f"gbdt {_baseline_tau(rec, 'gbdt')})  ({rec['wall_seconds']:.0f} s)")
     return [rec]
 
 
@@ -541,13 +542,15 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
     if experiment == "nb201-accuracy":
         paper = PAPER["nb201-accuracy"]["tau"]
         lines += ["| train fraction | train cells | test cells (of the rest) | test graphs also in train ³ | epochs | "
-                  "steps | Kendall τ (ours) | τ, unseen graphs only | τ ridge ⁴ | τ GBDT ⁴ | paper τ | train s | wall s |",
+                  "steps | Kendall τ (ours) | τ, unseen graphs only | τ ridge ⁴ | τ GBDT ⁴ | paper τ | train s | "
+                  "wall s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in records:
             pt = f"{paper} ¹" if abs(r["fraction"] - 0.10) < 1e-9 else "—"
             lines.append(f"| {100 * r['fraction']:g} % | {r['n_train']} | {r['n_test']} of {r['n_rest']} | "
                          f"{r['test_graphs_seen_in_train']} | {r['epochs']} | {r['steps']} | **{_f(r['metrics']['tau'])}** | "
-                         f"{_f(r['tau_unseen_graphs'])} | {_baseline_tau(r, 'ridge')} | {_baseline_tau(r, 'gbdt')} | {pt} | "
+                         f"{_f(r['tau_unseen_graphs'])} | {_baseline_tau(r, 'ridge')} | {_baseline_tau(r, 'gbdt')} | "
+                         f"{pt} | "
                          f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
         lines += ["", "¹ The paper's NAS-Bench-201 τ (0.89) comes from the authors' own split and target "
                       "(see the notes); it is placed beside our 10 % row, the closest setting, not an equal one.",
@@ -580,8 +583,8 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
         task = "accuracy" if experiment.endswith("accuracy") else "latency"
         seeds = ", ".join(str(k) for k in dict.fromkeys(r["split_seed"] for r in records))
         loss = f", {LOSS_TEXT[r0['loss']['loss']]}" if task == "latency" and r0.get("loss") else ""
-        lines.append(f"- model: {_model_text(r0['model'], task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine decay, "
-                     f"{r0['precision']}, batch ≤ {_batch_text(records)} graphs, {r0['epochs']} epochs; seed "
+        lines.append(f"- model: {_model_text(r0['model'], task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine "
+                     f"decay, {r0['precision']}, batch ≤ {_batch_text(records)} graphs, {r0['epochs']} epochs; seed "
                      f"{r0['seed']}, split seed{'s' if ',' in seeds else ''} {seeds}")
         if task == "latency":
             lines.append(f"- baselines ({BASELINE_TEXT}), fitted to log latency on the same training cells: "
@@ -600,10 +603,10 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
 
 
 ACCURACY_BASELINE_TEXT = {
-    "nb201-accuracy": "Ridge regression and GBDT (`nnformer_fast.baselines`) fitted to the accuracy of the same training "
-                      "cells, on the one-hot of the six edge ops (30 numbers).",
-    "nb101-accuracy": "Ridge regression and GBDT (`nnformer_fast.baselines`) fitted to the accuracy of the same training "
-                      "cells, on the one-hot of the op at each node and the adjacency's upper triangle.",
+    "nb201-accuracy": "Ridge regression and GBDT (`nnformer_fast.baselines`) fitted to the accuracy of the same "
+                      "training cells, on the one-hot of the six edge ops (30 numbers).",
+    "nb101-accuracy": "Ridge regression and GBDT (`nnformer_fast.baselines`) fitted to the accuracy of the same "
+                      "training cells, on the one-hot of the op at each node and the adjacency's upper triangle.",
 }
 
 
@@ -628,9 +631,9 @@ def _baseline_text() -> str:
     from ..baselines import RIDGE_ALPHAS
 
     return (f"ridge regression (numpy, closed form, penalty by 5-fold CV from {RIDGE_ALPHAS[0]:g} to "
-            f"{RIDGE_ALPHAS[-1]:g}) and scikit-learn's HistGradientBoostingRegressor (≤ 1000 trees, early stopping) on "
-            "the one-hot of the op at each cell node and the network's log FLOPs, log params, log MACs, log batch size "
-            "and node count")
+            f"{RIDGE_ALPHAS[-1]:g}) and scikit-learn's HistGradientBoostingRegressor (≤ 1000 trees, early stopping) "
+            "on the one-hot of the op at each cell node and the network's log FLOPs, log params, log MACs, log batch "
+            "size and node count")
 
 
 def _by_device(records: list[dict]) -> dict[str, list[dict]]:
@@ -688,8 +691,8 @@ def _latency_table(records: list[dict]) -> list[str]:
     wins = [d for d in rich if all(med[d][("nnformer", "tau")] > med[d][(w, "tau")]
                                    and med[d][("nnformer", "mape")] < med[d][(w, "mape")] for w in who[1:])]
     seeds = len(next(iter(groups.values()))) if groups else 0
-    lines += ["", f"Each cell: the median over {seeds} split seed(s), (min–max) over them; bold: the best median of the "
-                  "row. The means average the devices' medians."]
+    lines += ["", f"Each cell: the median over {seeds} split seed(s), (min–max) over them; bold: the best median of "
+                  "the row. The means average the devices' medians."]
     if rich:
         lost = [d for d in rich if d not in wins]
         lines.append(f"NN-Former beats both baselines in τ and in MAPE on {len(wins)} of the {len(rich)} devices with "
@@ -698,8 +701,8 @@ def _latency_table(records: list[dict]) -> list[str]:
     lines.append("No run diverged." if not diverged else "Diverged runs: " + "; ".join(
         f"{r['run']} ({', '.join(r['diverged'])})" for r in diverged) + ".")
     lines += ["", f"Paper: no NAS-Bench-201 per-device numbers; its latency result is NNLQP in-domain MAPE "
-                  f"{100 * PAPER['nnlqp-in-domain']['mape']:.2f} % (real ONNX networks of 10 model families measured on "
-                  "a GPU) — a different dataset, so no column here (see the notes)."]
+                  f"{100 * PAPER['nnlqp-in-domain']['mape']:.2f} % (real ONNX networks of 10 model families measured "
+                  "on a GPU) — a different dataset, so no column here (see the notes)."]
     return lines
 
 
