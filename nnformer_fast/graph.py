@@ -136,6 +136,8 @@ class GraphBatch:
         Models use it to round the node and graph counts up to a few repeated sizes
         (:mod:`nnformer_fast.models.buckets`).
         """
+        if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in (k, graphs)):
+            raise TypeError(f"pad_nodes: k and graphs must be integers, got {k!r} and {graphs!r}")
         if k < 0 or graphs < 0 or (k > 0 and graphs == 0):
             raise ValueError(f"pad_nodes: k ({k}) and graphs ({graphs}) must be >= 0, graphs >= 1 when k > 0")
         if k == 0 and graphs == 0:
@@ -184,7 +186,10 @@ class GraphBatch:
         num_nodes = _as_ints(num_nodes, "num_nodes")
         device = edge_index.device if isinstance(edge_index, Tensor) else torch.device("cpu")
         edge_index = _as_ints(edge_index, "edge_index").to(device)
-        if num_nodes.dim() != 1 or num_nodes.numel() == 0:
+        if num_nodes.dim() != 1:
+            got = f"the number {int(num_nodes)}" if num_nodes.dim() == 0 else f"shape {tuple(num_nodes.shape)}"
+            raise ValueError(f"GraphBatch: num_nodes must list the node count of each graph (1-D), got {got}")
+        if num_nodes.numel() == 0:
             raise ValueError("GraphBatch: empty batch (num_nodes must list at least one graph)")
         empty = (num_nodes <= 0).nonzero().flatten()
         if empty.numel():
@@ -230,6 +235,7 @@ class GraphBatch:
         if not isinstance(adj, Tensor) or adj.dim() != 3 or adj.shape[1] != adj.shape[2]:
             raise ValueError(f"GraphBatch.from_dense: adj must be a (B, L, L) tensor, got "
                              f"{tuple(adj.shape) if isinstance(adj, Tensor) else type(adj).__name__}")
+        _refuse_meta(adj, "adj", "GraphBatch.from_dense")
         b, l, _ = adj.shape
         if b == 0:
             raise ValueError("GraphBatch.from_dense: empty batch (B = 0)")
@@ -273,6 +279,10 @@ class GraphBatch:
         graph order is kept."""
         if len(graphs) == 0:
             raise ValueError("GraphBatch.collate: empty list of graphs")
+        strays = [i for i, g in enumerate(graphs) if not isinstance(g, GraphBatch)]
+        if strays:
+            raise TypeError(f"GraphBatch.collate: item {strays[0]} is a {type(graphs[strays[0]]).__name__}, "
+                            "not a GraphBatch")
         devices = {g.device for g in graphs}
         if len(devices) > 1:
             raise ValueError(f"GraphBatch.collate: graphs on different devices {sorted(map(str, devices))}")
@@ -443,11 +453,23 @@ def _check_relation_size(src: Tensor, dst: Tensor, batch: Tensor, num_graphs: in
         f"max_relation_entries= or {MAX_RELATION_ENTRIES_ENV} if the memory is there")
 
 
+def _refuse_meta(t: Tensor, name: str, owner: str) -> None:
+    if t.device.type == "meta":
+        raise ValueError(f"{owner}: {name} is a meta tensor, which holds no values; build the graph from real "
+                         "tensors (then graph.to('meta') if needed)")
+
+
 def _as_ints(x, name: str, owner: str = "GraphBatch") -> Tensor:
     """``x`` (tensor, array or nested list) as int64, refusing float, complex and bool values
     (a cast would truncate 1.9 to 1 and read True as 1). Empty inputs of any dtype pass:
     ``torch.zeros(2, 0)`` is a common way to write "no edges"."""
-    t = torch.as_tensor(x)
+    if isinstance(x, Tensor):
+        _refuse_meta(x, name, owner)
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{owner}: {name} must be integers (a tensor, array or list), got {type(x).__name__}") \
+            from None
     if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
         raise ValueError(f"{owner}: {name} must hold integers, got dtype {t.dtype}")
     return t.to(torch.int64)

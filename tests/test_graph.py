@@ -339,3 +339,25 @@ def test_relation_bound_from_the_environment(monkeypatch):
         GraphBatch.from_dense(dense)
     with pytest.raises(ValueError, match="max_relation_entries must be a positive integer, got 0"):
         GraphBatch.from_dense(dense, max_relation_entries=0)
+
+
+# ---------------------------------------------------------------------- argument types and devices
+@pytest.mark.parametrize("call, error, message", [
+    (lambda e: GraphBatch.from_edge_index(e, 3), ValueError,
+     r"num_nodes must list the node count of each graph \(1-D\), got the number 3"),
+    (lambda e: GraphBatch.from_edge_index(e, [[3]]), ValueError, r"got shape \(1, 1\)"),
+    (lambda e: GraphBatch.from_edge_index(e, None), ValueError, "num_nodes must be integers .* got NoneType"),
+    (lambda e: GraphBatch.from_edge_index("ab", [3]), ValueError, "edge_index must be integers .* got str"),
+    (lambda e: GraphBatch.from_edge_index(e.to("meta"), [3]), ValueError, "edge_index is a meta tensor"),
+    (lambda e: GraphBatch.from_edge_index(e, torch.tensor([3], device="meta")), ValueError,
+     "num_nodes is a meta tensor"),
+    (lambda e: GraphBatch.from_dense(torch.zeros(1, 3, 3, device="meta")), ValueError, "adj is a meta tensor"),
+    (lambda e: GraphBatch.from_dense(torch.zeros(1, 3, 3), num_vertices=torch.tensor([3], device="meta")),
+     ValueError, "num_vertices is a meta tensor"),
+    (lambda e: GraphBatch.collate([GraphBatch.from_edge_index(e, [3]), None]), TypeError,
+     "collate: item 1 is a NoneType, not a GraphBatch"),
+    (lambda e: GraphBatch.from_edge_index(e, [3]).pad_nodes(1.5), TypeError, "k and graphs must be integers"),
+])
+def test_bad_argument_types_and_meta_tensors_raise_clear_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call(torch.tensor([[0, 1], [1, 2]]))

@@ -295,3 +295,44 @@ def test_shape_buckets_only_for_low_precision_cpu_gemms():
     assert not wants_buckets(x) and wants_buckets(x.bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert wants_buckets(x)
+
+
+# ---------------------------------------------------------------------------- inputs the models refuse
+@pytest.mark.parametrize("bad, error, message", [
+    (lambda m, x, g, s: (m.to("meta"), x, g, s), ValueError, "x is on cpu but the model on meta"),
+    (lambda m, x, g, s: (m, x.to("meta"), g, s), ValueError, "x is on meta but the model on cpu"),
+    (lambda m, x, g, s: (m.to("meta"), x.to("meta"), g.to("meta"), s.to("meta")), ValueError,
+     "x is a meta tensor, which holds no values"),
+    (lambda m, x, g, s: (m, x.double(), g, s), ValueError,
+     "x is torch.float64 but the model's weights are torch.float32"),
+    (lambda m, x, g, s: (m, x, g, s.half()), ValueError, "static is torch.float16 but the model's weights"),
+    (lambda m, x, g, s: (m, x.long(), g, s), ValueError, "x must be a float tensor, got torch.int64"),
+    (lambda m, x, g, s: (m, x, None, s), TypeError, "graph must be a GraphBatch, got NoneType"),
+    (lambda m, x, g, s: (m, x.tolist(), g, s), TypeError, "x must be a tensor, got list"),
+])
+def test_latency_model_refuses_mixed_devices_dtypes_and_non_graphs(bad, error, message):
+    x, graph, static, _ = latency_batch([5, 6])
+    model, x, graph, static = bad(NNFormerLatency(dim=32), x, graph, static)
+    with pytest.raises(error, match=f"NNFormerLatency: {message}"):
+        model(x, graph, static)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (lambda m, s: (m.to("meta"), s), ValueError, "code is on cpu but the model on meta"),
+    (lambda m, s: (m, {k: v.to("meta") for k, v in s.items()}), ValueError, "code is on meta but the model on cpu"),
+    (lambda m, s: (m, {**s, "code": s["code"].double()}), ValueError, "code is torch.float64 but the model's"),
+    (lambda m, s: (m, {**s, "code_depth": s["code_depth"].long()}), ValueError, "code_depth must be a float tensor"),
+    (lambda m, s: (m, None), TypeError, "sample must be a dict of tensors, got NoneType"),
+    (lambda m, s: (m, {**s, "code_adj": 3}), TypeError, r"sample\['code_adj'\] must be a tensor, got int"),
+    (lambda m, s: (m, {**s, "graph": "g"}), TypeError, "graph must be a GraphBatch, got str"),
+])
+def test_accuracy_model_refuses_mixed_devices_dtypes_and_non_samples(bad, error, message):
+    model, sample = bad(NNFormer(depths=[1], dim=32), cell_sample([5, 5]))
+    with pytest.raises(error, match=f"NNFormer: {message}"):
+        model(sample, None)
+
+
+def test_models_take_other_dtypes_under_autocast():
+    x, graph, static, _ = latency_batch([5, 6])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert NNFormerLatency(dim=32).eval()(x.bfloat16(), graph, static).shape == (2, 1)

@@ -600,3 +600,25 @@ def test_padding_nodes_change_nothing(backend):
     y_real = torch.autograd.grad(bigin(h[:n], g[:n], graph), (h, g), grad_y[:n])
     for name, a, b in zip(("dh", "dg"), y_full, y_real):
         assert_close(a[:n], b[:n], atol=1e-12, rtol=1e-10, name=f"{backend} padded bigin {name}")
+
+
+# ---------------------------------------------------------------------- argument types
+@pytest.mark.parametrize("call, error, message", [
+    (lambda q, h, g: dag_attention(q, q, q, None), TypeError, "dag_attention: graph must be a GraphBatch, got NoneType"),
+    (lambda q, h, g: dag_attention_qkv(torch.stack([q, q, q], 1), "g"), TypeError,
+     "dag_attention: graph must be a GraphBatch, got str"),
+    (lambda q, h, g: bigin(h, h, None), TypeError, "bigin: graph must be a GraphBatch, got NoneType"),
+    (lambda q, h, g: dag_attention(q, q, q, g, dropout_p="0.1"), TypeError,
+     "dag_attention: dropout_p must be a float, got str '0.1'"),
+    (lambda q, h, g: dag_attention(q, q, q, g, dropout_p=None), TypeError, "dropout_p must be a float, got NoneType"),
+    (lambda q, h, g: dag_attention(q, q, q, g, dropout_p=float("nan")), ValueError, r"must lie in \[0, 1\), got nan"),
+    (lambda q, h, g: dag_attention(q, q, q, g, scale="1"), TypeError, "scale must be None or a float, got str '1'"),
+    (lambda q, h, g: dag_attention(q, q, q, g, scale=float("inf")), ValueError, "scale must be finite, got inf"),
+    (lambda q, h, g: dropout(h, "0.1"), TypeError, "dropout: p must be a float, got str '0.1'"),
+])
+def test_bad_argument_types_raise_clear_errors(backend, call, error, message):
+    graph = FAMILIES["diamond"]()
+    q = torch.randn(graph.num_nodes, 4, 8)
+    h = torch.randn(graph.num_nodes, 6)
+    with pytest.raises(error, match=message):
+        call(q, h, graph)

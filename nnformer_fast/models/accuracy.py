@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..graph import GraphBatch, _as_ints
 from .blocks import AttentionBlock, BiGINMlp, DAGAttention, FeedForwardBlock
+from .inputs import check_features, check_graph
 
 __all__ = ["NNFormer"]
 
@@ -93,7 +94,10 @@ class NNFormer(nn.Module):
 
     def embed(self, sample: dict) -> tuple[Tensor, GraphBatch, Tensor]:
         """Packed, normalised tokens (N, dim), their graph, and the node count per cell (B,)."""
-        code, rel_pos, adj = _check_sample(sample, self.in_chans)
+        if not isinstance(sample, dict):
+            raise TypeError(f"NNFormer: sample must be a dict of tensors, got {type(sample).__name__}")
+        code, rel_pos, adj = _check_sample(sample, self.in_chans, self.op_embed.weight,
+                                           None if self.depth_embed is None else self.depth_embed.weight)
         b, l, _ = code.shape
         device = code.device
         num_vertices = sample.get("num_vertices")
@@ -126,6 +130,7 @@ class NNFormer(nn.Module):
         graph = sample.get("graph")
         if graph is None:
             graph = GraphBatch.from_dense(gin_adj, mask=mask, num_vertices=valid.sum(1))
+        check_graph("NNFormer", graph)
         if "num_vertices" not in sample:  # every token is real: no data-dependent indexing
             return self.norm(tokens.reshape(b * t, self.dim)), graph, num_vertices
         return self.norm(tokens[valid]), graph, num_vertices
@@ -148,10 +153,17 @@ class NNFormer(nn.Module):
         return sums / num_vertices[:, None].to(x.dtype)
 
 
-def _check_sample(sample: dict, in_chans: int) -> tuple[Tensor, Tensor, Tensor]:
+def _check_sample(sample: dict, in_chans: int, embed_weight: Tensor,
+                  depth_weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """The sample's tensors, checked; ``code`` and ``code_depth`` against the Linears that read them."""
     for key in ("code", "code_depth", "code_rel_pos", "code_adj"):
         if key not in sample:
             raise KeyError(f"NNFormer: sample lacks {key!r}")
+        if not isinstance(sample[key], Tensor):
+            raise TypeError(f"NNFormer: sample[{key!r}] must be a tensor, got {type(sample[key]).__name__}")
+    check_features("NNFormer", "code", sample["code"], embed_weight)
+    if depth_weight is not None:
+        check_features("NNFormer", "code_depth", sample["code_depth"], depth_weight)
     code, rel_pos, adj = sample["code"], sample["code_rel_pos"], sample["code_adj"]
     if code.dim() != 3 or code.shape[-1] != in_chans:
         raise ValueError(f"NNFormer: code must be (B, L, {in_chans}), got {tuple(code.shape)}")

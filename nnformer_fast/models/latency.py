@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ..graph import GraphBatch
 from .buckets import bucketed
+from .inputs import check_features, check_graph
 from .blocks import (
     AttentionBlock,
     BiGINMlp,
@@ -75,6 +76,9 @@ class NNFormerLatency(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, graph: GraphBatch, static: Tensor) -> Tensor:
+        check_graph("NNFormerLatency", graph)
+        check_features("NNFormerLatency", "x", x, self.embedding.weight)
+        check_features("NNFormerLatency", "static", static, self.norm_sf_linear.weight)
         _check_inputs(x, graph, static, self.in_features, self.static_features)
         return (bucketed(self._predict) if self.shape_buckets else self._predict)(x, graph, static)
 

@@ -37,7 +37,7 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     Returns:
         (N, H, Dh) in the dtype of q.
     """
-    check_attention(q, k, v, graph, dropout_p)
+    check_attention(q, k, v, graph, dropout_p, scale)
     seed = dropout_seed(seed, draw=dropout_p > 0.0)
     backend = select("dag_attention", q, k, v)
     if backend.name != "native":  # the native kernels check the graph's index tensors themselves
@@ -60,7 +60,7 @@ def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
         raise ValueError(f"dag_attention_qkv: qkv must have shape (N, 3, H, Dh), got "
                          f"{tuple(qkv.shape) if isinstance(qkv, Tensor) else type(qkv).__name__}")
     q, k, v = qkv.unbind(1)
-    check_attention(q, k, v, graph, dropout_p)
+    check_attention(q, k, v, graph, dropout_p, scale)
     seed = dropout_seed(seed, draw=dropout_p > 0.0)
     backend = select("dag_attention", q, k, v)
     if backend.name != "native":

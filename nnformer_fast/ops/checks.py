@@ -1,6 +1,7 @@
 """Input checks at the public op boundary; kernels assume what these guarantee."""
 from __future__ import annotations
 
+import math
 import numbers
 import weakref
 from collections import OrderedDict
@@ -29,8 +30,24 @@ def _check_device(graph: GraphBatch, **tensors: Tensor) -> None:
                              "move the graph with graph.to(device)")
 
 
-def check_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, dropout_p: float) -> None:
-    """q, k, v: (N, H, Dh) of one float dtype, H a multiple of 4, N = graph.num_nodes."""
+def _check_graph(op: str, graph) -> None:
+    if not isinstance(graph, GraphBatch):
+        raise TypeError(f"{op}: graph must be a GraphBatch, got {type(graph).__name__}")
+
+
+def _check_probability(op: str, name: str, p) -> None:
+    """A real number in [0, 1)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a float, got {type(p).__name__} {p!r}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{op}: {name} must lie in [0, 1), got {p}")
+
+
+def check_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, dropout_p: float,
+                    scale: Optional[float] = None) -> None:
+    """q, k, v: (N, H, Dh) of one float dtype, H a multiple of 4, N = graph.num_nodes;
+    dropout_p in [0, 1); scale None or a finite number."""
+    _check_graph("dag_attention", graph)
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_float(name, t)
     if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
@@ -45,14 +62,19 @@ def check_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, dropout_
         raise ValueError(f"dag_attention: the head count must be a positive multiple of 4, got {h}")
     if dh == 0:
         raise ValueError("dag_attention: the head dim Dh must be at least 1, got 0")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dag_attention: dropout_p must lie in [0, 1), got {dropout_p}")
+    _check_probability("dag_attention", "dropout_p", dropout_p)
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"dag_attention: scale must be None or a float, got {type(scale).__name__} {scale!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"dag_attention: scale must be finite, got {scale}")
     _check_device(graph, q=q, k=k, v=v)
 
 
 def check_bigin(h: Tensor, g: Tensor, graph: GraphBatch, bias_h: Optional[Tensor] = None,
                 bias_g: Optional[Tensor] = None) -> None:
     """h, g: (N, M) of one float dtype, M even, N = graph.num_nodes; biases (M,) float or None."""
+    _check_graph("bigin", graph)
     _check_float("h", h)
     _check_float("g", g)
     if h.dim() != 2 or g.shape != h.shape:
@@ -74,10 +96,7 @@ def check_bigin(h: Tensor, g: Tensor, graph: GraphBatch, bias_h: Optional[Tensor
 def check_dropout(x: Tensor, p: float) -> None:
     """x: any shape, a float dtype; p a number in [0, 1)."""
     _check_float("x", x)
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"dropout: p must be a float, got {type(p).__name__}")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout: p must lie in [0, 1), got {p}")
+    _check_probability("dropout", "p", p)
 
 
 # ---------------------------------------------------------------------- graph index tensors
