@@ -160,3 +160,18 @@ def test_bigin_index_check(benchmark, bigin_case, what, monkeypatch):
     else:
         benchmark(lambda: (_C.check_csr(graph.adj_rowptr, graph.adj_col, n, n),
                            _C.check_csr(graph.adjt_rowptr, graph.adjt_col, n, n)))
+
+
+@pytest.mark.parametrize("numbering", ["topological", "reversed"])
+def test_graph_build_any_numbering(benchmark, numbering):
+    """GraphBatch.from_edge_index on a 40,000-node chain: the cycle check is O(N + E) whether
+    the ids follow the edges or run against them (it used to be quadratic in the latter case)."""
+    from nnformer_fast import GraphBatch
+
+    benchmark.group = "GraphBatch.from_edge_index, 40,000-node chain"
+    n = 40_000
+    ids = torch.arange(n)
+    if numbering == "reversed":
+        ids = ids.flip(0)
+    edges = torch.stack([ids[:-1], ids[1:]])
+    benchmark(GraphBatch.from_edge_index, edges, [n])
