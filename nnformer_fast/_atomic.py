@@ -47,7 +47,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     prefix = f".{path.name}.tmp"
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = tmp.name[len(prefix):]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+        if not pid.isdecimal() or (int(pid) != os.getpid() and _alive(int(pid))):
             continue
         try:
             tmp.unlink()
