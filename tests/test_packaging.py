@@ -4,7 +4,6 @@ pyproject.toml, read independently of MANIFEST.in and setup.py)."""
 import os
 import runpy
 import shutil
-import site as sitelib
 import subprocess
 import sys
 import tarfile
@@ -19,6 +18,12 @@ REQUIRED = ["CMakeLists.txt", "Makefile", "README.md", "pyproject.toml", "setup.
             "csrc/nnformer_fast.cpp", "csrc/cuda/common.cuh", "tests/conftest.py",
             "tests/cuda_emulator/emulator.h", "tests/cuda_emulator/launchers.cpp", "tests/test_ops.py",
             "docs/DESIGN.md", "benchmarks/conftest.py", "nnformer_fast/data/default/latency_cpu_ort.npz"]
+
+
+def _import_path() -> list[str]:
+    """This interpreter's import folders without the checkout, for a child run with ``-S`` (no .pth
+    files: this checkout's editable finder would answer first)."""
+    return [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != ROOT]
 
 
 def _tracked_files() -> list[str]:
@@ -134,9 +139,8 @@ def test_benchmarks_measure_the_installed_extension_not_the_bare_source_tree(tmp
     shutil.copy(ROOT / "benchmarks" / "conftest.py", src / "benchmarks" / "conftest.py")
     code = ("import runpy; said = runpy.run_path('benchmarks/conftest.py')['_SWITCHED']; "
             "import nnformer_fast; print(nnformer_fast.__file__); print(said)")
-    # -S: no site-packages .pth files (this checkout's editable finder would answer first)
     res = subprocess.run([sys.executable, "-S", "-c", code], cwd=src, capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": os.pathsep.join([str(site), *sitelib.getsitepackages()]),
+                         env={"PYTHONPATH": os.pathsep.join([str(site), *_import_path()]),
                               "PATH": os.environ["PATH"]})
     assert res.returncode == 0, res.stderr[-2000:]
     where, said = res.stdout.splitlines()
@@ -149,7 +153,7 @@ def test_pure_python_install_warns_once_in_its_own_words(tmp_path):
                     ignore=shutil.ignore_patterns("_C.*", "__pycache__"))
     code = "import nnformer_fast, nnformer_fast.ops; print(nnformer_fast.backends())"
     res = subprocess.run([sys.executable, "-S", "-W", "always", "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env={"PYTHONPATH": os.pathsep.join(sitelib.getsitepackages()),
+                         text=True, timeout=300, env={"PYTHONPATH": os.pathsep.join(_import_path()),
                                                      "PATH": os.environ["PATH"], "HOME": str(tmp_path)})
     assert res.returncode == 0, res.stderr[-2000:]
     warnings = [line for line in res.stderr.splitlines() if "Warning" in line and "nnformer_fast" in line]
