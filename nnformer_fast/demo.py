@@ -1,7 +1,9 @@
 """``make demo``: train the latency predictor on the embedded default latency set on this CPU,
-then report held-out MAPE, Acc(10%) and Kendall tau, and the training throughput of the
-packed bf16 loop beside the reference design's one-graph-at-a-time fp32 loop (same model size,
-same threads; both timed in alternating rounds after training).
+then report held-out MAPE, Acc(10%) and Kendall tau beside two baselines fit on the same
+split (the yardstick: ridge and gradient-boosted trees on the static network features), the
+checkpoint it wrote with the ``nnformer-fast predict`` command that uses it, and the training
+throughput of the packed bf16 loop beside the reference design's one-graph-at-a-time fp32 loop
+(same model size, same threads; both timed in alternating rounds after training).
 
 ``python -m nnformer_fast.demo [--data PATH] [--budget-s 80] [--out runs/demo] [--no-compile] [--threads N]``
 """
@@ -87,6 +89,35 @@ def _side_by_side(train_set, compiled: bool) -> list[dict]:
             rates[loop] = packed_rate(train_set, compiled=loop == "compiled", seed=r)
         rounds.append(rates)
     return rounds
+
+
+def yardstick(train_set, test_set, seed: int = 0) -> dict[str, dict | str]:
+    """Held-out metrics (:func:`~nnformer_fast.train.metrics.regression_metrics`) of each
+    baseline of :data:`~nnformer_fast.baselines.BASELINES` fit to the log latency of
+    ``train_set`` over :func:`~nnformer_fast.baselines.network_features` (log FLOPs, params,
+    MACs, log batch size, node count) and predicting ``test_set``; a baseline that cannot run
+    (scikit-learn missing) maps to the one-line reason instead."""
+    from .baselines import BASELINES, fit_predict, network_features
+    from .train.metrics import regression_metrics
+
+    X_train, X_test = network_features(train_set), network_features(test_set)
+    y = np.log(np.asarray(train_set.latencies, dtype=np.float64))
+    out: dict[str, dict | str] = {}
+    for name in BASELINES:
+        try:
+            pred = np.exp(fit_predict(name, X_train, y, X_test, seed))
+        except ModuleNotFoundError as e:
+            out[name] = str(e)
+            continue
+        out[name] = regression_metrics(pred, test_set.latencies)
+    return out
+
+
+def _metrics_line(name: str, m: dict | str) -> str:
+    if isinstance(m, str):
+        return f"  {name:<10} not run: {m}"
+    return (f"  {name:<10} MAPE {100 * m['mape']:6.2f} %   Acc(10%) {100 * m['acc@10']:5.1f} %   "
+            f"Acc(5%) {100 * m['acc@5']:5.1f} %   Kendall tau {m['tau']:.4f}")
 
 
 def _load(data: str | None, out: Path):
@@ -177,8 +208,13 @@ def _main(argv=None) -> int:
     print(f"trained {result.step} steps ({epochs} epochs planned) in {t['seconds']:.1f} s ({loop}): "
           f"{t['graphs_per_s']:.1f} graphs/s over the whole run ({t['nodes_per_s']:.0f} nodes/s), "
           f"{t['warm_graphs_per_s'] or t['graphs_per_s']:.1f} after the first epoch")
-    print(f"held-out ({m['n']} networks): MAPE {100 * m['mape']:.2f} %   Acc(10%) {100 * m['acc@10']:.1f} %   "
-          f"Acc(5%) {100 * m['acc@5']:.1f} %   Kendall tau {m['tau']:.4f}")
+    baselines = yardstick(train_set, test_set)
+    print(f"held-out ({m['n']} records), beside baselines fit on the same split (log latency over log FLOPs, "
+          "params, MACs, log batch size, node count):")
+    for name, bm in {"NN-Former": m, **baselines}.items():
+        print(_metrics_line(name, bm))
+    print(f"checkpoint: {result.checkpoint}; predict with: nnformer-fast predict {result.checkpoint} "
+          "MODEL.onnx [--batch-size N]")
 
     # ---- throughput side by side, alternating
     rounds = _side_by_side(train_set, args.compile)
@@ -200,7 +236,7 @@ def _main(argv=None) -> int:
 
     pred, y, _ = evaluate_model(result.model, LatencyTask(**MODEL), test_set)
     report = {"data": source, "model": MODEL, "threads": threads, "epochs": epochs, "steps": result.step,
-              "metrics": m, "compiled": args.compile, "training_run": t,
+              "metrics": m, "baselines": baselines, "checkpoint": result.checkpoint, "compiled": args.compile, "training_run": t,
               "side_by_side_graphs_per_s": rounds, "speedup": speedup}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     from .train.plots import scatter_plot
