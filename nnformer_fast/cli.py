@@ -39,13 +39,20 @@ def _run_build_latency_set(args) -> int:
         return 2
     path = build_latency_set(args.out, args.families, args.count, args.batch_sizes, threads=args.threads,
                              repeats=args.repeats, warmup=args.warmup, seed=args.seed, platform=args.platform,
-                             tiny=args.tiny, progress=not args.quiet)
+                             tiny=args.tiny, progress=not args.quiet, clock=args.clock, statistic=args.statistic,
+                             rounds=args.rounds)
     print(f"wrote {path}")
     if args.remeasure_above is not None:
         from .data.builder import remeasure_noisy
 
         n = remeasure_noisy(args.out, args.remeasure_above, repeats=args.remeasure_repeats, progress=not args.quiet)
         print(f"re-measured noisy records, {n} replaced")
+    if args.retest is not None:
+        from .data.builder import retest
+
+        r = retest(args.out, args.retest, seed=args.retest_seed, progress=not args.quiet)
+        print(f"retest of {r['records']} records: |new - stored| / stored median {100 * r['median']:.2f} %, "
+              f"p90 {100 * r['p90']:.2f} %, max {100 * r['max']:.2f} %")
     if args.pack:
         from .data.latency import pack_latency_set
 
@@ -56,6 +63,7 @@ def _run_build_latency_set(args) -> int:
 
 def _register_build_latency_set(subparsers) -> None:
     from .data.builder.families import FAMILIES
+    from .data.builder.measure import CLOCKS, STATISTICS
 
     p = subparsers.add_parser(
         "build-latency-set", help="generate CNNs and measure them with onnxruntime (NNLQP layout)",
@@ -73,6 +81,17 @@ def _register_build_latency_set(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed of the network generator (>= 0, default 0)")
     p.add_argument("--platform", default=None, help="platform_id column (default cpu-ort-t<threads>)")
     p.add_argument("--tiny", action="store_true", help="smallest network variants (quick checks)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="what times a run: wall (elapsed, default) or cpu (this thread's CPU time: leaves out "
+                        "the waits for a core of a shared machine)")
+    p.add_argument("--statistic", choices=list(STATISTICS), default="median",
+                   help="the latency of a record: median (default) or min of its timed runs")
+    p.add_argument("--rounds", type=int_at_least(1), default=1,
+                   help="rounds of --warmup + --repeats runs, interleaved over groups of networks (default 1)")
+    p.add_argument("--retest", type=float, default=None, metavar="FRACTION",
+                   help="afterwards, measure again a seeded sample of FRACTION of the records with the build's "
+                        "protocol and print the median and p90 of |new - stored| / stored (changes nothing)")
+    p.add_argument("--retest-seed", type=int, default=0, help="seed of the retest sample (default 0)")
     p.add_argument("--remeasure-above", type=float, default=None, metavar="REL_IQR",
                    help="afterwards, measure again records whose (p75-p25)/median exceeds REL_IQR, keeping "
                         "the less noisy measurement (busy machines)")

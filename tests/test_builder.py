@@ -156,3 +156,111 @@ def test_corrupt_manifest_is_named(tmp_path, capsys):
 def test_remeasure_refuses_zero_repeats(tmp_path):
     with pytest.raises(ValueError, match="repeats"):
         remeasure_noisy(tmp_path, repeats=0, progress=False)
+
+
+class _FakeSession:
+    """Stands in for an onnxruntime session: logs each run under its name; sleeps ``sleep_s``."""
+
+    def __init__(self, name, log, sleep_s=0.0):
+        self.name, self.log, self.sleep_s = name, log, sleep_s
+
+    def get_inputs(self):
+        class Input:
+            name, shape = "input", ["batch", 3, 4, 4]
+        return [Input()]
+
+    def run(self, _, feeds):
+        import time
+
+        assert feeds["input"].shape[1:] == (3, 4, 4)
+        self.log.append((self.name, feeds["input"].shape[0]))
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+
+
+def test_measure_group_interleaves_rounds():
+    from nnformer_fast.data.builder import Protocol, measure_group
+
+    log = []
+    jobs = [(_FakeSession("a", log), 1, np.random.default_rng(0)), (_FakeSession("b", log), 4, np.random.default_rng(0))]
+    ms = measure_group(jobs, Protocol(warmup=1, repeats=2, rounds=3))
+    one_round = [("a", 1)] * 3 + [("b", 4)] * 3  # each job's warm-up run, then its timed runs
+    assert log == one_round * 3
+    assert [m.repeats for m in ms] == [6, 6]
+
+
+def test_cpu_clock_leaves_out_time_off_the_cpu():
+    """A run that waits (here: sleeps) 50 ms takes 50 ms of wall time and almost no CPU time."""
+    from nnformer_fast.data.builder import Protocol, measure_group
+
+    job = [(_FakeSession("a", [], sleep_s=0.05), 1, np.random.default_rng(0))]
+    wall, = measure_group(job, Protocol(clock="wall", warmup=0, repeats=2))
+    cpu, = measure_group(job, Protocol(clock="cpu", warmup=0, repeats=2))
+    assert wall.min >= 50.0 and cpu.max < 25.0
+    assert Protocol(statistic="min").latency(wall) == wall.min and Protocol().latency(wall) == wall.median
+
+
+@pytest.mark.parametrize("bad, match", [(dict(clock="tsc"), "clock"), (dict(statistic="mean"), "statistic"),
+                                        (dict(rounds=0), "rounds"), (dict(repeats=0), "repeats")])
+def test_protocol_rejects_bad_settings(bad, match):
+    from nnformer_fast.data.builder import Protocol
+
+    with pytest.raises(ValueError, match=match):
+        Protocol(**bad)
+
+
+def test_protocol_is_kept_and_checked_on_resume(tmp_path):
+    from nnformer_fast.data.builder import Protocol
+
+    out = tmp_path / "set"
+    kw = dict(threads=1, repeats=2, warmup=0, tiny=True, progress=False)
+    build_latency_set(out, ["alexnet"], 1, [1, 2], clock="cpu", statistic="min", rounds=2, **kw)
+    info = json.loads((out / "build.json").read_text())
+    assert {k: info[k] for k in ("clock", "statistic", "rounds")} == {"clock": "cpu", "statistic": "min", "rounds": 2}
+    spread = {ln.split("\t")[0]: ln.split("\t") for ln in (out / SPREAD_FILE).read_text().splitlines()[1:]}
+    for p in _lines(out / LATENCY_FILE):  # the latency column is the min of the 2 x 2 timed runs
+        assert p[3] == spread[p[0]][2] and spread[p[0]][7] == "4"
+    with pytest.raises(ValueError, match="clock"):
+        build_latency_set(out, ["alexnet"], 2, [1, 2], **kw)
+    # a manifest written before the protocol options: resumed under the defaults, nothing else
+    for k in ("clock", "statistic", "rounds"):
+        del info[k]
+    (out / "build.json").write_text(json.dumps(info))
+    build_latency_set(out, ["alexnet"], 2, [1, 2], **kw)
+    assert json.loads((out / "build.json").read_text())["clock"] == Protocol().clock
+    (out / "build.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="differ"):
+        build_latency_set(out, ["alexnet"], 2, [1, 2], clock="cpu", **kw)
+
+
+def test_retest_compares_a_seeded_sample_with_the_stored_latencies(tmp_path):
+    from nnformer_fast.data.builder import retest
+
+    out = tmp_path / "set"
+    build_latency_set(out, ["vgg", "squeezenet"], 3, [1, 2], threads=1, repeats=2, warmup=1, tiny=True,
+                      progress=False, clock="cpu", statistic="min")
+    lines = (out / LATENCY_FILE).read_text().splitlines()
+    # every stored latency 1000x too large: each re-measured one is off by 0.999 of the stored value
+    (out / LATENCY_FILE).write_text("".join(
+        " ".join(p[:3] + [f"{1000 * float(p[3]):.5f}"] + p[4:]) + "\n" for p in map(str.split, lines)))
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    r = retest(out, 0.5, seed=1, progress=False)
+    assert r["records"] == 6 and r["protocol"]["clock"] == "cpu" and r["protocol"]["statistic"] == "min"
+    assert 0.99 < r["median"] <= r["p90"] <= r["max"] < 1.0
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before  # changes nothing
+    with pytest.raises(ValueError, match="fraction"):
+        retest(out, 0.0, progress=False)
+    with pytest.raises(FileNotFoundError, match="build.json"):
+        retest(tmp_path, 0.5, progress=False)
+
+
+def test_cli_protocol_and_retest(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["build-latency-set", str(out), "--families", "alexnet", "--count", "2", "--batch-sizes", "1",
+                 "--repeats", "2", "--warmup", "0", "--rounds", "2", "--clock", "cpu", "--statistic", "min",
+                 "--tiny", "--quiet", "--retest", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "retest of 2 records: |new - stored| / stored median" in text
+    assert json.loads((out / "build.json").read_text())["rounds"] == 2
+    with pytest.raises(SystemExit):
+        main(["build-latency-set", str(out), "--clock", "tsc"])

@@ -10,7 +10,8 @@ Output folder::
     onnx/<family>/<family>_<i>.onnx
 
 Network ``i`` of a family is drawn from ``np.random.default_rng([seed, crc32(family), i])``,
-so a resumed run regenerates the same networks.
+so a resumed run regenerates the same networks. Networks are measured ``GROUP`` at a time
+(:func:`~.measure.measure_group`: with ``rounds > 1`` their runs are interleaved).
 """
 from __future__ import annotations
 
@@ -26,14 +27,17 @@ import numpy as np
 
 from ..._atomic import atomic_write_bytes
 from .families import FAMILIES, generate
-from .measure import cpu_model, make_session, measure_session
+from .measure import Protocol, cpu_model, make_session, measure_group
 from .onnx_net import strip_weights
 
-__all__ = ["build_latency_set", "remeasure_noisy", "require_onnx", "LATENCY_FILE", "SPREAD_FILE", "MAX_COUNT"]
+__all__ = ["build_latency_set", "remeasure_noisy", "retest", "require_onnx", "LATENCY_FILE", "SPREAD_FILE",
+           "MAX_COUNT", "GROUP"]
 
 LATENCY_FILE = "latency.txt"
 #: most networks per family: ids are ``<family>_<i:05d>`` (five digits keep them sorted)
 MAX_COUNT = 100_000
+#: networks measured together (one group's records are written when the group is measured)
+GROUP = 8
 NEED_ONNX = 'build-latency-set needs onnx and onnxruntime: pip install "nnformer_fast[data]"'
 
 
@@ -86,14 +90,45 @@ def _append(f, line: str) -> None:
     os.fsync(f.fileno())
 
 
+def _spread_line(sid: str, m) -> str:
+    return f"{sid}\t{m.median:.5f}\t{m.min:.5f}\t{m.p25:.5f}\t{m.p75:.5f}\t{m.max:.5f}\t{m.std:.5f}\t{m.repeats}\n"
+
+
+def _network(info: dict, model_id: str):
+    """The network ``<family>_<i>`` of a build with manifest ``info``, regenerated from its seed."""
+    fam, idx = model_id.rsplit("_", 1)
+    return generate(fam, np.random.default_rng([info["seed"], zlib.crc32(fam.encode()), int(idx)]),
+                    info.get("tiny", False))
+
+
+def _protocol(info: dict, **override) -> Protocol:
+    """The measurement protocol of a build's manifest (builds older than the protocol options
+    used the defaults), fields in ``override`` replaced."""
+    fields = {k: info[k] for k in Protocol().settings() if k in info}
+    return Protocol(**dict(fields, **override))
+
+
+def _measure_networks(info: dict, todo: dict[str, list[int]], protocol: Protocol, sessions=None) -> dict:
+    """``{model_id_bs<b>: Measurement}`` of ``todo`` (``{model_id: [batch sizes]}``, at most
+    ``GROUP`` networks) measured together with ``protocol``; ``sessions`` maps a model id to
+    its session (default: regenerated from the manifest ``info``)."""
+    sessions = sessions or {mid: make_session(_network(info, mid), info["threads"]) for mid in todo}
+    jobs = [(mid, b) for mid, bs in todo.items() for b in bs]
+    ms = measure_group([(sessions[mid], b, np.random.default_rng(int(mid.rsplit("_", 1)[1]))) for mid, b in jobs],
+                       protocol)
+    return {f"{mid}_bs{b}": m for (mid, b), m in zip(jobs, ms)}
+
+
 def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = None, count: int = 10,
                       batch_sizes: Sequence[int] = (1,), *, threads: int = 1, repeats: int = 10, warmup: int = 3,
-                      seed: int = 0, platform: str | None = None, tiny: bool = False, progress: bool = True) -> Path:
+                      seed: int = 0, platform: str | None = None, tiny: bool = False, progress: bool = True,
+                      clock: str = "wall", statistic: str = "median", rounds: int = 1) -> Path:
     """Generate ``count`` networks per family, measure each at every batch size, write the
     NNLQP layout under ``out`` and return the path of its latency file.
 
     families: names from ``FAMILIES`` (default all). platform: the ``platform_id`` column
-    (default ``cpu-ort-t{threads}``). tiny: the smallest variants (tests).
+    (default ``cpu-ort-t{threads}``). tiny: the smallest variants (tests). warmup, repeats,
+    clock, statistic, rounds: the measurement :class:`~.measure.Protocol`.
     """
     from tqdm.auto import tqdm
 
@@ -107,8 +142,9 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
     batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
-    if threads < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0; got {threads}, {repeats}, {warmup}")
+    if threads < 1:
+        raise ValueError(f"need threads >= 1, got {threads}")
+    protocol = Protocol(clock=clock, statistic=statistic, warmup=warmup, repeats=repeats, rounds=rounds)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     platform = platform or f"cpu-ort-t{threads}"
@@ -117,11 +153,11 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "build.json"
-    settings = {"seed": seed, "tiny": tiny, "threads": threads, "repeats": repeats, "warmup": warmup,
-                "platform": platform}
+    settings = {"seed": seed, "tiny": tiny, "threads": threads, "platform": platform, **protocol.settings()}
     old = _read_manifest(manifest) if manifest.exists() else None
     if old is not None:
-        clash = {k: (old.get(k), v) for k, v in settings.items() if k in old and old[k] != v}
+        before = dict(Protocol().settings(), **old)  # a build older than the protocol options used the defaults
+        clash = {k: (before.get(k), v) for k, v in settings.items() if k in before and before[k] != v}
         if clash:
             raise ValueError(f"{out}: resuming with settings that differ from the existing build: {clash}")
     info = dict(settings, families=sorted(set(families) | set(old.get("families", []))) if old is not None
@@ -142,38 +178,52 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
             tqdm(total=total, initial=n_done, desc="build-latency-set", unit="meas", disable=not progress) as bar:
         if new_spread:
             _append(spread_f, _SPREAD_HEADER)
+        todo = {}
         for fam, i in jobs:
             model_id = f"{fam}_{i:05d}"
-            todo = [b for b in batch_sizes if f"{model_id}_bs{b}" not in done]
-            if not todo:
-                continue
-            rng = np.random.default_rng([seed, zlib.crc32(fam.encode()), i])
-            model = generate(fam, rng, tiny)
-            rel = Path("onnx") / fam / f"{model_id}.onnx"
-            onnx_path = out / rel
-            if not onnx_path.exists():
-                onnx_path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(onnx_path, strip_weights(model).SerializeToString())
-            session = make_session(model, threads)
-            for b in todo:
-                m = measure_session(session, b, warmup, repeats, np.random.default_rng(i))
-                sid = f"{model_id}_bs{b}"
+            bs = [b for b in batch_sizes if f"{model_id}_bs{b}" not in done]
+            if bs:
+                todo[model_id] = bs
+        ids = list(todo)
+        for g in range(0, len(ids), GROUP):
+            group = {mid: todo[mid] for mid in ids[g:g + GROUP]}
+            sessions = {}
+            for model_id in group:
+                model = _network(info, model_id)
+                rel = _onnx_path(model_id)
+                if not (out / rel).exists():
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(out / rel, strip_weights(model).SerializeToString())
+                sessions[model_id] = make_session(model, threads)
+            for sid, m in _measure_networks(info, group, protocol, sessions).items():
+                model_id = sid.rsplit("_bs", 1)[0]
                 # spread first: a crash between the two writes re-measures, never loses spread
-                _append(spread_f, f"{sid}\t{m.median:.5f}\t{m.min:.5f}\t{m.p25:.5f}\t{m.p75:.5f}\t{m.max:.5f}\t"
-                                  f"{m.std:.5f}\t{m.repeats}\n")
-                _append(lat_f, f"{sid} {rel.as_posix()} {b} {m.median:.5f} {fam} {platform}\n")
+                _append(spread_f, _spread_line(sid, m))
+                _append(lat_f, f"{sid} {_onnx_path(model_id).as_posix()} {sid.rsplit('_bs', 1)[1]} "
+                               f"{protocol.latency(m):.5f} {model_id.rsplit('_', 1)[0]} {platform}\n")
                 done.add(sid)
                 bar.update(1)
-            del session
     return lat_path
+
+
+def _onnx_path(model_id: str) -> Path:
+    return Path("onnx") / model_id.rsplit("_", 1)[0] / f"{model_id}.onnx"
+
+
+def _built(out: Path) -> dict:
+    """The manifest of the set built in ``out``; FileNotFoundError when there is none."""
+    manifest = out / "build.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{out}: no build.json (not a folder written by build_latency_set)")
+    return _read_manifest(manifest)
 
 
 def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeats: int | None = None,
                     progress: bool = True) -> int:
     """Measure again every record of a built set whose relative interquartile range
     ``(p75 - p25) / median`` exceeds ``max_rel_iqr`` (a busy machine), keeping whichever
-    measurement has the smaller spread. Settings come from ``build.json``; ``repeats``
-    overrides the repeat count (>= 1). Both files are rewritten atomically after every 50
+    measurement has the smaller spread. The protocol comes from ``build.json``; ``repeats``
+    overrides its repeat count (>= 1). Both files are rewritten atomically after every 50
     networks (each network's records at all its batch sizes), so an interrupted run loses at
     most those networks' new measurements. Returns the number of records replaced."""
     from tqdm.auto import tqdm
@@ -182,11 +232,8 @@ def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeat
     if repeats is not None and repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     out = Path(out)
-    manifest = out / "build.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{out}: no build.json (not a folder written by build_latency_set)")
-    info = _read_manifest(manifest)
-    repeats = int(repeats if repeats is not None else info["repeats"])
+    info = _built(out)
+    protocol = _protocol(info, **({} if repeats is None else {"repeats": int(repeats)}))
     lat_path, spread_path = out / LATENCY_FILE, out / SPREAD_FILE
     _repair_tail(lat_path)
     _repair_tail(spread_path)
@@ -200,32 +247,63 @@ def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeat
         return (float(f[4]) - float(f[3])) / float(f[1])
 
     todo = sorted(sid for sid, k in spread.items() if sid in line_of and rel(k) > max_rel_iqr)
-    by_model: dict[str, list[str]] = {}
+    by_model: dict[str, list[int]] = {}
     for sid in todo:
-        by_model.setdefault(sid.rsplit("_bs", 1)[0], []).append(sid)
+        model_id, b = sid.rsplit("_bs", 1)
+        by_model.setdefault(model_id, []).append(int(b))
 
     def flush():
         atomic_write_bytes(spread_path, "".join(spread_lines).encode())
         atomic_write_bytes(lat_path, "".join(lines).encode())
 
     replaced = 0
+    ids = list(by_model)
     with tqdm(total=len(todo), desc="remeasure", unit="meas", disable=not progress) as bar:
-        for n, (model_id, sids) in enumerate(by_model.items()):
-            fam, idx = model_id.rsplit("_", 1)
-            rng = np.random.default_rng([info["seed"], zlib.crc32(fam.encode()), int(idx)])
-            session = make_session(generate(fam, rng, info.get("tiny", False)), info["threads"])
-            for sid in sids:
-                parts = lines[line_of[sid]].split()
-                m = measure_session(session, int(parts[2]), info["warmup"], repeats, np.random.default_rng(int(idx)))
+        for g in range(0, len(ids), GROUP):
+            for sid, m in _measure_networks(info, {mid: by_model[mid] for mid in ids[g:g + GROUP]}, protocol).items():
                 k = spread[sid]
                 if m.spread < rel(k):
-                    spread_lines[k] = (f"{sid}\t{m.median:.5f}\t{m.min:.5f}\t{m.p25:.5f}\t{m.p75:.5f}\t{m.max:.5f}\t"
-                                       f"{m.std:.5f}\t{m.repeats}\n")
-                    parts[3] = f"{m.median:.5f}"
+                    spread_lines[k] = _spread_line(sid, m)
+                    parts = lines[line_of[sid]].split()
+                    parts[3] = f"{protocol.latency(m):.5f}"
                     lines[line_of[sid]] = " ".join(parts) + "\n"
                     replaced += 1
                 bar.update(1)
-            if n % 50 == 49:
+            if g // GROUP % 6 == 5:  # every 48 networks
                 flush()
     flush()
     return replaced
+
+
+def retest(out: str | os.PathLike, fraction: float, *, seed: int = 0, progress: bool = True) -> dict:
+    """Test-retest of a built set: measure again, with the protocol of its ``build.json``, a
+    sample of ``max(1, round(fraction * records))`` of its records drawn with ``seed``, and
+    compare with the stored latencies. Changes nothing. Returns ``{"records": n, "median":,
+    "p90":, "max":}`` of ``|new - stored| / stored`` and ``"protocol"``, the settings used."""
+    from tqdm.auto import tqdm
+
+    require_onnx()
+    if not 0 < fraction <= 1:
+        raise ValueError(f"retest fraction must lie in (0, 1], got {fraction}")
+    out = Path(out)
+    info = _built(out)
+    protocol = _protocol(info)
+    _repair_tail(out / LATENCY_FILE)
+    stored = {p[0]: float(p[3]) for p in (ln.split() for ln in (out / LATENCY_FILE).read_text().splitlines()) if p}
+    if not stored:
+        raise ValueError(f"{out / LATENCY_FILE}: no records to retest")
+    sids = sorted(stored)
+    pick = np.random.default_rng(seed).choice(len(sids), max(1, round(fraction * len(sids))), replace=False)
+    by_model: dict[str, list[int]] = {}
+    for sid in sorted(sids[k] for k in pick):
+        model_id, b = sid.rsplit("_bs", 1)
+        by_model.setdefault(model_id, []).append(int(b))
+    ids, rel = list(by_model), []
+    with tqdm(total=len(pick), desc="retest", unit="meas", disable=not progress) as bar:
+        for g in range(0, len(ids), GROUP):
+            for sid, m in _measure_networks(info, {mid: by_model[mid] for mid in ids[g:g + GROUP]}, protocol).items():
+                rel.append(abs(protocol.latency(m) - stored[sid]) / stored[sid])
+                bar.update(1)
+    rel = np.asarray(rel)
+    return {"records": int(rel.size), "median": float(np.median(rel)), "p90": float(np.percentile(rel, 90)),
+            "max": float(rel.max()), "protocol": protocol.settings()}

@@ -1,12 +1,28 @@
-"""Latency of an ONNX model with onnxruntime on this machine's CPU."""
+"""Latency of an ONNX model with onnxruntime on this machine's CPU.
+
+A :class:`Protocol` says how: which clock times a run (``wall``: elapsed time; ``cpu``: the
+CPU time of the calling thread, on which onnxruntime with one intra-op thread runs the whole
+graph, so the time spent waiting for a core of a shared machine is left out), which
+statistic of the timed runs is the latency (``median`` or ``min``), and how many rounds the
+runs are spread over: :func:`measure_group` times a group of records round-robin, each round
+re-warming every record, so a neighbour's burst of work falls on all of the group's records
+instead of all of one record's runs.
+"""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Measurement", "make_session", "measure_session", "cpu_model"]
+__all__ = ["Measurement", "Protocol", "CLOCKS", "STATISTICS", "make_session", "measure_session", "measure_group",
+           "cpu_model"]
+
+#: clocks that time one run, in nanoseconds
+CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
+#: statistics of the timed runs that can be a record's latency
+STATISTICS = ("median", "min")
 
 
 @dataclass
@@ -26,6 +42,44 @@ class Measurement:
         """Relative interquartile range, (p75 - p25) / median."""
         return (self.p75 - self.p25) / self.median if self.median > 0 else 0.0
 
+    @classmethod
+    def of(cls, times_ms: np.ndarray) -> "Measurement":
+        """The statistics of the (R,) run times ``times_ms``."""
+        q = np.percentile(times_ms, [0, 25, 50, 75, 100])
+        return cls(float(q[2]), float(q[0]), float(q[1]), float(q[3]), float(q[4]), float(times_ms.std()),
+                   int(times_ms.size))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a latency is measured: ``rounds`` rounds, each ``warmup`` untimed runs then
+    ``repeats`` runs timed by ``clock`` (a key of ``CLOCKS``); the latency is ``statistic``
+    (``median`` or ``min``) of the ``rounds * repeats`` timed runs. The defaults are the
+    protocol the embedded set was measured with."""
+
+    clock: str = "wall"
+    statistic: str = "median"
+    warmup: int = 3
+    repeats: int = 10
+    rounds: int = 1
+
+    def __post_init__(self):
+        if self.clock not in CLOCKS:
+            raise ValueError(f"unknown clock {self.clock!r}; choose from {', '.join(CLOCKS)}")
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {self.statistic!r}; choose from {', '.join(STATISTICS)}")
+        if self.repeats < 1 or self.rounds < 1 or self.warmup < 0:
+            raise ValueError(f"need repeats >= 1, rounds >= 1, warmup >= 0; got {self.repeats}, {self.rounds}, "
+                             f"{self.warmup}")
+
+    def latency(self, m: Measurement) -> float:
+        """The latency (ms) this protocol reports for ``m``."""
+        return m.median if self.statistic == "median" else m.min
+
+    def settings(self) -> dict:
+        """The fields as a plain dict (build.json)."""
+        return asdict(self)
+
 
 def make_session(model, threads: int = 1):
     """An onnxruntime CPU session of ``model`` (ModelProto or bytes): ``threads`` intra-op
@@ -42,25 +96,39 @@ def make_session(model, threads: int = 1):
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
-def measure_session(session, batch_size: int, warmup: int = 3, repeats: int = 10,
-                    rng: np.random.Generator | None = None) -> Measurement:
-    """Time ``session.run`` on a random float32 input whose batch dim is ``batch_size``."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    rng = rng or np.random.default_rng(0)
+def _feeds(session, batch_size: int, rng: np.random.Generator) -> dict:
     feeds = {}
     for inp in session.get_inputs():
         shape = [batch_size] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
         feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = np.empty(repeats)
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times[r] = (time.perf_counter() - t0) * 1e3
-    q = np.percentile(times, [0, 25, 50, 75, 100])
-    return Measurement(float(q[2]), float(q[0]), float(q[1]), float(q[3]), float(q[4]), float(times.std()), repeats)
+    return feeds
+
+
+def measure_group(jobs: Sequence[tuple], protocol: Protocol) -> list[Measurement]:
+    """Measure every ``(session, batch_size, rng)`` of ``jobs`` (random float32 inputs drawn
+    from ``rng``, whose batch dim is ``batch_size``) with ``protocol``: in each of its rounds,
+    every job in turn runs its warm-up runs, then its timed runs. One Measurement per job,
+    over all its timed runs."""
+    clock = CLOCKS[protocol.clock]
+    feeds = [_feeds(session, b, rng) for session, b, rng in jobs]
+    times = np.empty((len(jobs), protocol.rounds * protocol.repeats))
+    for r in range(protocol.rounds):
+        for j, (session, _, _) in enumerate(jobs):
+            for _ in range(protocol.warmup):
+                session.run(None, feeds[j])
+            for k in range(r * protocol.repeats, (r + 1) * protocol.repeats):
+                t0 = clock()
+                session.run(None, feeds[j])
+                times[j, k] = (clock() - t0) / 1e6
+    return [Measurement.of(t) for t in times]
+
+
+def measure_session(session, batch_size: int, warmup: int = 3, repeats: int = 10,
+                    rng: np.random.Generator | None = None, clock: str = "wall") -> Measurement:
+    """Time ``session.run`` on a random float32 input whose batch dim is ``batch_size``:
+    ``warmup`` untimed runs, then ``repeats`` runs timed by ``clock``."""
+    protocol = Protocol(clock=clock, warmup=warmup, repeats=repeats)
+    return measure_group([(session, batch_size, rng or np.random.default_rng(0))], protocol)[0]
 
 
 def cpu_model() -> str:
