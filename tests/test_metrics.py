@@ -86,3 +86,26 @@ def test_divergence_reasons():
         "held-out predictions nearly constant (spread 0, targets' 1.12)",
         "held-out Kendall tau undefined (constant predictions)"]
     assert divergence_reasons(pred=[1.0, float("nan"), 2.0, 3.0], target=y) == ["non-finite held-out predictions"]
+
+
+def test_spearman_and_top_k_by_hand():
+    from nnformer_fast.train.metrics import PRECISION_AT_TOP_KEY, best_cell_rank, precision_at_top, spearman_rho
+
+    y, p = [5, 1, 4, 2, 3], [2, 3, 5, 1, 4]
+    # rank differences d = (-3, 2, 1, -1, 1): rho = 1 - 6 * 16 / (5 * 24)
+    assert spearman_rho(p, y) == pytest.approx(0.2)
+    assert best_cell_rank(p, y) == 2  # predicted best: accuracy 4, one cell (5) above it
+    assert precision_at_top(p, y, 0.4) == pytest.approx(0.5)  # k = 2: picks accuracies 4, 3; true top 5, 4
+    m = regression_metrics(p, y, relative=False)
+    assert m["rho"] == pytest.approx(0.2) and m["best_rank"] == 2
+    assert m[PRECISION_AT_TOP_KEY] == 0.0  # k = ceil(5 / 100) = 1: accuracy 4 is not the best
+    assert "mape" not in m and "best_rank" not in regression_metrics([1.0, 2.0], [1.0, 2.0])
+    # ties: tied true values share the best rank; of tied predictions the first counts
+    assert best_cell_rank([0, 1, 0.5], [3, 3, 1]) == 1
+    assert best_cell_rank([1, 1, 0], [1, 2, 3]) == 3
+    # a target tied with the k-th best counts as in the top k (k = 2: accuracies 2 and 3 picked)
+    assert precision_at_top([0, 0, 1, 0], [3, 2, 2, 1], 0.5) == 1.0
+    assert precision_at_top([0, 0, 1, 0], [3, 2, 2, 1], 0.25) == 0.0
+    assert math.isnan(spearman_rho([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="fraction"):
+        precision_at_top(p, y, 0.0)

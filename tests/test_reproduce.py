@@ -72,8 +72,8 @@ def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
     rc = main(["reproduce", "all", "--data-dir", str(data), "--out", str(out), "--doc", str(doc),
                "--fractions", "0.1,50%", "--nb101-train", "10", *FAST])
     assert rc == 0, capsys.readouterr().err
-    for run in ("nb201-accuracy/train-10pct", "nb201-accuracy/train-50pct", "nb101-accuracy/train-10",
-                "nb201-latency/pixel3/split-0", "nb201-latency/gold_6226/split-0"):
+    for run in ("nb201-accuracy/train-10pct/split-0", "nb201-accuracy/train-50pct/split-0",
+                "nb101-accuracy/train-10/split-0", "nb201-latency/pixel3/split-0", "nb201-latency/gold_6226/split-0"):
         rec = json.loads((out / run / "metrics.json").read_text())
         assert (out / run / "scatter.png").is_file() == HAVE_MPL
         assert rec["scatter"] == (str(out / run / "scatter.png") if HAVE_MPL else None)
@@ -83,9 +83,9 @@ def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
     assert lat["n_train"] == 6 and lat["n_test"] == 54 and {"mape", "acc@1", "acc@5", "acc@10"} <= set(lat["metrics"])
     assert set(lat["baselines"]) == {"ridge", "gbdt"} and "mape" in lat["baselines"]["ridge"]
     assert lat["loss"] == {"loss": "log_mse_mape"} and isinstance(lat["diverged"], list)
-    acc = json.loads((out / "nb201-accuracy" / "train-10pct" / "metrics.json").read_text())
+    acc = json.loads((out / "nb201-accuracy" / "train-10pct" / "split-0" / "metrics.json").read_text())
     assert acc["n_train"] == 6 and set(acc["baselines"]) == {"ridge", "gbdt"} and "mape" not in acc["baselines"]["ridge"]
-    nb101 = json.loads((out / "nb101-accuracy" / "train-10" / "metrics.json").read_text())
+    nb101 = json.loads((out / "nb101-accuracy" / "train-10" / "split-0" / "metrics.json").read_text())
     assert nb101["baselines"]["ridge"]["n"] == nb101["n_test"]
     summary = json.loads((out / "nb201-latency" / "summary.json").read_text())
     assert [r["device"] for r in summary["runs"]] == ["gold_6226", "pixel3"]  # hardware_embedding_index skipped
@@ -96,7 +96,7 @@ def test_cli_end_to_end_synthetic(data, tmp_path, capsys):
         assert text.count(begin) == 1 and text.count(end) == 1
     assert "0.877" in text and "0.89" in text and "1.11" in text and "Quick profile" in text
     assert "| pixel3 " in text and "| 10 % |" in text and "| 50 % |" in text
-    assert text.count("τ ridge ⁴ | τ GBDT ⁴") == 2  # the accuracy tables show their baselines too
+    assert text.count("| τ NN-Former | τ ridge | τ GBDT |") == 3  # every table shows the baselines
     for e in EXPERIMENTS:
         assert (doc.parent / "reproduction" / f"{e}.png").is_file() == HAVE_MPL
         assert (f"(reproduction/{e}.png)" in text) == HAVE_MPL
@@ -170,7 +170,7 @@ def test_quick_nb101_on_real_data(tmp_path):
     t = time.perf_counter()
     assert main(["reproduce", "nb101-accuracy", "--data-dir", str(root), "--out", str(tmp_path), "--no-doc",
                  *FAST]) == 0
-    rec = json.loads((tmp_path / "nb101-accuracy" / "train-100" / "metrics.json").read_text())
+    rec = json.loads((tmp_path / "nb101-accuracy" / "train-100" / "split-0" / "metrics.json").read_text())
     assert rec["n_train"] == 100 and rec["n_test"] == 400 and np.isfinite(rec["metrics"]["tau"])
     assert time.perf_counter() - t < 15
 
@@ -205,7 +205,7 @@ def test_depths_option_replaces_the_profile_depth(data, tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["reproduce", "nb101-accuracy", "--data-dir", str(data), "--out", str(out), "--no-doc",
                  "--nb101-train", "10", "--accuracy-model", "depths=1:1,dim=16", "--quiet", *FAST]) == 0
-    rec = json.loads((out / "nb101-accuracy" / "train-10" / "metrics.json").read_text())
+    rec = json.loads((out / "nb101-accuracy" / "train-10" / "split-0" / "metrics.json").read_text())
     assert rec["model"]["depths"] == [1, 1] and rec["model"]["dim"] == 16
 
 
@@ -360,3 +360,66 @@ def test_latency_model_option_picks_the_loss(data, tmp_path):
                  "--data-dir", str(data), "--out", str(out), "--no-doc", "--quiet", *FAST]) == 0
     rec = json.loads((out / "nb201-latency" / "pixel3" / "split-0" / "metrics.json").read_text())
     assert rec["loss"] == {"loss": "relative_mse"} and "loss" not in rec["model"]
+
+
+def test_accuracy_split_seeds_and_encodings(data, tmp_path, capsys):
+    """Accuracy experiments run once per split seed (the same training cells in both
+    NAS-Bench-201 encodings), and the table shows median (range) beside the baselines and
+    the top-k metrics."""
+    out, doc = tmp_path / "runs", tmp_path / "R.md"
+    assert main(["reproduce", "nb201-accuracy", "nb101-accuracy", "--data-dir", str(data), "--out", str(out),
+                 "--doc", str(doc), "--fractions", "10%,50%", "--reference-fractions", "10%", "--split-seeds", "0,1",
+                 "--nb101-train", "10", "--accuracy-model", "depth=1,dim=16", "--accuracy-ema", "0.9", "--quiet",
+                 *FAST]) == 0
+    root = out / "nb201-accuracy"
+    recs = {(g, k): json.loads((root / g / f"split-{k}" / "metrics.json").read_text())
+            for g in ("train-10pct", "train-50pct", "train-10pct-reference") for k in (0, 1)}
+    for (g, k), r in recs.items():
+        assert r["split_seed"] == k and r["group"] == g and r["ema"] == 0.9 and r["consistency"] is False
+        assert r["encoding"] == ("reference" if g.endswith("reference") else "pruned")
+        for m in (r["metrics"], r["baselines"]["ridge"], r["baselines"]["gbdt"]):
+            assert {"tau", "rho", "best_rank", "prec@top1%"} <= set(m)
+    for k in (0, 1):  # same split, other encoding: same test cells, same baselines
+        a = np.load(root / "train-10pct" / f"split-{k}" / "predictions.npz")
+        b = np.load(root / "train-10pct-reference" / f"split-{k}" / "predictions.npz")
+        assert np.array_equal(a["measured"], b["measured"])
+        assert np.array_equal(a["predicted_ridge"], b["predicted_ridge"])
+    a0, a1 = (np.load(root / "train-10pct" / f"split-{k}" / "predictions.npz")["measured"] for k in (0, 1))
+    assert not np.array_equal(a0, a1)  # another split seed, other test cells
+    nb101 = [json.loads((out / "nb101-accuracy" / "train-10" / f"split-{k}" / "metrics.json").read_text())
+             for k in (0, 1)]
+    assert [r["split_seed"] for r in nb101] == [0, 1]
+    text = doc.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 10 % | authors' 8-node |"))
+    tau = sorted(recs[("train-10pct-reference", k)]["metrics"]["tau"] for k in (0, 1))
+    assert f"{np.median(tau):.3f} ({tau[0]:.3f}–{tau[1]:.3f})" in row and "0.89 ¹" in row
+    assert any(line.startswith("| 50 % | pruned |") for line in text.splitlines())
+    assert text.count("best cell's true rank ⁵ (NN-Former / ridge / GBDT)") == 2
+    assert "split seeds 0, 1" in text and "EMA of the weights (decay 0.9)" in text
+    log = capsys.readouterr().out
+    assert log.count("nb201-accuracy train-") == 6 and "nb201-accuracy train-10pct-reference/split-1:" in log
+
+
+def test_accuracy_defaults_are_the_documented_ones():
+    """The profile docs/REPRODUCTION.md documents is the one Settings() runs."""
+    from nnformer_fast.train.reproduce import Settings, _accuracy_epochs
+
+    s = Settings()
+    m = s.accuracy_model
+    assert (m["depth"], m["dim"], m["n_head"], m["dropout"]) == (6, 192, 4, 0.1)
+    assert s.accuracy_split_seeds == s.latency_split_seeds == (0, 1, 2) and s.reference_fractions == (0.10,)
+    assert [_accuracy_epochs(s, n) for n in (156, 781, 1562, 7812)] == [300, 200, 100, 20]
+    doc = (Path(__file__).parents[1] / "docs" / "REPRODUCTION.md").read_text()
+    line = (f"| **default** | depth {m['depth']}, dim {m['dim']}, {m['n_head']} heads, dropout {m['dropout']:g} | "
+            f"{s.accuracy_lr:g} | {s.accuracy_ema:g} | {'on' if s.accuracy_consistency else 'off'} | "
+            f"clip(⌈{s.accuracy_samples} / train cells⌉, {s.accuracy_min_epochs}, {s.accuracy_max_epochs}) |")
+    assert line in doc, line
+
+
+@pytest.mark.parametrize("opt", [["--accuracy-ema", "1"], ["--accuracy-ema", "-0.5"], ["--accuracy-lr", "0"],
+                                 ["--accuracy-lr", "x"], ["--reference-fractions", "150%"]])
+def test_accuracy_option_ranges_are_usage_errors(data, tmp_path, opt, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "nb201-accuracy", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--no-doc", *opt])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {opt[0]}:" in err and "Traceback" not in err
