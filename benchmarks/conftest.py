@@ -10,6 +10,7 @@ one session).
 import importlib.machinery
 import importlib.util
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -21,6 +22,34 @@ ROOT = Path(__file__).resolve().parents[1]
 # each region. NNFF_BENCH_THREADS=1 keeps the ratios meaningful there (RESULTS.md says which).
 if os.environ.get("NNFF_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["NNFF_BENCH_THREADS"]))
+
+
+# the x86 extensions the CPU kernels (native) and ATen (torch backend) dispatch on
+_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile")
+
+
+def machine_lines() -> list:
+    """The CPU model, its ISA flags, the native kernels' dispatch level, threads and torch: what
+    every benchmark table records."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux
+        pass
+    import nnformer_fast
+
+    info = nnformer_fast.build_info()
+    return [f"cpu: {model}; isa: {' '.join(f for f in _ISA_FLAGS if f in flags) or 'unknown'}",
+            f"native cpu capability: {info['cpu_capability']} (this CPU runs {', '.join(info['cpu_capabilities'])}); "
+            f"torch {torch.__version__} (ATen capability {torch.backends.cpu.get_cpu_capability()}); "
+            f"{torch.get_num_threads()} threads"]
 
 
 def _has_extension(spec) -> bool:
@@ -54,6 +83,7 @@ def pytest_report_header(config):
     lines.append(f"nnformer_fast {nnformer_fast.__version__} from {Path(nnformer_fast.__file__).parent}; "
                  f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
                  f"backends {nnformer_fast.backends()}")
+    lines += machine_lines()
     if info["native"]:
         lines.append(f"native build: torch {info['built_torch']}, CPU flags '{info['cpu_flags']}', "
                      f"OpenMP {info['openmp']}, CUDA kernels {info['cuda']}")
@@ -73,6 +103,8 @@ def pytest_terminal_summary(terminalreporter, config):
             continue
         groups.setdefault(bench.group or "", []).append(bench)
     terminalreporter.section(f"ratios to the fastest of each group (median; {torch.get_num_threads()} threads)")
+    for line in machine_lines():
+        terminalreporter.write_line(line)
     for group, benches in sorted(groups.items()):
         fastest = min(b.stats.median for b in benches)
         terminalreporter.write_line(f"{group}:")

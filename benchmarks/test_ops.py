@@ -1,8 +1,9 @@
 """Op benchmarks: every backend that runs on this device and the dense formulation, on the
 same inputs, forward and forward+backward, after a correctness check.
 
-Shapes: latency (16 CNN-like graphs of 200–600 nodes, H=4, Dh=128) and accuracy (1024 cells
-of 7 nodes + 2 global tokens, H=4, Dh=40).
+Shapes: latency (16 CNN-like graphs of 200–600 nodes, H=4, Dh=128; bigin M=1024 and 2048)
+and accuracy (1024 cells of 7 nodes + 2 global tokens, H=4, Dh=40). The header and the ratio
+summary name the CPU, its ISA flags and the native kernels' dispatch level (conftest.py).
 """
 import pytest
 import torch
@@ -91,11 +92,11 @@ def test_dag_attention_dense(benchmark, attention_case, backward):
     benchmark(_run, lambda: dense_dag_attention(qd, kd, vd, mask, valid), (qd, kd, vd), backward)
 
 
-@pytest.fixture(scope="module")
-def bigin_case():
+@pytest.fixture(scope="module", params=[1024, 2048], ids=lambda m: f"M={m}")
+def bigin_case(request):
     graph = _latency_graph().to(DEVICE)
     gen = torch.Generator().manual_seed(2)
-    h, g = (torch.randn(graph.num_nodes, 2048, generator=gen).to(DEVICE) for _ in range(2))
+    h, g = (torch.randn(graph.num_nodes, request.param, generator=gen).to(DEVICE) for _ in range(2))
     return graph, h, g
 
 
@@ -103,7 +104,7 @@ def bigin_case():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bigin(benchmark, bigin_case, backend, backward, monkeypatch):
     graph, h, g = bigin_case
-    benchmark.group = f"bigin latency M=2048 {'fwd+bwd' if backward else 'fwd'} fp32"
+    benchmark.group = f"bigin latency M={h.shape[1]} {'fwd+bwd' if backward else 'fwd'} fp32"
     h, g = (t.clone().requires_grad_(backward) for t in (h, g))
     monkeypatch.setenv(ENV_VAR, "torch")
     expected = bigin(h, g, graph).detach()
@@ -115,7 +116,7 @@ def test_bigin(benchmark, bigin_case, backend, backward, monkeypatch):
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 def test_bigin_dense(benchmark, bigin_case, backward):
     graph, h, g = bigin_case
-    benchmark.group = f"bigin latency M=2048 {'fwd+bwd' if backward else 'fwd'} fp32"
+    benchmark.group = f"bigin latency M={h.shape[1]} {'fwd+bwd' if backward else 'fwd'} fp32"
     (hd, gd), _, _ = _dense_layout(graph, h, g)
     b, l = graph.num_graphs, graph.max_nodes
     local = torch.arange(graph.num_nodes, device=graph.device) - graph.ptr[graph.batch]

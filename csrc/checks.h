@@ -15,6 +15,8 @@
 #include <mutex>
 #include <string>
 
+#include "common.h"
+
 namespace nnff {
 
 // CUDA index tensors whose values passed a synchronous scan, remembered by identity: the same
@@ -345,9 +347,6 @@ inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Te
 inline at::Tensor bias_grad_like(const c10::optional<at::Tensor>& bias, const at::Tensor& h) {
   return at::empty({bias ? h.size(1) : 0}, h.options().dtype(acc_dtype(h.scalar_type())));
 }
-
-// Activations of the channel mixer (SPEC §3).
-enum class Act : int { kRelu = 0, kLeakyRelu = 1, kGelu = 2, kSquareRelu = 3 };
 
 inline Act parse_act(const std::string& s, const char* op) {
   if (s == "relu") return Act::kRelu;

@@ -11,6 +11,9 @@
 
 namespace nnff {
 
+// Activations of the channel mixer (SPEC §3).
+enum class Act : int { kRelu = 0, kLeakyRelu = 1, kGelu = 2, kSquareRelu = 3 };
+
 // Relation index of the transpose of relation r: fwd <-> bwd, sib and cop symmetric.
 NNFF_HD int transposed_relation(int r) { return r == 0 ? 1 : (r == 1 ? 0 : r); }
 

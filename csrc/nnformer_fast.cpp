@@ -2,18 +2,17 @@
 // Kernels register their implementations per device in cpu/*.cpp and cuda_ops.cpp.
 #include <pybind11/pybind11.h>
 #include <torch/csrc/utils/pybind.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cpu/dispatch.h"
 
 #ifndef NNFF_TORCH_VERSION
 #define NNFF_TORCH_VERSION "unknown"
 #endif
 #ifndef NNFF_CUDA_VERSION
 #define NNFF_CUDA_VERSION ""
-#endif
-#ifndef NNFF_CPU_FLAGS
-#define NNFF_CPU_FLAGS ""
 #endif
 
 TORCH_LIBRARY(nnformer_fast, m) {
@@ -67,7 +66,11 @@ PYBIND11_MODULE(_C, mod) {
     return false;
 #endif
   });
-  mod.def("cpu_flags", [] { return std::string(NNFF_CPU_FLAGS); });
+  mod.def("cpu_capability", &nnff::cpu::cpu_capability,
+          "instruction set of the CPU kernels that run (chosen at load time; NNFF_CPU_CAPABILITY forces one)");
+  mod.def("cpu_flags", &nnff::cpu::cpu_capability_flags, "compile flags of those kernels");
+  mod.def("cpu_capabilities", &nnff::cpu::cpu_capabilities,
+          "the CPU kernels' instruction sets compiled in that this CPU runs, lowest first");
   mod.def("openmp", [] { return NNFF_OPENMP != 0; },
           "whether the CPU kernels run on torch's intra-op threads (compiled with OpenMP)");
   mod.def(

@@ -1,39 +1,42 @@
-// Channel-mixer activations and their derivatives (SPEC §3), shared by CPU kernels.
+// Channel-mixer activations and their derivatives (SPEC §3), per element, for the bigin
+// kernels (compiled once per capability, like vec.h).
 #pragma once
 
 #include <cmath>
 
-#include "../checks.h"
+#include "vec.h"
 
 namespace nnff {
 namespace cpu {
+namespace NNFF_CPU_LEVEL {
 
-template <typename acc_t>
-inline acc_t act_fwd(Act a, acc_t x) {
+template <typename A>
+inline A act_fwd(Act a, A x) {
   switch (a) {
-    case Act::kRelu: return x > 0 ? x : acc_t(0);
-    case Act::kLeakyRelu: return x > 0 ? x : x * acc_t(0.01);
-    case Act::kGelu: return x * acc_t(0.5) * (acc_t(1) + std::erf(x * acc_t(M_SQRT1_2)));
-    case Act::kSquareRelu: return x > 0 ? x * x : acc_t(0);
+    case Act::kRelu: return x > 0 ? x : A(0);
+    case Act::kLeakyRelu: return x > 0 ? x : x * A(0.01);
+    case Act::kGelu: return x * A(0.5) * (A(1) + std::erf(x * A(M_SQRT1_2)));
+    case Act::kSquareRelu: return x > 0 ? x * x : A(0);
   }
   return x;
 }
 
 // d act / dx at x
-template <typename acc_t>
-inline acc_t act_grad(Act a, acc_t x) {
+template <typename A>
+inline A act_grad(Act a, A x) {
   switch (a) {
-    case Act::kRelu: return x > 0 ? acc_t(1) : acc_t(0);
-    case Act::kLeakyRelu: return x > 0 ? acc_t(1) : acc_t(0.01);
+    case Act::kRelu: return x > 0 ? A(1) : A(0);
+    case Act::kLeakyRelu: return x > 0 ? A(1) : A(0.01);
     case Act::kGelu: {
-      const acc_t cdf = acc_t(0.5) * (acc_t(1) + std::erf(x * acc_t(M_SQRT1_2)));
-      const acc_t pdf = std::exp(acc_t(-0.5) * x * x) * acc_t(0.3989422804014327);
+      const A cdf = A(0.5) * (A(1) + std::erf(x * A(M_SQRT1_2)));
+      const A pdf = std::exp(A(-0.5) * x * x) * A(0.3989422804014327);
       return cdf + x * pdf;
     }
-    case Act::kSquareRelu: return x > 0 ? acc_t(2) * x : acc_t(0);
+    case Act::kSquareRelu: return x > 0 ? A(2) * x : A(0);
   }
-  return acc_t(1);
+  return A(1);
 }
 
+}  // namespace NNFF_CPU_LEVEL
 }  // namespace cpu
 }  // namespace nnff

@@ -1,34 +1,123 @@
-// Small inner loops over a head / channel row, written so the compiler vectorises them
-// without -ffast-math: 16 independent accumulator lanes (no reassociation needed), then a
-// fixed-order reduction, so results are deterministic run to run.
+// Row primitives of the CPU kernels, compiled once per capability (kernels.h) into namespace
+// nnff::cpu::NNFF_CPU_LEVEL. Vectors are 16 lanes of the accumulation type (GCC vector
+// extensions: one zmm register with AVX-512, two ymm with AVX2, four xmm at the baseline), and
+// every sum has one fixed order whatever the vector width: a dot product keeps 16 lanes (lane l
+// sums the products at d = l mod 16, in order) and then a fixed tree; a weighted row sum adds
+// its rows in order, element by element. The kernels are compiled with -ffp-contract=off (no
+// -ffast-math): a fused multiply-add is only where fma() below asks for one, never where the
+// compiler's vectorisation of a loop happens to contract (its vector body and scalar tail
+// could differ, and so would two vector widths). So every capability with FMA (avx2 and up)
+// gives the same bits; the baseline, without FMA, rounds products separately.
 //
-// Conversions of float16 / bfloat16 rows go through the helpers below instead of c10's
-// scalar constructors: bfloat16 rounds with the integer rounding-bias trick plus a select
-// for NaN (bit-exact with c10::detail::round_to_nearest_even, and GCC vectorises it);
-// float16 uses F16C (_mm256_cvtps_ph / _mm256_cvtph_ps, bit-exact with c10, which itself
-// uses _cvtss_sh / _cvtsh_ss when __F16C__ is defined) and falls back to c10 without it.
+// float16 / bfloat16 rows convert on load and store: bfloat16 rounds with the integer
+// rounding-bias trick plus a select for NaN (bit-exact with c10's round_to_nearest_even);
+// float16 uses F16C (bit-exact with c10, which uses the same instructions when it can) and, at
+// the baseline, c10's own conversion.
 #pragma once
-
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <new>
 #include <type_traits>
 
-#if defined(__F16C__) && defined(__AVX__)
+#if defined(__F16C__)
 #include <immintrin.h>
-#define NNFF_F16C 1
+#else
+#include <c10/util/Half.h>  // baseline only: compiled for the ISA of the bindings themselves
+#endif
+
+#include "kernels.h"
+
+#ifndef NNFF_CPU_LEVEL
+#error "the CPU kernels are compiled with -DNNFF_CPU_LEVEL=<capability> (CMakeLists.txt)"
 #endif
 
 namespace nnff {
 namespace cpu {
+namespace NNFF_CPU_LEVEL {
 
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+template <typename T> using acc_t = typename Acc<T>::type;
 
 constexpr int kLanes = 16;
+// The widest vector registers of this capability; a 16-lane vector is 1 (AVX-512), 2 (AVX2) or
+// 4 (baseline) of them for float. (A 64-byte GCC vector on AVX2 would be lowered through memory.)
+#if defined(__AVX512F__)
+constexpr int kNativeBytes = 64;
+#elif defined(__AVX__)
+constexpr int kNativeBytes = 32;
+#else
+constexpr int kNativeBytes = 16;
+#endif
+template <typename X> struct Native;
+template <> struct Native<float> { typedef float type __attribute__((vector_size(kNativeBytes))); };
+template <> struct Native<double> { typedef double type __attribute__((vector_size(kNativeBytes))); };
+template <> struct Native<uint32_t> { typedef uint32_t type __attribute__((vector_size(kNativeBytes))); };
+template <> struct Native<uint16_t> { typedef uint16_t type __attribute__((vector_size(kNativeBytes / 2))); };
+
+// a * b + c on native vectors: one rounding with FMA, two at the baseline.
+template <typename N> inline N fma_part(N a, N b, N c) {
+  constexpr bool is_float = std::is_same_v<std::remove_reference_t<decltype(a[0])>, float>;
+#if defined(__AVX512F__)
+  if constexpr (is_float) return (N)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+  else return (N)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif defined(__FMA__)
+  if constexpr (is_float) return (N)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+  else return (N)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+  (void)is_float;
+  return a * b + c;
+#endif
+}
+
+// 16 lanes of the accumulation type A, in registers of the native width.
+template <typename A> struct vec {
+  using native = typename Native<A>::type;
+  static constexpr int kParts = kLanes * static_cast<int>(sizeof(A)) / kNativeBytes;
+  static constexpr int kPartLanes = kLanes / kParts;
+  native p[kParts];
+
+  vec& operator+=(const vec& b) {
+    for (int i = 0; i < kParts; ++i) p[i] += b.p[i];
+    return *this;
+  }
+  friend vec operator+(vec a, const vec& b) { return a += b; }
+  friend vec operator*(vec a, const vec& b) {
+    for (int i = 0; i < kParts; ++i) a.p[i] *= b.p[i];
+    return a;
+  }
+  friend vec operator*(A s, vec b) {
+    for (int i = 0; i < kParts; ++i) b.p[i] = s * b.p[i];
+    return b;
+  }
+  // a * b + c, rounded once where the capability has FMA
+  friend vec fma(const vec& a, const vec& b, vec c) {
+    for (int i = 0; i < kParts; ++i) c.p[i] = fma_part(a.p[i], b.p[i], c.p[i]);
+    return c;
+  }
+  friend vec fma(A s, const vec& b, vec c) {
+    const native sv = native{} + s;
+    for (int i = 0; i < kParts; ++i) c.p[i] = fma_part(sv, b.p[i], c.p[i]);
+    return c;
+  }
+  // f applied to each native part (lanes unchanged in place)
+  template <typename F> vec map(F&& f) const {
+    vec r;
+    for (int i = 0; i < kParts; ++i) r.p[i] = f(p[i]);
+    return r;
+  }
+};
+// Vectors per block of a weighted row sum: independent accumulators that hide the add latency
+// within the register file (32 zmm / 16 ymm).
+#if defined(__AVX512F__)
+constexpr int kBlockVecs = 8;
+#else
+constexpr int kBlockVecs = 4;
+#endif
 
 // ------------------------------------------------------------------ scalar conversions
 inline uint32_t float_bits(float f) {
@@ -41,135 +130,197 @@ inline float bits_float(uint32_t u) {
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
-
 // float -> bfloat16 bits: round to nearest even, NaN -> 0x7FC0 (as c10).
 inline uint16_t bf16_bits(float f) {
   const uint32_t u = float_bits(f);
   const uint16_t r = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
   return f != f ? uint16_t(0x7FC0) : r;
 }
-inline float bf16_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
 
-// Element -> accumulation type, and back (scalar).
-template <typename acc_t> inline acc_t to_acc(float x) { return static_cast<acc_t>(x); }
-template <typename acc_t> inline acc_t to_acc(double x) { return static_cast<acc_t>(x); }
-template <typename acc_t> inline acc_t to_acc(c10::BFloat16 x) { return bf16_float(x.x); }
-template <typename acc_t> inline acc_t to_acc(c10::Half x) { return static_cast<float>(x); }
-
-template <typename T, typename acc_t> inline T from_acc(acc_t x) { return static_cast<T>(x); }
-template <> inline c10::BFloat16 from_acc<c10::BFloat16, float>(float x) {
-  return c10::BFloat16(bf16_bits(x), c10::BFloat16::from_bits());
-}
-
-// ------------------------------------------------------------------ row conversions
-// y[d] = x[d] in the accumulation type.
-template <typename acc_t, typename T>
-inline void load(acc_t* __restrict y, const T* __restrict x, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<acc_t, float>) {
-    const uint16_t* xb = reinterpret_cast<const uint16_t*>(x);
-    for (int64_t d = 0; d < n; ++d) y[d] = bf16_float(xb[d]);
-  } else if constexpr (std::is_same_v<T, c10::Half> && std::is_same_v<acc_t, float>) {
-    int64_t d = 0;
-#ifdef NNFF_F16C
-    for (; d + 8 <= n; d += 8)
-      _mm256_storeu_ps(y + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + d))));
+template <typename A> inline A to_acc(float x) { return x; }
+template <typename A> inline A to_acc(double x) { return x; }
+template <typename A> inline A to_acc(BFloat16 x) { return bits_float(static_cast<uint32_t>(x.x) << 16); }
+template <typename A> inline A to_acc(Half x) {
+#if defined(__F16C__)
+  return _cvtsh_ss(x.x);
+#else
+  return c10::detail::fp16_ieee_to_fp32_value(x.x);
 #endif
-    for (; d < n; ++d) y[d] = static_cast<float>(x[d]);
-  } else {
-    for (int64_t d = 0; d < n; ++d) y[d] = static_cast<acc_t>(x[d]);
-  }
 }
 
-// y[d] = x[d] rounded to T (round to nearest even, as c10).
-template <typename T, typename acc_t>
-inline void store(T* __restrict y, const acc_t* __restrict x, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<acc_t, float>) {
-    uint16_t* yb = reinterpret_cast<uint16_t*>(y);
-    for (int64_t d = 0; d < n; ++d) yb[d] = bf16_bits(x[d]);
-  } else if constexpr (std::is_same_v<T, c10::Half> && std::is_same_v<acc_t, float>) {
-    int64_t d = 0;
-#ifdef NNFF_F16C
-    for (; d + 8 <= n; d += 8)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + d),
-                       _mm256_cvtps_ph(_mm256_loadu_ps(x + d), _MM_FROUND_TO_NEAREST_INT));
+template <typename T, typename A> inline T from_acc(A x) { return static_cast<T>(x); }
+template <> inline BFloat16 from_acc<BFloat16, float>(float x) { return {bf16_bits(x)}; }
+template <> inline Half from_acc<Half, float>(float x) {
+#if defined(__F16C__)
+  return {static_cast<uint16_t>(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT))};
+#else
+  return {c10::detail::fp16_ieee_from_fp32_value(x)};
 #endif
-    for (; d < n; ++d) y[d] = static_cast<c10::Half>(x[d]);
-  } else {
-    for (int64_t d = 0; d < n; ++d) y[d] = static_cast<T>(x[d]);
+}
+
+// ------------------------------------------------------------------ 16-lane loads / stores
+// 16 elements of T at p in the accumulation type.
+template <typename T> inline vec<acc_t<T>> load16(const T* p) {
+  using V = vec<acc_t<T>>;
+  constexpr int L = V::kPartLanes;
+  V r;
+  for (int i = 0; i < V::kParts; ++i) {
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      typename Native<uint16_t>::type b;
+      std::memcpy(&b, p + i * L, sizeof(b));
+      const auto w = __builtin_convertvector(b, typename Native<uint32_t>::type) << 16;
+      std::memcpy(&r.p[i], &w, sizeof(w));
+    } else if constexpr (std::is_same_v<T, Half>) {
+#if defined(__AVX512F__)
+      r.p[i] = (typename V::native)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * L)));
+#elif defined(__F16C__)
+      r.p[i] = (typename V::native)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * L)));
+#else
+      for (int l = 0; l < L; ++l) r.p[i][l] = to_acc<float>(p[i * L + l]);
+#endif
+    } else {
+      std::memcpy(&r.p[i], p + i * L, sizeof(r.p[i]));
+    }
+  }
+  return r;
+}
+
+// p[0, 16) = x rounded to T (round to nearest even, as c10).
+template <typename T> inline void store16(T* p, const vec<acc_t<T>>& x) {
+  using V = vec<acc_t<T>>;
+  constexpr int L = V::kPartLanes;
+  for (int i = 0; i < V::kParts; ++i) {
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      using U = typename Native<uint32_t>::type;
+      U u;
+      std::memcpy(&u, &x.p[i], sizeof(u));
+      U r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+      r = x.p[i] != x.p[i] ? U{} + 0x7FC0u : r;
+      const auto b = __builtin_convertvector(r, typename Native<uint16_t>::type);
+      std::memcpy(p + i * L, &b, sizeof(b));
+    } else if constexpr (std::is_same_v<T, Half>) {
+#if defined(__AVX512F__)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + i * L), _mm512_cvtps_ph((__m512)x.p[i], _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i * L), _mm256_cvtps_ph((__m256)x.p[i], _MM_FROUND_TO_NEAREST_INT));
+#else
+      for (int l = 0; l < L; ++l) p[i * L + l] = from_acc<Half>(x.p[i][l]);
+#endif
+    } else {
+      std::memcpy(p + i * L, &x.p[i], sizeof(x.p[i]));
+    }
   }
 }
 
-// Converts a row in chunks of kChunk through a stack buffer and calls f(buf, offset, len).
-constexpr int kChunk = 64;
-template <typename acc_t, typename T, typename F>
-inline void chunked(const T* __restrict x, int64_t n, F&& f) {
-  acc_t buf[kChunk];
-  for (int64_t d = 0; d < n; d += kChunk) {
-    const int64_t len = n - d < kChunk ? n - d : kChunk;
-    load(buf, x + d, len);
-    f(buf, d, len);
-  }
+// The first len (< 16) elements of p, zeros after.
+template <typename T> inline vec<acc_t<T>> load_part(const T* p, int64_t len) {
+  acc_t<T> lanes[kLanes] = {};
+  for (int64_t l = 0; l < len; ++l) lanes[l] = to_acc<acc_t<T>>(p[l]);
+  vec<acc_t<T>> r;
+  std::memcpy(&r, lanes, sizeof(r));
+  return r;
+}
+template <typename T> inline void store_part(T* p, const vec<acc_t<T>>& x, int64_t len) {
+  acc_t<T> lanes[kLanes];
+  std::memcpy(lanes, &x, sizeof(lanes));
+  for (int64_t l = 0; l < len; ++l) p[l] = from_acc<T>(lanes[l]);
 }
 
-// ------------------------------------------------------------------ row arithmetic
-// sum_d a[d] * b[d]; a already in the accumulation type.
-template <typename acc_t, typename T>
-inline acc_t dot(const acc_t* __restrict a, const T* __restrict b, int64_t n) {
-  acc_t lane[kLanes] = {};
+// Walks [0, n) in blocks: f(Block<vecs, full>{}, d, len) covers elements [d, d + len), vecs
+// vectors of 16; only the last block may be partial (vecs = 1, len < 16, padded with zeros).
+template <int Vecs, bool Full> struct Block {
+  static constexpr int vecs = Vecs;
+  static constexpr bool full = Full;
+};
+template <typename F> inline void for_blocks(int64_t n, F&& f) {
+  int64_t d = 0;
+  for (; d + kBlockVecs * kLanes <= n; d += kBlockVecs * kLanes) f(Block<kBlockVecs, true>{}, d, kBlockVecs * kLanes);
+  for (; d + kLanes <= n; d += kLanes) f(Block<1, true>{}, d, kLanes);
+  if (d < n) f(Block<1, false>{}, d, n - d);
+}
+template <typename B, typename T> inline vec<acc_t<T>> load_block(const T* p, int64_t len) {
+  if constexpr (B::full) return load16(p);
+  else return load_part(p, len);
+}
+template <typename B, typename T> inline void store_block(T* p, const vec<acc_t<T>>& x, int64_t len) {
+  if constexpr (B::full) store16(p, x);
+  else store_part(p, x, len);
+}
+
+// ------------------------------------------------------------------ rows
+// y[d] = x[d] in the accumulation type / rounded to T.
+template <typename A, typename T> inline void load_row(A* __restrict y, const T* __restrict x, int64_t n) {
+  for_blocks(n, [&](auto b, int64_t d, int64_t len) {
+    using B = decltype(b);
+    for (int j = 0; j < B::vecs; ++j) store_block<B>(y + d + j * kLanes, load_block<B>(x + d + j * kLanes, len), len);
+  });
+}
+template <typename T, typename A> inline void store_row(T* __restrict y, const A* __restrict x, int64_t n) {
+  for_blocks(n, [&](auto b, int64_t d, int64_t len) {
+    using B = decltype(b);
+    for (int j = 0; j < B::vecs; ++j) store_block<B>(y + d + j * kLanes, load_block<B>(x + d + j * kLanes, len), len);
+  });
+}
+
+// Fixed-order sum of the 16 lanes: l += l + 8, l += l + 4, then (0 + 2) + (1 + 3).
+template <typename A> inline A lane_sum(const vec<A>& v) {
+  A t[kLanes];
+  std::memcpy(t, &v, sizeof(t));
+  for (int l = 0; l < 8; ++l) t[l] += t[l + 8];
+  for (int l = 0; l < 4; ++l) t[l] += t[l + 4];
+  return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+// out[r] = sum_d a[d] * rows[r][d] for the count rows, R at a time (independent chains; the
+// grouping does not change any row's order of sums).
+template <int R, typename A, typename T>
+inline void dot_rows(const A* __restrict a, const T* const* rows, int64_t n, A* __restrict out) {
+  vec<A> acc[R] = {};
   int64_t d = 0;
   for (; d + kLanes <= n; d += kLanes) {
-    if constexpr (std::is_same_v<T, c10::Half>) {
-      acc_t bb[kLanes];
-      load(bb, b + d, kLanes);
-#pragma GCC unroll 16
-      for (int l = 0; l < kLanes; ++l) lane[l] += a[d + l] * bb[l];
-    } else {
-#pragma GCC unroll 16
-      for (int l = 0; l < kLanes; ++l) lane[l] += a[d + l] * to_acc<acc_t>(b[d + l]);
-    }
+    const vec<A> x = load16(a + d);
+    for (int j = 0; j < R; ++j) acc[j] = fma(x, load16(rows[j] + d), acc[j]);
   }
-  if (d + kLanes / 2 <= n) {  // head dims like 40 or 72: one 8-wide step instead of a scalar tail
-    if constexpr (std::is_same_v<T, c10::Half>) {
-      acc_t bb[kLanes / 2];
-      load(bb, b + d, kLanes / 2);
-#pragma GCC unroll 8
-      for (int l = 0; l < kLanes / 2; ++l) lane[l] += a[d + l] * bb[l];
-    } else {
-#pragma GCC unroll 8
-      for (int l = 0; l < kLanes / 2; ++l) lane[l] += a[d + l] * to_acc<acc_t>(b[d + l]);
-    }
-    d += kLanes / 2;
+  if (d < n) {
+    const vec<A> x = load_part(a + d, n - d);
+    for (int j = 0; j < R; ++j) acc[j] = fma(x, load_part(rows[j] + d, n - d), acc[j]);
   }
-  acc_t tail = 0;
-  for (; d < n; ++d) tail += a[d] * to_acc<acc_t>(b[d]);
-#pragma GCC unroll 8
-  for (int l = 0; l < kLanes / 2; ++l) lane[l] += lane[l + kLanes / 2];
-#pragma GCC unroll 4
-  for (int l = 0; l < kLanes / 4; ++l) lane[l] += lane[l + kLanes / 4];
-  return ((lane[0] + lane[2]) + (lane[1] + lane[3])) + tail;
+  for (int j = 0; j < R; ++j) out[j] = lane_sum<A>(acc[j]);
+}
+template <typename A, typename T>
+inline void dots(const A* __restrict a, const T* const* rows, int64_t count, int64_t n, A* __restrict out) {
+  int64_t r = 0;
+  for (; r + 4 <= count; r += 4) dot_rows<4>(a, rows + r, n, out + r);
+  for (; r + 2 <= count; r += 2) dot_rows<2>(a, rows + r, n, out + r);
+  for (; r < count; ++r) dot_rows<1>(a, rows + r, n, out + r);
 }
 
-// y[d] += a * x[d]
-template <typename acc_t, typename T>
-inline void axpy(acc_t* __restrict y, acc_t a, const T* __restrict x, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    chunked<acc_t>(x, n, [&](const acc_t* buf, int64_t d0, int64_t len) {
-      for (int64_t d = 0; d < len; ++d) y[d0 + d] += a * buf[d];
-    });
-  } else {
-    for (int64_t d = 0; d < n; ++d) y[d] += a * to_acc<acc_t>(x[d]);
-  }
+// y[d] = sum_e w[e] * rows[e][d] over the count rows in order (w null: weights 1, a plain sum),
+// rounded to T; zeros when count is 0.
+template <typename T, typename A, typename S>
+inline void weighted_sum(T* __restrict y, const A* w, const S* const* rows, int64_t count, int64_t n) {
+  for_blocks(n, [&](auto b, int64_t d, int64_t len) {
+    using B = decltype(b);
+    vec<A> acc[B::vecs] = {};
+    for (int64_t e = 0; e < count; ++e) {
+      if (w != nullptr) {
+        const A we = w[e];
+        for (int j = 0; j < B::vecs; ++j) acc[j] = fma(we, load_block<B>(rows[e] + d + j * kLanes, len), acc[j]);
+      } else {
+        for (int j = 0; j < B::vecs; ++j) acc[j] += load_block<B>(rows[e] + d + j * kLanes, len);
+      }
+    }
+    for (int j = 0; j < B::vecs; ++j) store_block<B>(y + d + j * kLanes, acc[j], len);
+  });
 }
 
-// y[d] += x[d]
-template <typename acc_t, typename T>
-inline void add(acc_t* __restrict y, const T* __restrict x, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    chunked<acc_t>(x, n, [&](const acc_t* buf, int64_t d0, int64_t len) {
-      for (int64_t d = 0; d < len; ++d) y[d0 + d] += buf[d];
-    });
-  } else {
-    for (int64_t d = 0; d < n; ++d) y[d] += to_acc<acc_t>(x[d]);
+// Asks for the cache lines of count rows base + cols[e] * stride (bytes of each) ahead of use:
+// the rows a gather reads are scattered over tensors larger than the L2 cache.
+template <typename T>
+inline void prefetch_rows(const T* base, const int64_t* cols, int64_t count, int64_t stride, int64_t bytes) {
+  for (int64_t e = 0; e < count; ++e) {
+    const char* row = reinterpret_cast<const char*>(base + cols[e] * stride);
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
   }
 }
 
@@ -196,10 +347,38 @@ inline void exp_inplace(double* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
-template <typename acc_t>
-inline void zero(acc_t* __restrict y, int64_t n) {
-  for (int64_t d = 0; d < n; ++d) y[d] = acc_t(0);
+// A growing heap buffer for per-row scratch (softmax rows, row pointers), one per task.
+template <typename X> class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(p_); }
+  X* get(int64_t n) {
+    if (n > cap_) {
+      std::free(p_);
+      cap_ = n > 2 * cap_ ? n : 2 * cap_;
+      p_ = static_cast<X*>(std::malloc(static_cast<size_t>(cap_) * sizeof(X)));
+      if (p_ == nullptr) throw std::bad_alloc();
+    }
+    return p_;
+  }
+
+ private:
+  X* p_ = nullptr;
+  int64_t cap_ = 0;
+};
+
+// Calls f(T{}) with the element type of dtype.
+template <typename F> inline void with_dtype(Dtype dtype, F&& f) {
+  switch (dtype) {
+    case Dtype::kFloat: return f(float{});
+    case Dtype::kDouble: return f(double{});
+    case Dtype::kHalf: return f(Half{});
+    case Dtype::kBFloat16: return f(BFloat16{});
+  }
 }
 
+}  // namespace NNFF_CPU_LEVEL
 }  // namespace cpu
 }  // namespace nnff

@@ -1,0 +1,190 @@
+// DAG-masked attention on CPU (SPEC §2), the hot loops (compiled once per capability: vec.h).
+// Forward keeps the row log-sum-exp; backward follows the flash-attention recipe and gathers
+// dk / dv over the transposed relation (no atomics, bit-identical results run to run). Each
+// (node, head) row computes its scores four keys at a time and its weighted sums of value /
+// key / query rows in register blocks of the head dimension.
+#include <cmath>
+#include <limits>
+
+#include "vec.h"
+
+namespace nnff {
+namespace cpu {
+namespace NNFF_CPU_LEVEL {
+namespace {
+
+constexpr int kMaxHeadDim = 256;  // the ops' schema (checks.h)
+// Rows of the relation CSR ahead whose gathered k / v (dq) or q / dout (dk, dv) rows are
+// prefetched: the (N, H, Dh) tensors are larger than the L2 cache.
+constexpr int64_t kAhead = 2;
+
+// Per-task scratch: a row's scores and weights, its gathered row pointers.
+template <typename T> struct RowScratch {
+  Scratch<acc_t<T>> s, w;
+  Scratch<const T*> rows, rows2;
+};
+
+template <typename T>
+void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const T *q = static_cast<const T*>(a.q), *k = static_cast<const T*>(a.k), *v = static_cast<const T*>(a.v);
+  T* out = static_cast<T*>(a.out);
+  A* lse = static_cast<A*>(a.lse);
+  const A sc = static_cast<A>(a.scale), keep_scale = static_cast<A>(1.0 / (1.0 - a.dropout_p));
+  const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs;
+  RowScratch<T> scratch;
+  alignas(64) A qf[kMaxHeadDim];
+  for (int64_t i = begin; i < end; ++i) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t row = (h & 3) * n + i;
+      const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
+      const int64_t* col = a.col + e0;
+      T* o = out + (i * heads + h) * dh;
+      if (i + kAhead < a.n) {
+        const int64_t f0 = a.rowptr[row + kAhead], flen = a.rowptr[row + kAhead + 1] - f0;
+        prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
+        prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
+      }
+      if (len == 0) {  // only reachable with a relation CSR lacking self loops
+        weighted_sum(o, static_cast<const A*>(nullptr), static_cast<const T* const*>(nullptr), 0, dh);
+        lse[i * heads + h] = -std::numeric_limits<A>::infinity();
+        continue;
+      }
+      load_row(qf, q + i * qs + h * dh, dh);
+      A* s = scratch.s.get(len);
+      const T** rows = scratch.rows.get(len);
+      for (int64_t e = 0; e < len; ++e) rows[e] = k + col[e] * qs + h * dh;
+      dots(qf, rows, len, dh, s);
+      A m = -std::numeric_limits<A>::infinity();
+      for (int64_t e = 0; e < len; ++e) {
+        s[e] *= sc;
+        m = s[e] > m ? s[e] : m;
+      }
+      for (int64_t e = 0; e < len; ++e) s[e] -= m;
+      exp_inplace(s, len);
+      A sum = 0;
+      for (int64_t e = 0; e < len; ++e) sum += s[e];
+      const A inv = A(1) / sum;
+      A* w = scratch.w.get(len);
+      int64_t kept = 0;  // dropped entries are skipped, not added as zeros
+      for (int64_t e = 0; e < len; ++e) {
+        if (a.drop.active && !a.drop.keep(e0 + e, h)) continue;
+        w[kept] = a.drop.active ? s[e] * inv * keep_scale : s[e] * inv;
+        rows[kept++] = v + col[e] * qs + h * dh;
+      }
+      weighted_sum(o, w, rows, kept, dh);
+      lse[i * heads + h] = m + std::log(sum);
+    }
+  }
+}
+
+// dq over relation rows; also stores, per (forward entry, head group), the dropped weight
+// P·mask/(1-p) and dS = P (dP - D) for the gather pass below.
+template <typename T>
+void bwd_dq(const AttentionArgs& a, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const T *q = static_cast<const T*>(a.q), *k = static_cast<const T*>(a.k), *v = static_cast<const T*>(a.v);
+  const T* dout = static_cast<const T*>(a.dout);
+  const A* lse = static_cast<const A*>(a.lse);
+  A *buf_p = static_cast<A*>(a.buf_p), *buf_ds = static_cast<A*>(a.buf_ds);
+  T* dq = static_cast<T*>(a.dq);
+  const A sc = static_cast<A>(a.scale), keep_scale = static_cast<A>(1.0 / (1.0 - a.dropout_p));
+  const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs, groups = heads / 4;
+  RowScratch<T> scratch;
+  alignas(64) A qf[kMaxHeadDim];
+  alignas(64) A dof[kMaxHeadDim];
+  for (int64_t i = begin; i < end; ++i) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t row = (h & 3) * n + i, g = h >> 2;
+      const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
+      const int64_t* col = a.col + e0;
+      const int64_t qb = i * qs + h * dh;
+      if (i + kAhead < a.n) {
+        const int64_t f0 = a.rowptr[row + kAhead], flen = a.rowptr[row + kAhead + 1] - f0;
+        prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
+        prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
+      }
+      load_row(qf, q + qb, dh);
+      load_row(dof, dout + (i * heads + h) * dh, dh);
+      const A l = lse[i * heads + h];
+      A *P = scratch.s.get(len), *dP = scratch.w.get(len);
+      const T **krows = scratch.rows.get(len), **vrows = scratch.rows2.get(len);
+      for (int64_t e = 0; e < len; ++e) {
+        krows[e] = k + col[e] * qs + h * dh;
+        vrows[e] = v + col[e] * qs + h * dh;
+      }
+      // Pass 1: P and dP per entry, and D = sum P dP (= dO . O, but from fp32 values rather
+      // than the rounded low-precision O).
+      dots(qf, krows, len, dh, P);
+      dots(dof, vrows, len, dh, dP);
+      for (int64_t e = 0; e < len; ++e) {
+        P[e] = P[e] * sc - l;
+        if (a.drop.active) dP[e] *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
+      }
+      exp_inplace(P, len);
+      A D = 0;
+      for (int64_t e = 0; e < len; ++e) D += P[e] * dP[e];
+      // Pass 2: dS = P (dP - D), dq = scale * sum dS k; keep the dropped weight and dS.
+      for (int64_t e = 0; e < len; ++e) {
+        const A ds = P[e] * (dP[e] - D);
+        A pd = P[e];
+        if (a.drop.active) pd *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
+        buf_p[(e0 + e) * groups + g] = pd;
+        buf_ds[(e0 + e) * groups + g] = ds;
+        dP[e] = ds * sc;
+      }
+      weighted_sum(dq + qb, dP, krows, len, dh);
+    }
+  }
+}
+
+// dk, dv of node j gathered over the rows of the transposed relation: entry e' of row
+// (T[r] * N + j) lists a node i with j in N_r(i); rel_tperm[e'] is that forward entry.
+template <typename T>
+void bwd_dkdv(const AttentionArgs& a, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const T *q = static_cast<const T*>(a.q), *dout = static_cast<const T*>(a.dout);
+  const A *buf_p = static_cast<const A*>(a.buf_p), *buf_ds = static_cast<const A*>(a.buf_ds);
+  T *dk = static_cast<T*>(a.dk), *dv = static_cast<T*>(a.dv);
+  const A sc = static_cast<A>(a.scale);
+  const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs, groups = heads / 4;
+  RowScratch<T> scratch;
+  for (int64_t j = begin; j < end; ++j) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t row = transposed_relation(static_cast<int>(h & 3)) * n + j, g = h >> 2;
+      const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
+      if (j + kAhead < a.n) {
+        const int64_t f0 = a.rowptr[row + kAhead], flen = a.rowptr[row + kAhead + 1] - f0;
+        prefetch_rows(dout + h * dh, a.col + f0, flen, heads * dh, dh * sizeof(T));
+        prefetch_rows(q + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
+      }
+      A *wp = scratch.s.get(len), *wds = scratch.w.get(len);
+      const T **drows = scratch.rows.get(len), **qrows = scratch.rows2.get(len);
+      for (int64_t t = 0; t < len; ++t) {
+        const int64_t e = a.tperm[e0 + t], i = a.col[e0 + t];
+        wp[t] = buf_p[e * groups + g];
+        wds[t] = buf_ds[e * groups + g] * sc;
+        drows[t] = dout + (i * heads + h) * dh;
+        qrows[t] = q + i * qs + h * dh;
+      }
+      weighted_sum(dv + j * qs + h * dh, wp, drows, len, dh);
+      weighted_sum(dk + j * qs + h * dh, wds, qrows, len, dh);
+    }
+  }
+}
+
+}  // namespace
+
+void attention_fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
+  with_dtype(a.dtype, [&](auto t) { fwd<decltype(t)>(a, begin, end); });
+}
+void attention_bwd_dq(const AttentionArgs& a, int64_t begin, int64_t end) {
+  with_dtype(a.dtype, [&](auto t) { bwd_dq<decltype(t)>(a, begin, end); });
+}
+void attention_bwd_dkdv(const AttentionArgs& a, int64_t begin, int64_t end) {
+  with_dtype(a.dtype, [&](auto t) { bwd_dkdv<decltype(t)>(a, begin, end); });
+}
+
+}  // namespace NNFF_CPU_LEVEL
+}  // namespace cpu
+}  // namespace nnff

@@ -1,0 +1,187 @@
+// Fused bidirectional GIN aggregation on CPU (SPEC §3), the hot loops (compiled once per
+// capability: vec.h): y = act(h + [A·g1, Aᵀ·g2]) with the optional biases of fc1 and gcn folded
+// in (h + bh, g + bg: node i adds its child count times bg1 and its parent count times bg2).
+// Forward and backward are gathers over CSR rows (children via adj, parents via adjt), each
+// half row summed in register blocks and activated before its one store.
+#include "act.h"
+
+namespace nnff {
+namespace cpu {
+namespace NNFF_CPU_LEVEL {
+namespace {
+
+template <typename T> struct BiginRows {
+  Scratch<const T*> rows;
+  Scratch<acc_t<T>> z, dz;
+};
+
+// f(block, d, len, z) with z[] the pre-activation of row i's elements [d, d + len):
+// (h[i] + bh) + sum over the children (first half) or parents (second half) of (g + bg).
+template <typename T, typename F>
+inline void preact_blocks(const BiginArgs& a, int64_t i, BiginRows<T>& scratch, F&& f) {
+  using A = acc_t<T>;
+  const T *h = static_cast<const T*>(a.h), *g = static_cast<const T*>(a.g);
+  const A *bh = static_cast<const A*>(a.bias_h), *bg = static_cast<const A*>(a.bias_g);
+  const int64_t m = a.m, half = m / 2;
+  for (int side = 0; side < 2; ++side) {
+    const int64_t* rp = side == 0 ? a.rp : a.rpt;
+    const int64_t* cl = side == 0 ? a.cl : a.clt;
+    const int64_t e0 = rp[i], count = rp[i + 1] - e0, off = side * half;
+    const T** rows = scratch.rows.get(count);
+    for (int64_t e = 0; e < count; ++e) rows[e] = g + cl[e0 + e] * m + off;
+    const A cnt = static_cast<A>(count);
+    for_blocks(half, [&](auto b, int64_t d, int64_t len) {
+      using B = decltype(b);
+      vec<A> z[B::vecs];
+      for (int j = 0; j < B::vecs; ++j) z[j] = load_block<B>(h + i * m + off + d + j * kLanes, len);
+      for (int64_t e = 0; e < count; ++e)
+        for (int j = 0; j < B::vecs; ++j) z[j] += load_block<B>(rows[e] + d + j * kLanes, len);
+      if (bh != nullptr)
+        for (int j = 0; j < B::vecs; ++j) z[j] += load_block<B>(bh + off + d + j * kLanes, len);
+      if (bg != nullptr)
+        for (int j = 0; j < B::vecs; ++j) z[j] = fma(cnt, load_block<B>(bg + off + d + j * kLanes, len), z[j]);
+      f(b, off + d, len, z);
+    });
+  }
+}
+
+// Prefetches the g rows that row i + kAhead gathers (g is larger than the L2 cache).
+constexpr int64_t kAhead = 2;
+template <typename T> inline void prefetch_g(const BiginArgs& a, int64_t i) {
+  if (i + kAhead >= a.n) return;
+  const T* g = static_cast<const T*>(a.g);
+  const int64_t half = a.m / 2, r = i + kAhead, bytes = half * sizeof(T);
+  prefetch_rows(g, a.cl + a.rp[r], a.rp[r + 1] - a.rp[r], a.m, bytes);
+  prefetch_rows(g + half, a.clt + a.rpt[r], a.rpt[r + 1] - a.rpt[r], a.m, bytes);
+}
+
+// act(z) lane by lane: vector selects for relu, leaky_relu and square_relu, erf per lane for gelu.
+template <Act kAct, typename A> inline vec<A> act_vec(const vec<A>& z) {
+  if constexpr (kAct == Act::kGelu) {
+    A lanes[kLanes];
+    std::memcpy(lanes, &z, sizeof(lanes));
+    for (int l = 0; l < kLanes; ++l) lanes[l] = act_fwd(Act::kGelu, lanes[l]);
+    vec<A> r;
+    std::memcpy(&r, lanes, sizeof(r));
+    return r;
+  } else {
+    return z.map([](auto x) {
+      using N = decltype(x);
+      if constexpr (kAct == Act::kRelu) return x > 0 ? x : N{};
+      else if constexpr (kAct == Act::kLeakyRelu) return x > 0 ? x : x * A(0.01);
+      else return x > 0 ? x * x : N{};  // square_relu
+    });
+  }
+}
+
+template <typename T, Act kAct>
+void fwd(const BiginArgs& a, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  T* y = static_cast<T*>(a.y);
+  BiginRows<T> scratch;
+  for (int64_t i = begin; i < end; ++i) {
+    prefetch_g<T>(a, i);
+    T* yi = y + i * a.m;
+    preact_blocks<T>(a, i, scratch, [&](auto b, int64_t d, int64_t len, vec<A>* z) {
+      using B = decltype(b);
+      for (int j = 0; j < B::vecs; ++j) store_block<B>(yi + d + j * kLanes, act_vec<kAct>(z[j]), len);
+    });
+  }
+}
+
+// Pass 1 of the backward, over blocks of block_rows rows: dh = dz = dy * act'(z), rounded to T
+// (it is the output dh), with z recomputed from h, g and the biases, or (out != null: relu,
+// leaky_relu) read as the forward output, whose sign is that of z; with biases, each block's
+// partial sums of dz (d bh) and of the child / parent count times dz (d bg).
+template <typename T>
+void bwd_dz(const BiginArgs& a, int64_t block_begin, int64_t block_end) {
+  using A = acc_t<T>;
+  const T *dy = static_cast<const T*>(a.dy), *out = static_cast<const T*>(a.out);
+  T* dh = static_cast<T*>(a.dh);
+  const int64_t m = a.m, half = m / 2;
+  BiginRows<T> scratch;
+  A *z = scratch.z.get(m), *dz = scratch.dz.get(m);
+  for (int64_t blk = block_begin; blk < block_end; ++blk) {
+    A* sums = a.partial != nullptr ? static_cast<A*>(a.partial) + blk * 2 * m : nullptr;
+    if (sums != nullptr)
+      for (int64_t c = 0; c < 2 * m; ++c) sums[c] = A(0);
+    const int64_t stop = (blk + 1) * a.block_rows < a.n ? (blk + 1) * a.block_rows : a.n;
+    for (int64_t i = blk * a.block_rows; i < stop; ++i) {
+      if (out != nullptr) {
+        load_row(z, out + i * m, m);
+      } else {
+        preact_blocks<T>(a, i, scratch, [&](auto b, int64_t d, int64_t len, vec<A>* zb) {
+          using B = decltype(b);
+          for (int j = 0; j < B::vecs; ++j) store_block<B>(z + d + j * kLanes, zb[j], len);
+        });
+      }
+      load_row(dz, dy + i * m, m);
+      switch (a.act) {  // one loop per activation so each one vectorises
+        case Act::kRelu:
+          for (int64_t c = 0; c < m; ++c) dz[c] = z[c] > 0 ? dz[c] : A(0);
+          break;
+        case Act::kLeakyRelu:
+          for (int64_t c = 0; c < m; ++c) dz[c] = dz[c] * (z[c] > 0 ? A(1) : A(0.01));
+          break;
+        case Act::kSquareRelu:
+          for (int64_t c = 0; c < m; ++c) dz[c] = z[c] > 0 ? dz[c] * A(2) * z[c] : A(0);
+          break;
+        case Act::kGelu:
+          for (int64_t c = 0; c < m; ++c) dz[c] = dz[c] * act_grad(Act::kGelu, z[c]);
+      }
+      store_row(dh + i * m, dz, m);
+      if (sums == nullptr) continue;
+      const A children = static_cast<A>(a.rp[i + 1] - a.rp[i]), parents = static_cast<A>(a.rpt[i + 1] - a.rpt[i]);
+      for (int64_t c = 0; c < m; ++c) sums[c] += dz[c];
+      for (int64_t c = 0; c < half; ++c) sums[m + c] += children * dz[c];
+      for (int64_t c = half; c < m; ++c) sums[m + c] += parents * dz[c];
+    }
+  }
+}
+
+// Pass 2: dg_j = [sum of dz1 over the parents of j, sum of dz2 over the children of j], read
+// back from dh: for fp16 / bf16 the rounded dz, as a plain low-precision backward would use,
+// and half the traffic of an fp32 copy.
+template <typename T>
+void bwd_dg(const BiginArgs& a, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const T* dh = static_cast<const T*>(a.dh);
+  T* dg = static_cast<T*>(a.dg);
+  const int64_t m = a.m, half = m / 2;
+  BiginRows<T> scratch;
+  for (int64_t j = begin; j < end; ++j) {
+    for (int side = 0; side < 2; ++side) {  // parents feed the first half, children the second
+      const int64_t* rp = side == 0 ? a.rpt : a.rp;
+      const int64_t* cl = side == 0 ? a.clt : a.cl;
+      const int64_t e0 = rp[j], count = rp[j + 1] - e0, off = side * half;
+      const T** rows = scratch.rows.get(count);
+      for (int64_t e = 0; e < count; ++e) rows[e] = dh + cl[e0 + e] * m + off;
+      weighted_sum(dg + j * m + off, static_cast<const A*>(nullptr), rows, count, half);
+    }
+  }
+}
+
+template <typename T> void fwd_act(const BiginArgs& a, int64_t begin, int64_t end) {
+  switch (a.act) {
+    case Act::kRelu: return fwd<T, Act::kRelu>(a, begin, end);
+    case Act::kLeakyRelu: return fwd<T, Act::kLeakyRelu>(a, begin, end);
+    case Act::kGelu: return fwd<T, Act::kGelu>(a, begin, end);
+    case Act::kSquareRelu: return fwd<T, Act::kSquareRelu>(a, begin, end);
+  }
+}
+
+}  // namespace
+
+void bigin_fwd(const BiginArgs& a, int64_t begin, int64_t end) {
+  with_dtype(a.dtype, [&](auto t) { fwd_act<decltype(t)>(a, begin, end); });
+}
+void bigin_bwd_dz(const BiginArgs& a, int64_t block_begin, int64_t block_end) {
+  with_dtype(a.dtype, [&](auto t) { bwd_dz<decltype(t)>(a, block_begin, block_end); });
+}
+void bigin_bwd_dg(const BiginArgs& a, int64_t begin, int64_t end) {
+  with_dtype(a.dtype, [&](auto t) { bwd_dg<decltype(t)>(a, begin, end); });
+}
+
+}  // namespace NNFF_CPU_LEVEL
+}  // namespace cpu
+}  // namespace nnff
