@@ -170,11 +170,16 @@ def _training_step(model, optimizer, x, graph, static, y, autocast_dtype):
     optimizer.step()
 
 
-@pytest.fixture(scope="module")
-def training_setup(latency_setup):
+# the default model (dim 512) and the demo's (dim 128, nnformer_fast.demo.MODEL)
+MODEL_SIZES = {"dim 512": {}, "demo dim 128": dict(dim=128, n_layers=2, n_head=4, dropout=0.0)}
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_SIZES))
+def training_setup(request, latency_setup):
     _, x, edge_index, sizes, static, _ = latency_setup
     torch.manual_seed(1)
-    model = NNFormerLatency().train()
+    model = NNFormerLatency(**MODEL_SIZES[request.param]).train()
+    model.size_name = request.param
     graph = GraphBatch.from_edge_index(edge_index, sizes)
     y = torch.rand(len(sizes)) + 0.5
     # fused AdamW, as nnformer_fast.train.fit uses (one kernel for all parameters)
@@ -183,7 +188,7 @@ def training_setup(latency_setup):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_step(benchmark, training_setup, precision):
-    benchmark.group = f"{STEP_GROUP}, {precision}"
+    benchmark.group = f"{STEP_GROUP}, {training_setup[0].size_name}, {precision}"
     model, optimizer, x, graph, static, y = training_setup
     dtype = torch.bfloat16 if precision == "bf16" else None
     benchmark(_training_step, model, optimizer, x, graph, static, y, dtype)
@@ -191,7 +196,7 @@ def test_training_step(benchmark, training_setup, precision):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_step_gemm_floor(benchmark, training_setup, precision):
-    benchmark.group = f"{STEP_GROUP}, {precision}"
+    benchmark.group = f"{STEP_GROUP}, {training_setup[0].size_name}, {precision}"
     model, _, x, graph, static, _ = training_setup
     dtype = torch.bfloat16 if precision == "bf16" else None
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
