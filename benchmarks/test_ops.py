@@ -153,7 +153,7 @@ def test_bigin_index_check(benchmark, bigin_case, what, monkeypatch):
     from nnformer_fast import _C
 
     graph, h, g = bigin_case
-    benchmark.group = "native bigin latency M=2048 fwd fp32: op vs its index checks"
+    benchmark.group = f"native bigin latency M={h.shape[1]} fwd fp32: op vs its index checks"
     n = graph.num_nodes
     if what == "op":
         monkeypatch.setenv(ENV_VAR, "native")
