@@ -50,7 +50,7 @@ void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
         lse[i * heads + h] = -std::numeric_limits<A>::infinity();
         continue;
       }
-      load_row(qf, q + i * qs + h * dh, dh);
+      convert_row(qf, q + i * qs + h * dh, dh);
       A* s = scratch.s.get(len);
       const T** rows = scratch.rows.get(len);
       for (int64_t e = 0; e < len; ++e) rows[e] = k + col[e] * qs + h * dh;
@@ -104,8 +104,8 @@ void bwd_dq(const AttentionArgs& a, int64_t begin, int64_t end) {
         prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
         prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
       }
-      load_row(qf, q + qb, dh);
-      load_row(dof, dout + (i * heads + h) * dh, dh);
+      convert_row(qf, q + qb, dh);
+      convert_row(dof, dout + (i * heads + h) * dh, dh);
       const A l = lse[i * heads + h];
       A *P = scratch.s.get(len), *dP = scratch.w.get(len);
       const T **krows = scratch.rows.get(len), **vrows = scratch.rows2.get(len);

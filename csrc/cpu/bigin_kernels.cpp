@@ -108,14 +108,14 @@ void bwd_dz(const BiginArgs& a, int64_t block_begin, int64_t block_end) {
     const int64_t stop = (blk + 1) * a.block_rows < a.n ? (blk + 1) * a.block_rows : a.n;
     for (int64_t i = blk * a.block_rows; i < stop; ++i) {
       if (out != nullptr) {
-        load_row(z, out + i * m, m);
+        convert_row(z, out + i * m, m);
       } else {
         preact_blocks<T>(a, i, scratch, [&](auto b, int64_t d, int64_t len, vec<A>* zb) {
           using B = decltype(b);
           for (int j = 0; j < B::vecs; ++j) store_block<B>(z + d + j * kLanes, zb[j], len);
         });
       }
-      load_row(dz, dy + i * m, m);
+      convert_row(dz, dy + i * m, m);
       switch (a.act) {  // one loop per activation so each one vectorises
         case Act::kRelu:
           for (int64_t c = 0; c < m; ++c) dz[c] = z[c] > 0 ? dz[c] : A(0);
@@ -129,7 +129,7 @@ void bwd_dz(const BiginArgs& a, int64_t block_begin, int64_t block_end) {
         case Act::kGelu:
           for (int64_t c = 0; c < m; ++c) dz[c] = dz[c] * act_grad(Act::kGelu, z[c]);
       }
-      store_row(dh + i * m, dz, m);
+      convert_row(dh + i * m, dz, m);
       if (sums == nullptr) continue;
       const A children = static_cast<A>(a.rp[i + 1] - a.rp[i]), parents = static_cast<A>(a.rpt[i + 1] - a.rpt[i]);
       for (int64_t c = 0; c < m; ++c) sums[c] += dz[c];

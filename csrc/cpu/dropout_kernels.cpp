@@ -22,7 +22,7 @@ void dropout_range(const DropoutArgs& a, int64_t begin, int64_t end) {
   alignas(64) A buf[kBlock];
   for (int64_t b = begin; b < end; b += kBlock) {
     const int len = static_cast<int>(end - b < kBlock ? end - b : kBlock);
-    load_row(buf, x + b, len);
+    convert_row(buf, x + b, len);
     const uint32_t base = static_cast<uint32_t>(static_cast<uint64_t>(b) & 0xFFFFFFFFull);
     // uint32 hash, then kept ? x * scale : +0 as a bit mask (a float select would not
     // if-convert without -ffast-math; the mask keeps the loop branch-free and vectorised)
@@ -35,7 +35,7 @@ void dropout_range(const DropoutArgs& a, int64_t begin, int64_t end) {
       u &= keep;
       std::memcpy(&buf[j], &u, sizeof(u));
     }
-    store_row(y + b, buf, len);
+    convert_row(y + b, buf, len);
   }
 }
 

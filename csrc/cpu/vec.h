@@ -248,14 +248,8 @@ template <typename B, typename T> inline void store_block(T* p, const vec<acc_t<
 }
 
 // ------------------------------------------------------------------ rows
-// y[d] = x[d] in the accumulation type / rounded to T.
-template <typename A, typename T> inline void load_row(A* __restrict y, const T* __restrict x, int64_t n) {
-  for_blocks(n, [&](auto b, int64_t d, int64_t len) {
-    using B = decltype(b);
-    for (int j = 0; j < B::vecs; ++j) store_block<B>(y + d + j * kLanes, load_block<B>(x + d + j * kLanes, len), len);
-  });
-}
-template <typename T, typename A> inline void store_row(T* __restrict y, const A* __restrict x, int64_t n) {
+// y[d] = x[d] converted: a row of T into the accumulation type, or back, rounded to T.
+template <typename Y, typename X> inline void convert_row(Y* __restrict y, const X* __restrict x, int64_t n) {
   for_blocks(n, [&](auto b, int64_t d, int64_t len) {
     using B = decltype(b);
     for (int j = 0; j < B::vecs; ++j) store_block<B>(y + d + j * kLanes, load_block<B>(x + d + j * kLanes, len), len);
