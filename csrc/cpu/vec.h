@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <new>
 #include <type_traits>
 
@@ -84,15 +83,6 @@ template <typename A> struct vec {
   vec& operator+=(const vec& b) {
     for (int i = 0; i < kParts; ++i) p[i] += b.p[i];
     return *this;
-  }
-  friend vec operator+(vec a, const vec& b) { return a += b; }
-  friend vec operator*(vec a, const vec& b) {
-    for (int i = 0; i < kParts; ++i) a.p[i] *= b.p[i];
-    return a;
-  }
-  friend vec operator*(A s, vec b) {
-    for (int i = 0; i < kParts; ++i) b.p[i] = s * b.p[i];
-    return b;
   }
   // a * b + c, rounded once where the capability has FMA
   friend vec fma(const vec& a, const vec& b, vec c) {
