@@ -405,12 +405,15 @@ def test_accuracy_defaults_are_the_documented_ones():
     from nnformer_fast.train.reproduce import Settings, _accuracy_epochs
 
     s = Settings()
-    m = s.accuracy_model
+    m, sm = s.accuracy_model, s.small_accuracy_model
     assert (m["depth"], m["dim"], m["n_head"], m["dropout"]) == (6, 192, 4, 0.1)
+    assert (sm["depth"], sm["dim"], s.small_train_cells) == (4, 128, 500)
     assert s.accuracy_split_seeds == s.latency_split_seeds == (0, 1, 2) and s.reference_fractions == (0.10,)
     assert [_accuracy_epochs(s, n) for n in (156, 781, 1562, 7812)] == [300, 200, 100, 20]
     doc = (Path(__file__).parents[1] / "docs" / "REPRODUCTION.md").read_text()
-    line = (f"| **default** | depth {m['depth']}, dim {m['dim']}, {m['n_head']} heads, dropout {m['dropout']:g} | "
+    line = (f"| **default** | depth {m['depth']}, dim {m['dim']}, {m['n_head']} heads, dropout {m['dropout']:g}; "
+            f"under {s.small_train_cells} training cells depth {sm['depth']}, dim {sm['dim']}, {sm['n_head']} heads, "
+            f"dropout {sm['dropout']:g} | "
             f"{s.accuracy_lr:g} | {s.accuracy_ema:g} | {'on' if s.accuracy_consistency else 'off'} | "
             f"clip(⌈{s.accuracy_samples} / train cells⌉, {s.accuracy_min_epochs}, {s.accuracy_max_epochs}) |")
     assert line in doc, line
@@ -423,3 +426,20 @@ def test_accuracy_option_ranges_are_usage_errors(data, tmp_path, opt, capsys):
         main(["reproduce", "nb201-accuracy", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--no-doc", *opt])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"argument {opt[0]}:" in err and "Traceback" not in err
+
+
+def test_small_training_sets_train_the_small_profile(data, tmp_path):
+    import nnformer_fast.train.reproduce as rp
+
+    s = rp.Settings.quick_profile(accuracy_model=dict(depth=1, dim=16, n_head=4, dropout=0.1),
+                                  small_accuracy_model=dict(depth=2, dim=8, n_head=4, dropout=0.1),
+                                  small_train_cells=20, fractions=(0.1, 0.5), epochs=1, threads=1, progress=False)
+    doc = tmp_path / "R.md"
+    rp.reproduce(["nb201-accuracy"], data_dir=data, out=tmp_path / "o", doc=str(doc), settings=s)
+    root = tmp_path / "o" / "nb201-accuracy"
+    small, large = (json.loads((root / g / "split-0" / "metrics.json").read_text())
+                    for g in ("train-10pct", "train-50pct"))
+    assert (small["n_train"], small["model"]["depths"], small["model"]["dim"]) == (6, [2], 8)
+    assert (large["n_train"], large["model"]["depths"], large["model"]["dim"]) == (30, [1], 16)
+    assert ("NNFormer depth 2, dim 8, 4 heads, dropout 0.1 (train-10pct); NNFormer depth 1, dim 16, 4 heads, "
+            "dropout 0.1 (train-50pct)") in doc.read_text()

@@ -66,8 +66,12 @@ class Settings:
     """Model size, schedule and evaluation of a reproduction (``full`` or ``quick``)."""
 
     quick: bool = False
-    #: the accuracy profile (chosen over split seeds 0, 1, 2; docs/REPRODUCTION.md, "Choosing the defaults")
+    #: the accuracy profile (chosen over split seeds 0, 1, 2: docs/REPRODUCTION.md, "Choosing the accuracy defaults")
     accuracy_model: dict = field(default_factory=lambda: dict(depth=6, dim=192, n_head=4, dropout=0.1))
+    #: runs with fewer training cells than ``small_train_cells`` (NB201 1 %, NB101) train this
+    #: one instead: on 100-156 cells the larger model scored lower, at 2.5x the cost
+    small_accuracy_model: dict = field(default_factory=lambda: dict(depth=4, dim=128, n_head=4, dropout=0.1))
+    small_train_cells: int = 500
     latency_model: dict = field(default_factory=lambda: dict(dim=64, n_layers=2, n_head=4, dropout=0.0))
     #: accuracy runs: epochs = clip(ceil(accuracy_samples / n_train), min_epochs, max_epochs)
     accuracy_samples: int = 156200
@@ -105,6 +109,7 @@ class Settings:
     @classmethod
     def quick_profile(cls, **overrides) -> "Settings":
         base = dict(quick=True, accuracy_model=dict(depth=2, dim=64, n_head=4, dropout=0.1),
+                    small_accuracy_model=dict(depth=2, dim=64, n_head=4, dropout=0.1),
                     latency_model=dict(dim=32, n_layers=1, n_head=4, dropout=0.0), accuracy_samples=8000,
                     accuracy_min_epochs=3, accuracy_max_epochs=60, nb101_epochs=60, latency_epochs=8,
                     max_test=2000, latency_split_seeds=(0,), accuracy_split_seeds=(0,), reference_fractions=())
@@ -329,7 +334,8 @@ def _accuracy_run(experiment: str, cells, graphs, features: np.ndarray, perm: np
     test_idx = rest[_subsample(rest.size, s.max_test, split_seed)]
     train_idx = perm[:n_train]
     run = f"{group}/split-{split_seed}"
-    rec = _train_and_score("accuracy", s.accuracy_model, cells.subset(train_idx), cells.subset(test_idx),
+    model = s.accuracy_model if n_train >= s.small_train_cells else s.small_accuracy_model
+    rec = _train_and_score("accuracy", model, cells.subset(train_idx), cells.subset(test_idx),
                            epochs=epochs, lr=s.accuracy_lr, batch_graphs=_batch_graphs(n_train), s=s,
                            run_dir=out / run, title=f"{title}, split {split_seed}", split_seed=split_seed,
                            extra={"experiment": experiment, "run": run, "group": group, **extra,
@@ -549,6 +555,16 @@ def _model_text(cfg: dict, task: str) -> str:
     return f"NNFormerLatency {cfg['n_layers']} layer(s), dim {cfg['dim']}, {cfg['n_head']} heads, dropout {cfg['dropout']}"
 
 
+def _models_text(records: list[dict], task: str) -> str:
+    """The model of the runs; where they differ (the small accuracy profile), each with its runs."""
+    models: dict[str, dict] = {}
+    for r in records:
+        models.setdefault(_model_text(r["model"], task), {})[r.get("group", r["run"])] = None
+    if len(models) == 1:
+        return next(iter(models))
+    return "; ".join(f"{m} ({', '.join(runs)})" for m, runs in models.items())
+
+
 def _batch_text(records: list[dict]) -> str:
     sizes = sorted({int(r["batch_graphs"]) for r in records})
     if len(sizes) == 1:
@@ -580,7 +596,7 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
             loss += f", EMA of the weights (decay {r0['ema']:g})"
         if r0.get("consistency"):
             loss += ", consistency term"
-        lines.append(f"- model: {_model_text(r0['model'], task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine "
+        lines.append(f"- model: {_models_text(records, task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine "
                      f"decay, {r0['precision']}, batch ≤ {_batch_text(records)} graphs, {r0['epochs']} epochs; seed "
                      f"{r0['seed']}, split seed{'s' if ',' in seeds else ''} {seeds}")
         if task == "latency":
@@ -953,8 +969,10 @@ def _run(args) -> int:
         kw["latency_split_seeds"] = kw["accuracy_split_seeds"] = tuple(args.split_seeds or [args.split_seed])
     kw["progress"] = not args.quiet
     s = Settings.quick_profile(**kw) if args.quick else Settings(**kw)
-    if args.accuracy_model:
-        s.accuracy_model = merge_model_options(s.accuracy_model, _model_options(args.accuracy_model))
+    if args.accuracy_model:  # over both accuracy profiles
+        user = _model_options(args.accuracy_model)
+        s.accuracy_model = merge_model_options(s.accuracy_model, user)
+        s.small_accuracy_model = merge_model_options(s.small_accuracy_model, user)
     if args.latency_model:
         s.latency_model = merge_model_options(s.latency_model, _model_options(args.latency_model))
     if args.threads is not None:
@@ -1036,7 +1054,8 @@ def register_reproduce(subparsers) -> None:
     p.add_argument("--max-seconds", type=float, default=None, help="cap on each run's training time")
     p.add_argument("--nb101-train", type=int_at_least(1), default=None, help="nb101-accuracy training cells (default 100)")
     p.add_argument("--accuracy-model", type=_model_arg, default=None, metavar="K=V,...",
-                   help="accuracy model options over the profile's, e.g. depth=6,dim=128 or depths=2:2")
+                   help="accuracy model options over both profiles' (the one of under 500 training cells too), "
+                        "e.g. depth=6,dim=128 or depths=2:2")
     p.add_argument("--accuracy-lr", type=_positive_float, default=None,
                    help=f"accuracy runs: peak learning rate (default {Settings.accuracy_lr:g})")
     p.add_argument("--accuracy-ema", type=_ema_decay, default=None,
