@@ -1,6 +1,5 @@
 """nnformer_fast.baselines: ridge against scikit-learn's, the features, the GBDT wrapper and
 its missing-extra message."""
-import builtins
 import itertools
 
 import numpy as np
@@ -100,15 +99,8 @@ def test_bad_inputs():
         B.fit_predict("ridge", [[0.0], [np.nan]], [1.0, 2.0], [[0.0]])
 
 
-def test_missing_sklearn_names_the_extra(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *a, **k):
-        if name.startswith("sklearn"):
-            raise ImportError(name)
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+def test_missing_sklearn_names_the_extra(hide_packages):
+    hide_packages("sklearn")
     with pytest.raises(ModuleNotFoundError, match=r"scikit-learn: pip install 'nnformer_fast\[baselines\]'"):
         B.make_regressor("gbdt")
     assert isinstance(B.make_regressor("ridge"), B.Ridge)  # numpy only

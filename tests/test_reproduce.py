@@ -176,9 +176,7 @@ def test_quick_nb101_on_real_data(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MPL, reason="matplotlib not installed")
-def test_scatter_plot(tmp_path, monkeypatch):
-    import builtins
-
+def test_scatter_plot(tmp_path, hide_packages):
     from nnformer_fast.train.plots import scatter_plot
 
     y = np.linspace(1, 10, 50)
@@ -186,14 +184,7 @@ def test_scatter_plot(tmp_path, monkeypatch):
     assert (tmp_path / "a" / "s.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="predictions"):
         scatter_plot(y, y[:3], tmp_path / "b.png")
-    real_import = builtins.__import__
-
-    def no_mpl(name, *a, **k):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    hide_packages("matplotlib")
     assert scatter_plot(y, y, tmp_path / "c.png") is False and not (tmp_path / "c.png").exists()
 
 
@@ -335,17 +326,8 @@ def test_latency_csv_only_with_nb201_latency(data, tmp_path, capsys):
     assert "--latency-csv applies to nb201-latency only" in capsys.readouterr().err
 
 
-def test_missing_scikit_learn_is_one_line(data, tmp_path, monkeypatch, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *a, **k):
-        if name.startswith("sklearn"):
-            raise ImportError(name)
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+def test_missing_scikit_learn_is_one_line(data, tmp_path, hide_packages, capsys):
+    hide_packages("sklearn")
     assert main(["reproduce", "nb201-latency", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--no-doc",
                  *FAST]) == 2
     err = capsys.readouterr().err
