@@ -33,6 +33,7 @@ def _run(rank: int, world: int, port: int, job, *args) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         job(rank, *args)
+        dist.barrier()  # neither rank tears its gloo pairs down while the other still talks
     finally:
         dist.destroy_process_group()
 
