@@ -110,8 +110,8 @@ def register_train(subparsers) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off; > 0 otherwise)")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights in [0, 1) (0 = off), e.g. 0.999")
     p.add_argument("--consistency", action="store_true",
-                   help="consistency loss: latency — two stochastic passes (SPEC §5); accuracy — every cell beside "
-                        "its twin in one batch, weight --model lambda_consistency=1.0 (SPEC §6)")
+                   help="consistency loss: latency — two stochastic passes; accuracy — every cell beside its twin "
+                        "in one batch, weight --model lambda_consistency=1.0 (docs/TRAINING.md)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16",
                    help="bf16 autocast (CPU/GPU, default), fp16 + GradScaler (GPU) or fp32")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")

@@ -697,7 +697,7 @@ def _baseline_tau(record: dict, name: str) -> str:
 
 #: how the tables name each latency loss
 LOSS_TEXT = {"log_mse_mape": "loss MSE of log latency + MAPE", "log_mse": "loss MSE of log latency",
-             "relative_mse": "loss relative MSE (SPEC §5)"}
+             "relative_mse": "loss relative MSE (the reference's)"}
 #: the latency tables' name for each predictor
 PREDICTORS = {"nnformer": "NN-Former", "ridge": "ridge", "gbdt": "GBDT"}
 BASELINE_TEXT = "`nnformer_fast.baselines`"
