@@ -40,7 +40,7 @@ def _run_build_latency_set(args) -> int:
     path = build_latency_set(args.out, args.families, args.count, args.batch_sizes, threads=args.threads,
                              repeats=args.repeats, warmup=args.warmup, seed=args.seed, platform=args.platform,
                              tiny=args.tiny, progress=not args.quiet, clock=args.clock, statistic=args.statistic,
-                             rounds=args.rounds)
+                             rounds=args.rounds, passes=args.passes)
     print(f"wrote {path}")
     if args.remeasure_above is not None:
         from .data.builder import remeasure_noisy
@@ -88,6 +88,9 @@ def _register_build_latency_set(subparsers) -> None:
                    help="the latency of a record: median (default) or min of its timed runs")
     p.add_argument("--rounds", type=int_at_least(1), default=1,
                    help="rounds of --warmup + --repeats runs, interleaved over groups of networks (default 1)")
+    p.add_argument("--passes", type=int_at_least(1), default=1,
+                   help="passes over the whole set, each with fresh sessions; a record's latency is --statistic over "
+                        "them (default 1)")
     p.add_argument("--retest", type=float, default=None, metavar="FRACTION",
                    help="afterwards, measure again a seeded sample of FRACTION of the records with the build's "
                         "protocol and print the median and p90 of |new - stored| / stored (changes nothing)")

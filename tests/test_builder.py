@@ -264,3 +264,74 @@ def test_cli_protocol_and_retest(tmp_path, capsys):
     assert json.loads((out / "build.json").read_text())["rounds"] == 2
     with pytest.raises(SystemExit):
         main(["build-latency-set", str(out), "--clock", "tsc"])
+
+
+def test_protocol_combines_passes_by_their_median():
+    from nnformer_fast.data.builder import Measurement, Protocol
+
+    def m(v):
+        return Measurement(median=v + 1, min=v, p25=v, p75=v + 2, max=v + 3, std=0.5, repeats=4)
+
+    passes = [m(5.0), m(1.0), m(3.0), m(100.0)]
+    assert Protocol(statistic="min", passes=4).combine(passes) == (1.0, passes[1])  # the fastest run of all
+    value, kept = Protocol(passes=4).combine(passes)
+    assert value == 5.0 and kept.median in (4.0, 6.0)  # median of the medians 6, 2, 4, 101; the nearest pass
+    assert Protocol(passes=3).combine(passes[:3]) == (4.0, passes[2])
+    with pytest.raises(ValueError, match="passes"):
+        Protocol(passes=0)
+
+
+def _passes(out):
+    from nnformer_fast.data.builder import PASSES_FILE
+
+    rows = [ln.split("\t") for ln in (out / PASSES_FILE).read_text().splitlines()]
+    assert rows[0][:3] == ["speed_id", "pass", "median_ms"]
+    return rows[1:]
+
+
+def test_build_in_passes_stores_the_median_and_resumes_mid_pass(tmp_path):
+    from nnformer_fast.data.builder import PASSES_FILE
+
+    out = tmp_path / "set"
+    kw = dict(threads=1, repeats=2, warmup=0, tiny=True, progress=False, clock="cpu", statistic="median", passes=3)
+    build_latency_set(out, ["alexnet", "vgg"], 2, [1, 2], **kw)
+    rows = _passes(out)
+    by_sid = {}
+    for r in rows:
+        by_sid.setdefault(r[0], []).append(r)
+    assert len(by_sid) == 8 and all([r[1] for r in rs] == ["0", "1", "2"] for rs in by_sid.values())
+    spread = {ln.split("\t")[0]: ln.split("\t") for ln in (out / SPREAD_FILE).read_text().splitlines()[1:]}
+    for p in _lines(out / LATENCY_FILE):  # the median over the passes of each pass's median
+        medians = sorted(float(r[2]) for r in by_sid[p[0]])
+        assert float(p[3]) == pytest.approx(medians[1], abs=1e-5)
+        assert spread[p[0]][1:] == by_sid[p[0]][[float(r[2]) for r in by_sid[p[0]]].index(medians[1])][2:]
+    # interrupted in pass 1 (its last two measurements lost) and before any record was complete
+    text = (out / PASSES_FILE).read_text().splitlines(keepends=True)
+    keep = [ln for ln in text if "\t2\t" not in ln][:-2]
+    (out / PASSES_FILE).write_text("".join(keep) + "alexnet_0")  # and a torn line
+    (out / LATENCY_FILE).write_text("")
+    (out / SPREAD_FILE).write_text(text[0].replace("pass\t", ""))
+    build_latency_set(out, ["alexnet", "vgg"], 2, [1, 2], **kw)
+    new_rows = _passes(out)
+    assert new_rows[:len(keep) - 1] == [ln.rstrip("\n").split("\t") for ln in keep[1:]]  # kept, not re-measured
+    assert len(new_rows) == 24 and len(_lines(out / LATENCY_FILE)) == 8
+    # every pass measured, crashed before the records were written: written without measuring again
+    (out / LATENCY_FILE).write_text("")
+    build_latency_set(out, ["alexnet", "vgg"], 2, [1, 2], **kw)
+    assert _passes(out) == new_rows and len(_lines(out / LATENCY_FILE)) == 8
+
+
+def test_retest_and_remeasure_of_a_build_in_passes(tmp_path, monkeypatch):
+    from nnformer_fast.data.builder import build as build_mod
+    from nnformer_fast.data.builder import retest
+
+    out = tmp_path / "set"
+    build_latency_set(out, ["squeezenet"], 2, [1], threads=1, repeats=2, warmup=0, tiny=True, progress=False,
+                      passes=2)
+    calls = []
+    real = build_mod._measure_networks
+    monkeypatch.setattr(build_mod, "_measure_networks", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    assert retest(out, 1.0, progress=False)["records"] == 2
+    assert len(calls) == 2 and calls[0] == calls[1]  # each pass measures the sample again
+    with pytest.raises(ValueError, match="2 passes"):
+        remeasure_noisy(out, progress=False)

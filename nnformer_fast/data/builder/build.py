@@ -6,8 +6,13 @@ Output folder::
 
     latency.txt            speed_id graph_path batch_size latency_ms model_type platform_id
     latency_spread.tsv     speed_id median_ms min_ms p25_ms p75_ms max_ms std_ms repeats
+    latency_passes.tsv     speed_id pass median_ms min_ms p25_ms p75_ms max_ms std_ms repeats
     build.json             settings, CPU model, onnxruntime version
     onnx/<family>/<family>_<i>.onnx
+
+A record's line goes into ``latency.txt`` once all its passes (``Protocol.passes``) are
+measured (:meth:`~.measure.Protocol.combine`), with the spread of the pass nearest to it;
+``latency_passes.tsv`` keeps every pass's measurement.
 
 Network ``i`` of a family is drawn from ``np.random.default_rng([seed, crc32(family), i])``,
 so a resumed run regenerates the same networks. Networks are measured ``GROUP`` at a time
@@ -27,11 +32,11 @@ import numpy as np
 
 from ..._atomic import atomic_write_bytes
 from .families import FAMILIES, generate
-from .measure import Protocol, cpu_model, make_session, measure_group
+from .measure import Measurement, Protocol, cpu_model, make_session, measure_group
 from .onnx_net import strip_weights
 
 __all__ = ["build_latency_set", "remeasure_noisy", "retest", "require_onnx", "LATENCY_FILE", "SPREAD_FILE",
-           "MAX_COUNT", "GROUP"]
+           "PASSES_FILE", "MAX_COUNT", "GROUP"]
 
 LATENCY_FILE = "latency.txt"
 #: most networks per family: ids are ``<family>_<i:05d>`` (five digits keep them sorted)
@@ -63,7 +68,10 @@ def _read_manifest(path: Path) -> dict:
                          "another folder")
     return info
 SPREAD_FILE = "latency_spread.tsv"
-_SPREAD_HEADER = "speed_id\tmedian_ms\tmin_ms\tp25_ms\tp75_ms\tmax_ms\tstd_ms\trepeats\n"
+PASSES_FILE = "latency_passes.tsv"
+_STATS = "median_ms\tmin_ms\tp25_ms\tp75_ms\tmax_ms\tstd_ms\trepeats\n"
+_SPREAD_HEADER = "speed_id\t" + _STATS
+_PASSES_HEADER = "speed_id\tpass\t" + _STATS
 
 
 def _repair_tail(path: Path) -> None:
@@ -94,6 +102,18 @@ def _spread_line(sid: str, m) -> str:
     return f"{sid}\t{m.median:.5f}\t{m.min:.5f}\t{m.p25:.5f}\t{m.p75:.5f}\t{m.max:.5f}\t{m.std:.5f}\t{m.repeats}\n"
 
 
+def _read_passes(path: Path) -> dict[str, list[Measurement]]:
+    """``{speed_id: [Measurement of pass 0, 1, ...]}`` from a ``latency_passes.tsv``."""
+    measured: dict[str, list[Measurement]] = {}
+    if not path.exists():
+        return measured
+    for line in path.read_text().splitlines()[1:]:
+        f = line.split("\t")
+        if len(f) == 9 and int(f[1]) == len(measured.get(f[0], ())):
+            measured.setdefault(f[0], []).append(Measurement(*map(float, f[2:8]), int(f[8])))
+    return measured
+
+
 def _network(info: dict, model_id: str):
     """The network ``<family>_<i>`` of a build with manifest ``info``, regenerated from its seed."""
     fam, idx = model_id.rsplit("_", 1)
@@ -119,16 +139,30 @@ def _measure_networks(info: dict, todo: dict[str, list[int]], protocol: Protocol
     return {f"{mid}_bs{b}": m for (mid, b), m in zip(jobs, ms)}
 
 
+def _measure_in_passes(info: dict, by_model: dict[str, list[int]], protocol: Protocol, bar) -> dict[str, tuple]:
+    """``{speed_id: protocol.combine(...)}`` of the records ``by_model`` (``{model_id: [batch
+    sizes]}``) measured in ``protocol.passes`` passes, ``GROUP`` networks at a time with fresh
+    sessions; ``bar`` counts the measurements."""
+    measured: dict[str, list] = {}
+    ids = list(by_model)
+    for _ in range(protocol.passes):
+        for g in range(0, len(ids), GROUP):
+            for sid, m in _measure_networks(info, {mid: by_model[mid] for mid in ids[g:g + GROUP]}, protocol).items():
+                measured.setdefault(sid, []).append(m)
+                bar.update(1)
+    return {sid: protocol.combine(ms) for sid, ms in measured.items()}
+
+
 def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = None, count: int = 10,
                       batch_sizes: Sequence[int] = (1,), *, threads: int = 1, repeats: int = 10, warmup: int = 3,
                       seed: int = 0, platform: str | None = None, tiny: bool = False, progress: bool = True,
-                      clock: str = "wall", statistic: str = "median", rounds: int = 1) -> Path:
+                      clock: str = "wall", statistic: str = "median", rounds: int = 1, passes: int = 1) -> Path:
     """Generate ``count`` networks per family, measure each at every batch size, write the
     NNLQP layout under ``out`` and return the path of its latency file.
 
     families: names from ``FAMILIES`` (default all). platform: the ``platform_id`` column
     (default ``cpu-ort-t{threads}``). tiny: the smallest variants (tests). warmup, repeats,
-    clock, statistic, rounds: the measurement :class:`~.measure.Protocol`.
+    clock, statistic, rounds, passes: the measurement :class:`~.measure.Protocol`.
     """
     from tqdm.auto import tqdm
 
@@ -144,7 +178,7 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
     if threads < 1:
         raise ValueError(f"need threads >= 1, got {threads}")
-    protocol = Protocol(clock=clock, statistic=statistic, warmup=warmup, repeats=repeats, rounds=rounds)
+    protocol = Protocol(clock=clock, statistic=statistic, warmup=warmup, repeats=repeats, rounds=rounds, passes=passes)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     platform = platform or f"cpu-ort-t{threads}"
@@ -166,43 +200,61 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
                 updated=time.strftime("%Y-%m-%d %H:%M:%S"))
     atomic_write_bytes(manifest, json.dumps(info, indent=1).encode())
 
-    lat_path, spread_path = out / LATENCY_FILE, out / SPREAD_FILE
-    _repair_tail(lat_path)
-    _repair_tail(spread_path)
+    lat_path, spread_path, passes_path = out / LATENCY_FILE, out / SPREAD_FILE, out / PASSES_FILE
+    for path in (lat_path, spread_path, passes_path):
+        _repair_tail(path)
     done = _done_ids(lat_path)
+    measured = _read_passes(passes_path)  # every pass of the records not yet in latency.txt
     jobs = [(fam, i) for fam in families for i in range(count)]
-    total = len(jobs) * len(batch_sizes)
-    n_done = sum(f"{fam}_{i:05d}_bs{b}" in done for fam, i in jobs for b in batch_sizes)
-    new_spread = not spread_path.exists()
-    with open(lat_path, "a") as lat_f, open(spread_path, "a") as spread_f, \
-            tqdm(total=total, initial=n_done, desc="build-latency-set", unit="meas", disable=not progress) as bar:
+    sids = [f"{fam}_{i:05d}_bs{b}" for fam, i in jobs for b in batch_sizes]
+    n_done = sum(protocol.passes if sid in done else min(len(measured.get(sid, ())), protocol.passes) for sid in sids)
+    new_spread, new_passes = not spread_path.exists(), not passes_path.exists()
+    with open(lat_path, "a") as lat_f, open(spread_path, "a") as spread_f, open(passes_path, "a") as passes_f, \
+            tqdm(total=len(sids) * protocol.passes, initial=n_done, desc="build-latency-set", unit="meas",
+                 disable=not progress) as bar:
         if new_spread:
             _append(spread_f, _SPREAD_HEADER)
-        todo = {}
-        for fam, i in jobs:
-            model_id = f"{fam}_{i:05d}"
-            bs = [b for b in batch_sizes if f"{model_id}_bs{b}" not in done]
-            if bs:
-                todo[model_id] = bs
-        ids = list(todo)
-        for g in range(0, len(ids), GROUP):
-            group = {mid: todo[mid] for mid in ids[g:g + GROUP]}
-            sessions = {}
-            for model_id in group:
-                model = _network(info, model_id)
-                rel = _onnx_path(model_id)
-                if not (out / rel).exists():
-                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_bytes(out / rel, strip_weights(model).SerializeToString())
-                sessions[model_id] = make_session(model, threads)
-            for sid, m in _measure_networks(info, group, protocol, sessions).items():
-                model_id = sid.rsplit("_bs", 1)[0]
-                # spread first: a crash between the two writes re-measures, never loses spread
-                _append(spread_f, _spread_line(sid, m))
-                _append(lat_f, f"{sid} {_onnx_path(model_id).as_posix()} {sid.rsplit('_bs', 1)[1]} "
-                               f"{protocol.latency(m):.5f} {model_id.rsplit('_', 1)[0]} {platform}\n")
-                done.add(sid)
-                bar.update(1)
+        if new_passes:
+            _append(passes_f, _PASSES_HEADER)
+
+        def finish(sid: str) -> None:
+            """Write the record ``sid``, all of whose passes are measured."""
+            value, kept = protocol.combine(measured[sid][:protocol.passes])
+            model_id = sid.rsplit("_bs", 1)[0]
+            # spread first: a crash between the two writes re-measures, never loses spread
+            _append(spread_f, _spread_line(sid, kept))
+            _append(lat_f, f"{sid} {_onnx_path(model_id).as_posix()} {sid.rsplit('_bs', 1)[1]} {value:.5f} "
+                           f"{model_id.rsplit('_', 1)[0]} {platform}\n")
+            done.add(sid)
+
+        for sid in sids:  # measured in full before a crash, not yet written
+            if sid not in done and len(measured.get(sid, ())) >= protocol.passes:
+                finish(sid)
+        for k in range(protocol.passes):
+            todo = {}
+            for fam, i in jobs:
+                model_id = f"{fam}_{i:05d}"
+                bs = [b for b in batch_sizes
+                      if f"{model_id}_bs{b}" not in done and len(measured.get(f"{model_id}_bs{b}", ())) == k]
+                if bs:
+                    todo[model_id] = bs
+            ids = list(todo)
+            for g in range(0, len(ids), GROUP):
+                group = {mid: todo[mid] for mid in ids[g:g + GROUP]}
+                sessions = {}
+                for model_id in group:
+                    model = _network(info, model_id)
+                    rel = _onnx_path(model_id)
+                    if not (out / rel).exists():
+                        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write_bytes(out / rel, strip_weights(model).SerializeToString())
+                    sessions[model_id] = make_session(model, threads)
+                for sid, m in _measure_networks(info, group, protocol, sessions).items():
+                    _append(passes_f, _spread_line(f"{sid}\t{k}", m))
+                    measured.setdefault(sid, []).append(m)
+                    bar.update(1)
+                    if len(measured[sid]) == protocol.passes:
+                        finish(sid)
     return lat_path
 
 
@@ -234,6 +286,9 @@ def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeat
     out = Path(out)
     info = _built(out)
     protocol = _protocol(info, **({} if repeats is None else {"repeats": int(repeats)}))
+    if protocol.passes > 1:
+        raise ValueError(f"{out}: a build of {protocol.passes} passes has measured every record {protocol.passes} "
+                         "times already; re-measuring by spread is for single-pass builds on a busy machine")
     lat_path, spread_path = out / LATENCY_FILE, out / SPREAD_FILE
     _repair_tail(lat_path)
     _repair_tail(spread_path)
@@ -276,8 +331,8 @@ def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeat
 
 
 def retest(out: str | os.PathLike, fraction: float, *, seed: int = 0, progress: bool = True) -> dict:
-    """Test-retest of a built set: measure again, with the protocol of its ``build.json``, a
-    sample of ``max(1, round(fraction * records))`` of its records drawn with ``seed``, and
+    """Test-retest of a built set: measure again, with the protocol of its ``build.json`` (all
+    its passes, made one after the other over the sample), a sample of ``max(1, round(fraction * records))`` of its records drawn with ``seed``, and
     compare with the stored latencies. Changes nothing. Returns ``{"records": n, "median":,
     "p90":, "max":}`` of ``|new - stored| / stored`` and ``"protocol"``, the settings used."""
     from tqdm.auto import tqdm
@@ -298,12 +353,8 @@ def retest(out: str | os.PathLike, fraction: float, *, seed: int = 0, progress: 
     for sid in sorted(sids[k] for k in pick):
         model_id, b = sid.rsplit("_bs", 1)
         by_model.setdefault(model_id, []).append(int(b))
-    ids, rel = list(by_model), []
-    with tqdm(total=len(pick), desc="retest", unit="meas", disable=not progress) as bar:
-        for g in range(0, len(ids), GROUP):
-            for sid, m in _measure_networks(info, {mid: by_model[mid] for mid in ids[g:g + GROUP]}, protocol).items():
-                rel.append(abs(protocol.latency(m) - stored[sid]) / stored[sid])
-                bar.update(1)
-    rel = np.asarray(rel)
+    with tqdm(total=len(pick) * protocol.passes, desc="retest", unit="meas", disable=not progress) as bar:
+        new = _measure_in_passes(info, by_model, protocol, bar)
+    rel = np.asarray([abs(value - stored[sid]) / stored[sid] for sid, (value, _) in new.items()])
     return {"records": int(rel.size), "median": float(np.median(rel)), "p90": float(np.percentile(rel, 90)),
             "max": float(rel.max()), "protocol": protocol.settings()}

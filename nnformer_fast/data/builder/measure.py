@@ -3,10 +3,12 @@
 A :class:`Protocol` says how: which clock times a run (``wall``: elapsed time; ``cpu``: the
 CPU time of the calling thread, on which onnxruntime with one intra-op thread runs the whole
 graph, so the time spent waiting for a core of a shared machine is left out), which
-statistic of the timed runs is the latency (``median`` or ``min``), and how many rounds the
-runs are spread over: :func:`measure_group` times a group of records round-robin, each round
+statistic of the timed runs is the latency (``median`` or ``min``), how many rounds the
+runs are spread over (:func:`measure_group` times a group of records round-robin, each round
 re-warming every record, so a neighbour's burst of work falls on all of the group's records
-instead of all of one record's runs.
+instead of all of one record's runs), and how many passes the builder makes over the whole
+set (each with fresh sessions, minutes apart, so that a drift of the machine, which shifts
+every record measured while it lasts, falls on one pass only).
 """
 from __future__ import annotations
 
@@ -53,28 +55,39 @@ class Measurement:
 @dataclass(frozen=True)
 class Protocol:
     """How a latency is measured: ``rounds`` rounds, each ``warmup`` untimed runs then
-    ``repeats`` runs timed by ``clock`` (a key of ``CLOCKS``); the latency is ``statistic``
-    (``median`` or ``min``) of the ``rounds * repeats`` timed runs. The defaults are the
-    protocol the embedded set was measured with."""
+    ``repeats`` runs timed by ``clock`` (a key of ``CLOCKS``); a pass's latency is ``statistic``
+    (``median`` or ``min``) of its ``rounds * repeats`` timed runs, and the record's latency is
+    the same statistic over ``passes`` passes made over the whole set (``min``: the fastest of
+    all its timed runs). The defaults are the builder's
+    historical single-pass protocol (wall clock, median of 10 after 3 warm-ups)."""
 
     clock: str = "wall"
     statistic: str = "median"
     warmup: int = 3
     repeats: int = 10
     rounds: int = 1
+    passes: int = 1
 
     def __post_init__(self):
         if self.clock not in CLOCKS:
             raise ValueError(f"unknown clock {self.clock!r}; choose from {', '.join(CLOCKS)}")
         if self.statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {self.statistic!r}; choose from {', '.join(STATISTICS)}")
-        if self.repeats < 1 or self.rounds < 1 or self.warmup < 0:
-            raise ValueError(f"need repeats >= 1, rounds >= 1, warmup >= 0; got {self.repeats}, {self.rounds}, "
-                             f"{self.warmup}")
+        if self.repeats < 1 or self.rounds < 1 or self.passes < 1 or self.warmup < 0:
+            raise ValueError(f"need repeats >= 1, rounds >= 1, passes >= 1, warmup >= 0; got repeats {self.repeats}, "
+                             f"rounds {self.rounds}, passes {self.passes}, warmup {self.warmup}")
 
     def latency(self, m: Measurement) -> float:
-        """The latency (ms) this protocol reports for ``m``."""
+        """The latency (ms) this protocol reports for one pass's measurement ``m``."""
         return m.median if self.statistic == "median" else m.min
+
+    def combine(self, passes: Sequence[Measurement]) -> tuple[float, Measurement]:
+        """A record's latency (ms) over its ``passes`` measurements (``statistic`` of their
+        :meth:`latency`), and the measurement of the pass nearest to it (its spread is the one
+        stored)."""
+        lat = [self.latency(m) for m in passes]
+        value = float(np.median(lat) if self.statistic == "median" else np.min(lat))
+        return value, passes[int(np.argmin([abs(v - value) for v in lat]))]
 
     def settings(self) -> dict:
         """The fields as a plain dict (build.json)."""
