@@ -218,10 +218,16 @@ def cell_features(cells, num_nodes: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- latency
-def latency_baselines(train, test, *, seed: int = 0, names: Sequence[str] = BASELINES) -> dict[str, np.ndarray]:
+def latency_baselines(train, test, *, seed: int = 0, names: Sequence[str] = BASELINES,
+                      cells: bool = True) -> dict[str, np.ndarray]:
     """Fit each baseline of ``names`` to log latency of the ``train`` latency set over
-    :func:`latency_features`; ``{name: (len(test),) predicted latency in ms}``."""
-    num_nodes = int(max(np.max(train.num_nodes), np.max(test.num_nodes)))
-    X_train, X_test = latency_features(train, num_nodes), latency_features(test, num_nodes)
+    :func:`latency_features` (``cells``: small graphs in a fixed node order) or
+    :func:`network_features` alone (networks of any size); ``{name: (len(test),) predicted
+    latency in ms}``."""
+    if cells:
+        num_nodes = int(max(np.max(train.num_nodes), np.max(test.num_nodes)))
+        X_train, X_test = latency_features(train, num_nodes), latency_features(test, num_nodes)
+    else:
+        X_train, X_test = network_features(train), network_features(test)
     y = np.log(np.asarray(train.latencies, dtype=np.float64))
     return {name: np.exp(fit_predict(name, X_train, y, X_test, seed)) for name in names}

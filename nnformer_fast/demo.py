@@ -97,15 +97,13 @@ def yardstick(train_set, test_set, seed: int = 0) -> dict[str, dict | str]:
     ``train_set`` over :func:`~nnformer_fast.baselines.network_features` (log FLOPs, params,
     MACs, log batch size, node count) and predicting ``test_set``; a baseline that cannot run
     (scikit-learn missing) maps to the one-line reason instead."""
-    from .baselines import BASELINES, fit_predict, network_features
+    from .baselines import BASELINES, latency_baselines
     from .train.metrics import regression_metrics
 
-    X_train, X_test = network_features(train_set), network_features(test_set)
-    y = np.log(np.asarray(train_set.latencies, dtype=np.float64))
     out: dict[str, dict | str] = {}
     for name in BASELINES:
         try:
-            pred = np.exp(fit_predict(name, X_train, y, X_test, seed))
+            pred, = latency_baselines(train_set, test_set, seed=seed, names=[name], cells=False).values()
         except ModuleNotFoundError as e:
             out[name] = str(e)
             continue

@@ -15,6 +15,10 @@ the ridge and GBDT baselines fitted on the same cells; their tables show median 
   (``--devices`` to filter) or of a user's own CSV files (``--latency-csv``): for each split
   seed (``--split-seeds``), train on 10 % of the cells, MAPE, Acc(δ) and τ on the rest, with
   the ridge and GBDT baselines of :mod:`nnformer_fast.baselines` fitted on the same cells.
+* ``embedded-latency`` — the embedded default latency set (ONNX networks of ten CNN families,
+  onnxruntime on one CPU thread): in domain (20 % of every family held out, per split seed)
+  and out of domain (each family held out in turn), beside ridge and GBDT on whole-network
+  features (:mod:`.reproduce_embedded`).
 
 Every run writes ``<out>/<experiment>/<run>/metrics.json`` and a predicted-vs-measured
 ``scatter.png`` next to it, and ``<out>/<experiment>/summary.json``; the tables go to a
@@ -43,11 +47,18 @@ import numpy as np
 from .._atomic import writable_folder
 from .._cli_args import int_at_least, pick_threads
 from .metrics import PRECISION_AT_TOP_KEY
+from .reproduce_embedded import BASELINE_TEXT as EMBEDDED_BASELINE_TEXT
+from .reproduce_embedded import EXPERIMENT as EMBEDDED
+from .reproduce_embedded import embedded_latency, embedded_table
+from .scoring import train_and_score as _train_and_score
 
-__all__ = ["EXPERIMENTS", "PAPER", "Settings", "run_experiment", "reproduce", "update_markdown",
+__all__ = ["EXPERIMENTS", "KNOWN_EXPERIMENTS", "PAPER", "Settings", "run_experiment", "reproduce", "update_markdown",
            "find_devices", "hardware_info", "register_reproduce", "section_markers"]
 
+#: the paper's benchmarks (what ``all`` runs), read from the benchmark data folder
 EXPERIMENTS = ("nb201-accuracy", "nb101-accuracy", "nb201-latency")
+#: every experiment: the benchmarks, and the embedded set shipped in the package
+KNOWN_EXPERIMENTS = EXPERIMENTS + (EMBEDDED,)
 #: (50 % costs as much as 10 % and is not in the paper's comparison: ``--fractions 1%,5%,10%,50%`` adds it)
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.10)
 #: files (under the data folder) each experiment reads
@@ -243,65 +254,6 @@ def _seen_in_train(train, test) -> np.ndarray:
     return np.array([k in seen for k in _graph_keys(test)], dtype=bool)
 
 
-def _train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epochs: int, lr: float,
-                     batch_graphs: int, s: Settings, run_dir: Path, title: str,
-                     extra: dict, split_seed: int, seen: Optional[np.ndarray] = None,
-                     baselines: Optional[dict] = None, ema: float = 0.0, consistency: bool = False) -> dict:
-    """Train, predict the test set, write ``metrics.json`` and ``scatter.png``; the record.
-    ``baselines``: {name: (len(test_set),) predictions} scored beside the model's."""
-    from .loop import TrainConfig, evaluate_model, fit
-    from .metrics import divergence_reasons, regression_metrics
-    from .plots import scatter_plot
-    from .tasks import get_task
-
-    t0 = time.perf_counter()
-    sizes = get_task(task_name, **model_cfg).sizes(train_set)
-    max_nodes = int(batch_graphs * max(int(sizes.max()), 1))
-    cfg = TrainConfig(task=task_name, model=dict(model_cfg), epochs=epochs, max_nodes=max_nodes,
-                      max_graphs=batch_graphs, lr=lr, warmup=0.05, precision=s.precision, device="cpu",
-                      seed=s.seed, progress=s.progress, max_seconds=s.max_seconds, ema=ema, consistency=consistency)
-    result = fit(cfg, train_set=train_set, test_set=None)
-    task = get_task(task_name, **model_cfg)
-    pred, y, metrics = evaluate_model(result.model, task, test_set, max_nodes=8192, progress=s.progress,
-                                      desc=f"{title}: evaluate")
-    wall = time.perf_counter() - t0 + float(extra.get("load_seconds", 0.0))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    baselines = baselines or {}
-    record = {**extra, "n_train": len(train_set), "n_test": len(test_set), "epochs": epochs,
-              "steps": result.step, "batch_graphs": batch_graphs, "lr": lr, "ema": ema, "consistency": consistency,
-              "model": task.model_config,
-              "loss": task.loss_config, "precision": s.precision, "seed": s.seed, "split_seed": split_seed,
-              "stopped_early": bool(s.max_seconds is not None and result.throughput["seconds"] > s.max_seconds),
-              "train_seconds": result.throughput["seconds"], "graphs_per_s": result.throughput["graphs_per_s"],
-              "wall_seconds": wall, "metrics": metrics, "distinct_targets": int(np.unique(y).size),
-              "final_train_loss": float(np.mean(result.losses[-10:])) if result.losses else None,
-              "baselines": {name: regression_metrics(p, y, relative=task.relative_metrics)
-                            for name, p in baselines.items()},
-              "diverged": result.divergence + divergence_reasons(pred=pred, target=y)}
-    if record["diverged"]:
-        _log(f"warning: {title} looks diverged: {'; '.join(record['diverged'])}")
-    if seen is not None:
-        from .metrics import kendall_tau
-
-        record["test_graphs_seen_in_train"] = int(seen.sum())
-        record["tau_unseen_graphs"] = kendall_tau(pred[~seen], y[~seen]) if (~seen).sum() > 1 else None
-    if task_name == "accuracy":
-        ok = scatter_plot(100 * y, 100 * pred, run_dir / "scatter.png", xlabel="measured accuracy (%)",
-                          ylabel="predicted accuracy (%)", title=f"{title}: tau {metrics['tau']:.3f} "
-                          f"({len(y)} test cells)")
-    else:
-        ok = scatter_plot(y, pred, run_dir / "scatter.png", xlabel="measured latency (ms)",
-                          ylabel="predicted latency (ms)", log=True,
-                          title=f"{title}: MAPE {100 * metrics['mape']:.1f}%, Acc(10%) "
-                                f"{100 * metrics['acc@10']:.0f}%, tau {metrics['tau']:.3f}")
-    record["scatter"] = str(run_dir / "scatter.png") if ok else None
-    np.savez_compressed(run_dir / "predictions.npz", measured=y, predicted=pred,
-                        **{f"predicted_{name}": p for name, p in baselines.items()})
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
-    record["_points"] = (y, pred)  # for the docs figure; dropped before summary.json
-    return record
-
-
 def _accuracy_baselines(features: np.ndarray, targets: np.ndarray, train_idx, test_idx, seed: int) -> dict:
     """{name: predicted accuracies of the ``test_idx`` cells} of every baseline fitted to the
     ``train_idx`` cells (features (M, F), targets (M,) of all cells)."""
@@ -473,14 +425,16 @@ def _nb201_latency(data_dir: Optional[Path], out: Path, s: Settings, devices: Op
 
 def run_experiment(experiment: str, data_dir: Optional[Path], out: Path, s: Settings, *,
                    devices: Optional[Sequence[str]] = None, latency_csv: Sequence = (),
-                   csv_batch_size: int = 1) -> list[dict]:
+                   csv_batch_size: int = 1, embedded_set: Optional[str] = None) -> list[dict]:
     if experiment == "nb201-accuracy":
         return _nb201_accuracy(data_dir, out, s)
     if experiment == "nb101-accuracy":
         return _nb101_accuracy(data_dir, out, s)
     if experiment == "nb201-latency":
         return _nb201_latency(data_dir, out, s, devices, latency_csv, csv_batch_size)
-    raise ValueError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+    if experiment == EMBEDDED:
+        return embedded_latency(out, s, embedded_set)
+    raise ValueError(f"unknown experiment {experiment!r}; choose from {', '.join(KNOWN_EXPERIMENTS)}")
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -582,6 +536,8 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
                   "not a reproduction.**", ""]
     if experiment in ("nb201-accuracy", "nb101-accuracy"):
         lines += _accuracy_table(experiment, records)
+    elif experiment == EMBEDDED:
+        lines += embedded_table(records)
     else:
         lines += _latency_table(records)
     r0 = records[0] if records else None
@@ -599,13 +555,15 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
         lines.append(f"- model: {_models_text(records, task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine "
                      f"decay, {r0['precision']}, batch ≤ {_batch_text(records)} graphs, {r0['epochs']} epochs; seed "
                      f"{r0['seed']}, split seed{'s' if ',' in seeds else ''} {seeds}")
-        if task == "latency":
+        if experiment == EMBEDDED:
+            lines.append(f"- baselines: {EMBEDDED_BASELINE_TEXT}")
+        elif task == "latency":
             lines.append(f"- baselines ({BASELINE_TEXT}), fitted to log latency on the same training cells: "
                          f"{_baseline_text()}")
         where = ("nb201_latency/<device>.pt" + (" and " + ", ".join(sorted({Path(r["data"]).name for r in records
                                                                              if r["data"].endswith(".csv")}))
                                                    if any(r["data"].endswith(".csv") for r in records) else "")
-                 if task == "latency" else Path(r0["data"]).name)
+                 if experiment == "nb201-latency" else Path(r0["data"]).name)
         lines.append(f"- target: {r0['target']}; data: `{where}`")
     lines += [f"- hardware: {hw['cpu']} ({hw['logical_cpus']} logical CPUs, {hw['torch_threads']} torch "
               f"thread(s)), torch {hw['torch']}, CPU only",
@@ -793,14 +751,14 @@ def _docs_figure(experiment: str, records: list[dict], points: list, doc: Path) 
     from .plots import scatter_grid
 
     rel = f"reproduction/{experiment}.png"
-    if experiment == "nb201-latency":  # each device's first split seed
+    if experiment in ("nb201-latency", EMBEDDED):  # each device's (held-out group's) first split seed
         first = {}
         for r, pts in zip(records, points):
             first.setdefault(r["device"], (r, pts))
         panels = [(y, p, f"{r['run']}: MAPE {100 * r['metrics']['mape']:.1f}%, τ {r['metrics']['tau']:.2f}")
                   for r, (y, p) in first.values()]
         ok = scatter_grid(panels, doc.parent / rel, xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
-                          log=True, ncols=6)
+                          log=True, ncols=6 if experiment == "nb201-latency" else 4)
     else:
         panels = [(100 * y, 100 * p, f"{r['run']}: τ {r['metrics']['tau']:.3f} ({r['n_test']} test)")
                   for r, (y, p) in zip(records, points)]
@@ -828,29 +786,35 @@ def _check_doc(doc: Path, experiments: Sequence[str]) -> None:
 def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce", doc: Optional[str] = None,
               settings: Optional[Settings] = None, devices: Optional[Sequence[str]] = None,
               latency_csv: Sequence[str | os.PathLike] = (), csv_batch_size: int = 1,
-              command: str = "") -> dict[str, list[dict]]:
+              embedded_set: Optional[str | os.PathLike] = None, command: str = "") -> dict[str, list[dict]]:
     """Run ``experiments``; write per-run files under ``out/<experiment>`` and, when ``doc``
     is given, the generated sections of that markdown file. Returns the run records.
     ``latency_csv``: CSV files (``arch,latency_ms``) that nb201-latency runs instead of the
-    HELP devices (beside them when ``devices`` is given), measured at ``csv_batch_size``."""
+    HELP devices (beside them when ``devices`` is given), measured at ``csv_batch_size``.
+    ``embedded_set``: a packed latency set (``.npz``) that embedded-latency runs instead of
+    the embedded default."""
     import torch
 
     from ..baselines import require_sklearn
 
     s = settings or Settings()
     for e in experiments:
-        if e not in EXPERIMENTS:
-            raise ValueError(f"unknown experiment {e!r}; choose from {', '.join(EXPERIMENTS)} or all")
-    for what, given in (("--devices", devices), ("--latency-csv", latency_csv)):
-        if given and "nb201-latency" not in experiments:
-            raise ValueError(f"{what} applies to nb201-latency only")
+        if e not in KNOWN_EXPERIMENTS:
+            raise ValueError(f"unknown experiment {e!r}; choose from {', '.join(KNOWN_EXPERIMENTS)} or all")
+    for what, given, applies in (("--devices", devices, "nb201-latency"),
+                                 ("--latency-csv", latency_csv, "nb201-latency"),
+                                 ("--embedded-set", embedded_set, EMBEDDED)):
+        if given and applies not in experiments:
+            raise ValueError(f"{what} applies to {applies} only")
     s.check()
     require_sklearn()  # every experiment scores the GBDT baseline: a missing extra fails before any training
     for f in latency_csv:
         if not Path(f).is_file():
             raise FileNotFoundError(f"--latency-csv: file not found: {f}")
-    # a run of CSV files alone needs no benchmark data folder
-    need = [e for e in experiments if not (e == "nb201-latency" and latency_csv and not devices)]
+    if embedded_set is not None and not Path(embedded_set).is_file():
+        raise FileNotFoundError(f"--embedded-set: file not found: {embedded_set}")
+    # a run of CSV files alone, and the embedded set, need no benchmark data folder
+    need = [e for e in experiments if e != EMBEDDED and not (e == "nb201-latency" and latency_csv and not devices)]
     data = resolve_data_dir(data_dir) if need or data_dir is not None else None
     for e in need:  # fail before hours of training, not after
         _need(data, e)
@@ -868,7 +832,8 @@ def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce"
         exp_out = Path(out) / e
         t0 = time.perf_counter()
         records = run_experiment(e, data, exp_out, s, devices=devices, latency_csv=latency_csv,
-                                 csv_batch_size=csv_batch_size)
+                                 csv_batch_size=csv_batch_size,
+                                 embedded_set=None if embedded_set is None else str(embedded_set))
         wall = time.perf_counter() - t0
         info = {"experiment": e, "settings": s.to_dict(), "hardware": hw, "wall_seconds": wall,
                 "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -983,7 +948,7 @@ def _run(args) -> int:
     try:
         reproduce(experiments, data_dir=args.data_dir, out=args.out, doc=None if args.no_doc else args.doc,
                   settings=s, devices=args.devices, latency_csv=args.latency_csv or (),
-                  csv_batch_size=args.csv_batch_size, command=_command(args))
+                  csv_batch_size=args.csv_batch_size, embedded_set=args.embedded_set, command=_command(args))
     except ModuleNotFoundError as e:  # the [baselines] extra is not installed: say so in one line
         print(f"nnformer-fast reproduce: error: {e}", file=sys.stderr)
         return 2
@@ -995,7 +960,8 @@ def _command(args) -> str:
     parts = ["nnformer-fast", "reproduce", *args.experiments]
     if args.quick:
         parts.append("--quick")
-    for opt in ("fractions", "reference_fractions", "devices", "latency_csv", "csv_batch_size", "epochs", "max_test",
+    for opt in ("fractions", "reference_fractions", "devices", "latency_csv", "csv_batch_size", "embedded_set",
+                "epochs", "max_test",
                 "max_seconds", "nb101_train", "accuracy_model", "accuracy_lr", "accuracy_ema", "accuracy_consistency",
                 "latency_model", "precision", "seed", "split_seed", "split_seeds", "threads"):
         v = getattr(args, opt)
@@ -1008,6 +974,8 @@ def _command(args) -> str:
             continue
         elif opt == "latency_csv":
             v = ",".join(Path(f).name for f in v)
+        elif opt == "embedded_set":
+            v = Path(v).name
         elif opt == "csv_batch_size" and not args.latency_csv:
             continue
         elif isinstance(v, list):
@@ -1024,10 +992,12 @@ def register_reproduce(subparsers) -> None:
             "Kendall tau, Spearman rho and top-k metrics on the rest)",
             "nb101-accuracy (500-cell NAS-Bench-101 subset, 100 train / 400 test)",
             "nb201-latency (every device of nb201_latency/ or --latency-csv file, 10% train, MAPE/Acc/tau on "
-            "the rest)"]) + "; each over split seeds 0,1,2, beside ridge and GBDT baselines"
+            "the rest)",
+            "embedded-latency (the embedded set of ONNX networks: 20% of every family held out, and each family "
+            "held out in turn)"]) + "; each over split seeds 0,1,2, beside ridge and GBDT baselines"
         + ". Writes OUT/<experiment>/<run>/{metrics.json,scatter.png} and the generated tables of --doc.")
-    p.add_argument("experiments", nargs="+", choices=list(EXPERIMENTS) + ["all"], metavar="EXPERIMENT",
-                   help=f"{', '.join(EXPERIMENTS)} or all")
+    p.add_argument("experiments", nargs="+", choices=list(KNOWN_EXPERIMENTS) + ["all"], metavar="EXPERIMENT",
+                   help=f"{', '.join(KNOWN_EXPERIMENTS)}, or all (the first three)")
     p.add_argument("--data-dir", default=None,
                    help="benchmark data folder (default: $NNFORMER_FAST_DATA, else ../shared/data)")
     p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
@@ -1048,6 +1018,9 @@ def register_reproduce(subparsers) -> None:
                         "the HELP devices unless --devices is given; repeat for more files")
     p.add_argument("--csv-batch-size", type=int_at_least(1), default=1,
                    help="the batch size the --latency-csv latencies were measured at (default 1)")
+    p.add_argument("--embedded-set", default=None, metavar="PATH.npz",
+                   help="embedded-latency: a packed latency set (build-latency-set --pack) instead of the embedded "
+                        "default")
     p.add_argument("--epochs", type=int_at_least(1), default=None, help="epochs of every run (overrides the profile)")
     p.add_argument("--max-test", type=int_at_least(1), default=None,
                    help="score on a seeded random subset of at most N test cells (default all; 2000 with --quick)")

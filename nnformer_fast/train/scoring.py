@@ -1,0 +1,78 @@
+"""One reproduction run: train a fresh predictor, score it on held-out data beside the
+baselines' predictions, and write its files (``metrics.json``, ``predictions.npz``,
+``scatter.png``). Shared by the experiments of :mod:`.reproduce` and :mod:`.reproduce_embedded`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["train_and_score"]
+
+
+def train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epochs: int, lr: float,
+                    batch_graphs: int, s, run_dir: Path, title: str,
+                    extra: dict, split_seed: int, seen: Optional[np.ndarray] = None,
+                    baselines: Optional[dict] = None, ema: float = 0.0, consistency: bool = False,
+                    max_nodes: Optional[int] = None) -> dict:
+    """Train a fresh model of ``task_name`` (``accuracy`` or ``latency``) with ``model_cfg`` on
+    ``train_set``, predict ``test_set``, write ``run_dir/metrics.json``, ``predictions.npz``
+    and ``scatter.png``; returns the run's record (``extra`` merged in). ``s``: the
+    reproduction's settings (precision, seed, progress, max_seconds). Batches hold at most
+    ``batch_graphs`` graphs and ``max_nodes`` nodes (default: ``batch_graphs`` of the largest
+    training graph). ``baselines``: {name: (len(test_set),) predictions} scored beside the
+    model's; ``seen``: (len(test_set),) bool, test graphs also in the training set."""
+    from .loop import TrainConfig, evaluate_model, fit
+    from .metrics import divergence_reasons, regression_metrics
+    from .plots import scatter_plot
+    from .tasks import get_task
+
+    t0 = time.perf_counter()
+    sizes = get_task(task_name, **model_cfg).sizes(train_set)
+    max_nodes = int(max_nodes or batch_graphs * max(int(sizes.max()), 1))
+    cfg = TrainConfig(task=task_name, model=dict(model_cfg), epochs=epochs, max_nodes=max_nodes,
+                      max_graphs=batch_graphs, lr=lr, warmup=0.05, precision=s.precision, device="cpu",
+                      seed=s.seed, progress=s.progress, max_seconds=s.max_seconds, ema=ema, consistency=consistency)
+    result = fit(cfg, train_set=train_set, test_set=None)
+    task = get_task(task_name, **model_cfg)
+    pred, y, metrics = evaluate_model(result.model, task, test_set, max_nodes=8192, progress=s.progress,
+                                      desc=f"{title}: evaluate")
+    wall = time.perf_counter() - t0 + float(extra.get("load_seconds", 0.0))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    baselines = baselines or {}
+    record = {**extra, "n_train": len(train_set), "n_test": len(test_set), "epochs": epochs,
+              "steps": result.step, "batch_graphs": batch_graphs, "lr": lr, "ema": ema, "consistency": consistency,
+              "model": task.model_config,
+              "loss": task.loss_config, "precision": s.precision, "seed": s.seed, "split_seed": split_seed,
+              "stopped_early": bool(s.max_seconds is not None and result.throughput["seconds"] > s.max_seconds),
+              "train_seconds": result.throughput["seconds"], "graphs_per_s": result.throughput["graphs_per_s"],
+              "wall_seconds": wall, "metrics": metrics, "distinct_targets": int(np.unique(y).size),
+              "final_train_loss": float(np.mean(result.losses[-10:])) if result.losses else None,
+              "baselines": {name: regression_metrics(p, y, relative=task.relative_metrics)
+                            for name, p in baselines.items()},
+              "diverged": result.divergence + divergence_reasons(pred=pred, target=y)}
+    if record["diverged"]:
+        print(f"warning: {title} looks diverged: {'; '.join(record['diverged'])}", flush=True)
+    if seen is not None:
+        from .metrics import kendall_tau
+
+        record["test_graphs_seen_in_train"] = int(seen.sum())
+        record["tau_unseen_graphs"] = kendall_tau(pred[~seen], y[~seen]) if (~seen).sum() > 1 else None
+    if task_name == "accuracy":
+        ok = scatter_plot(100 * y, 100 * pred, run_dir / "scatter.png", xlabel="measured accuracy (%)",
+                          ylabel="predicted accuracy (%)", title=f"{title}: tau {metrics['tau']:.3f} "
+                          f"({len(y)} test cells)")
+    else:
+        ok = scatter_plot(y, pred, run_dir / "scatter.png", xlabel="measured latency (ms)",
+                          ylabel="predicted latency (ms)", log=True,
+                          title=f"{title}: MAPE {100 * metrics['mape']:.1f}%, Acc(10%) "
+                                f"{100 * metrics['acc@10']:.0f}%, tau {metrics['tau']:.3f}")
+    record["scatter"] = str(run_dir / "scatter.png") if ok else None
+    np.savez_compressed(run_dir / "predictions.npz", measured=y, predicted=pred,
+                        **{f"predicted_{name}": p for name, p in baselines.items()})
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
+    record["_points"] = (y, pred)  # for the docs figure; dropped before summary.json
+    return record
