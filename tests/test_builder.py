@@ -47,6 +47,14 @@ def test_randomised_and_capped(family):
     assert a.SerializeToString() == models[0].SerializeToString()  # deterministic per seed
 
 
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """Builds here see an idle machine (no busy-machine warning from a loaded test runner)."""
+    from nnformer_fast.data.builder import build as build_mod
+
+    monkeypatch.setattr(build_mod, "_load_average", lambda: 0.0)
+
+
 def _lines(path):
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
 
@@ -335,3 +343,24 @@ def test_retest_and_remeasure_of_a_build_in_passes(tmp_path, monkeypatch):
     assert len(calls) == 2 and calls[0] == calls[1]  # each pass measures the sample again
     with pytest.raises(ValueError, match="2 passes"):
         remeasure_noisy(out, progress=False)
+
+
+def test_a_busy_machine_is_named_in_a_warning(tmp_path, monkeypatch):
+    """Other work inflates even CPU-time latencies: a build or retest measured while the load
+    average exceeds 0.75 per CPU says so, an idle one does not."""
+    import os
+    import warnings
+
+    from nnformer_fast.data.builder import build as build_mod
+    from nnformer_fast.data.builder import retest
+
+    kw = dict(threads=1, repeats=1, warmup=0, tiny=True, progress=False)
+    monkeypatch.setattr(build_mod, "_load_average", lambda: 0.7 * (os.cpu_count() or 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_latency_set(tmp_path / "idle", ["alexnet"], 1, [1], **kw)
+    monkeypatch.setattr(build_mod, "_load_average", lambda: 0.8 * (os.cpu_count() or 1))
+    with pytest.warns(UserWarning, match="busy: the load average reached .* on .* CPU.* while measuring"):
+        build_latency_set(tmp_path / "busy", ["alexnet"], 1, [1], **kw)
+    with pytest.warns(UserWarning, match="retest: the load average reached"):
+        retest(tmp_path / "busy", 1.0, progress=False)

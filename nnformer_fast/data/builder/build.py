@@ -24,6 +24,7 @@ import json
 import os
 import platform as _platform
 import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +44,10 @@ LATENCY_FILE = "latency.txt"
 MAX_COUNT = 100_000
 #: networks measured together (one group's records are written when the group is measured)
 GROUP = 8
+#: the 1-minute load average per CPU above which a build or retest warns that its numbers are
+#: inflated: on a 2-vCPU VM at load 3-4, other processes made onnxruntime 2-17 % slower per
+#: family even in thread CPU time (shared caches and memory bandwidth)
+BUSY_LOAD_PER_CPU = 0.75
 NEED_ONNX = 'build-latency-set needs onnx and onnxruntime: pip install "nnformer_fast[data]"'
 
 
@@ -114,6 +119,22 @@ def _read_passes(path: Path) -> dict[str, list[Measurement]]:
     return measured
 
 
+def _load_average() -> float:
+    """The 1-minute load average (0 where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def _warn_if_busy(what: str, busiest: float) -> None:
+    cpus = os.cpu_count() or 1
+    if busiest > BUSY_LOAD_PER_CPU * cpus:
+        warnings.warn(f"{what}: the load average reached {busiest:.1f} on {cpus} CPU(s) while measuring; other work "
+                      "slows onnxruntime even in CPU time (2-17 % per family on a 2-vCPU VM at load 3-4): measure on "
+                      "an idle machine, or check with --retest", stacklevel=3)
+
+
 def _network(info: dict, model_id: str):
     """The network ``<family>_<i>`` of a build with manifest ``info``, regenerated from its seed."""
     fam, idx = model_id.rsplit("_", 1)
@@ -139,17 +160,21 @@ def _measure_networks(info: dict, todo: dict[str, list[int]], protocol: Protocol
     return {f"{mid}_bs{b}": m for (mid, b), m in zip(jobs, ms)}
 
 
-def _measure_in_passes(info: dict, by_model: dict[str, list[int]], protocol: Protocol, bar) -> dict[str, tuple]:
+def _measure_in_passes(info: dict, by_model: dict[str, list[int]], protocol: Protocol, bar,
+                       what: str) -> dict[str, tuple]:
     """``{speed_id: protocol.combine(...)}`` of the records ``by_model`` (``{model_id: [batch
     sizes]}``) measured in ``protocol.passes`` passes, ``GROUP`` networks at a time with fresh
-    sessions; ``bar`` counts the measurements."""
+    sessions; ``bar`` counts the measurements; ``what`` names them in a busy-machine warning."""
     measured: dict[str, list] = {}
     ids = list(by_model)
+    busiest = 0.0
     for _ in range(protocol.passes):
         for g in range(0, len(ids), GROUP):
+            busiest = max(busiest, _load_average())
             for sid, m in _measure_networks(info, {mid: by_model[mid] for mid in ids[g:g + GROUP]}, protocol).items():
                 measured.setdefault(sid, []).append(m)
                 bar.update(1)
+    _warn_if_busy(what, busiest)
     return {sid: protocol.combine(ms) for sid, ms in measured.items()}
 
 
@@ -230,6 +255,7 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
         for sid in sids:  # measured in full before a crash, not yet written
             if sid not in done and len(measured.get(sid, ())) >= protocol.passes:
                 finish(sid)
+        busiest = 0.0
         for k in range(protocol.passes):
             todo = {}
             for fam, i in jobs:
@@ -240,6 +266,7 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
                     todo[model_id] = bs
             ids = list(todo)
             for g in range(0, len(ids), GROUP):
+                busiest = max(busiest, _load_average())
                 group = {mid: todo[mid] for mid in ids[g:g + GROUP]}
                 sessions = {}
                 for model_id in group:
@@ -255,6 +282,7 @@ def build_latency_set(out: str | os.PathLike, families: Sequence[str] | None = N
                     bar.update(1)
                     if len(measured[sid]) == protocol.passes:
                         finish(sid)
+    _warn_if_busy(str(out), busiest)
     return lat_path
 
 
@@ -354,7 +382,7 @@ def retest(out: str | os.PathLike, fraction: float, *, seed: int = 0, progress: 
         model_id, b = sid.rsplit("_bs", 1)
         by_model.setdefault(model_id, []).append(int(b))
     with tqdm(total=len(pick) * protocol.passes, desc="retest", unit="meas", disable=not progress) as bar:
-        new = _measure_in_passes(info, by_model, protocol, bar)
+        new = _measure_in_passes(info, by_model, protocol, bar, f"{out}: retest")
     rel = np.asarray([abs(value - stored[sid]) / stored[sid] for sid, (value, _) in new.items()])
     return {"records": int(rel.size), "median": float(np.median(rel)), "p90": float(np.percentile(rel, 90)),
             "max": float(rel.max()), "protocol": protocol.settings()}
