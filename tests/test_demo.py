@@ -54,7 +54,7 @@ def test_demo_prints_the_yardstick_and_a_working_predict_command(tmp_path, capsy
     synthetic_latency_set(48).save(path)
     threads = torch.get_num_threads()
     try:
-        assert demo.main(["--data", str(path), "--budget-s", "1", "--out", str(tmp_path / "out"), "--threads", "1",
+        assert demo.main(["--data", str(path), "--epochs", "1", "--out", str(tmp_path / "out"), "--threads", "1",
                           "--no-compile"]) == 0
     finally:
         torch.set_num_threads(threads)

@@ -47,6 +47,8 @@ def test_in_and_out_of_domain_runs_beside_the_baselines(small_set, tmp_path, mon
         rec, preds = recs[f"out-of-domain/{fam}"], np.load(root / "out-of-domain" / fam / "predictions.npz")
         assert rec["n_test"] == 12 and rec["n_train"] == 24 and fam not in rec["families_train"]
         np.testing.assert_allclose(np.sort(preds["measured"]), _latencies(small_set, fam))
+    assert {r["precision"] for r in recs.values()} == {"bf16"}  # the demo's recipe unless --precision is given
+    assert {r["loss"]["loss"] for r in recs.values()} == {"log_mse_mape"}
     ind = recs["in-domain/split-0"]
     assert ind["families_train"] == list(FAMILIES) and ind["n_test"] == 6 and ind["n_train"] == 30
     for run, rec in recs.items():  # the baselines' scores are of their own saved predictions

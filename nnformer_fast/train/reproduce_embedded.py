@@ -23,9 +23,10 @@ from .scoring import train_and_score
 __all__ = ["EXPERIMENT", "RECIPE", "embedded_latency", "embedded_table", "BASELINE_TEXT"]
 
 EXPERIMENT = "embedded-latency"
-#: NN-Former's recipe here: the demo's model and batches, more epochs
-RECIPE = dict(model=dict(dim=128, n_layers=2, n_head=4, dropout=0.0), epochs=40, lr=2e-3, max_nodes=3072,
-              max_graphs=256)
+#: NN-Former's recipe here: the demo's (model, loss, batches, epochs; precision
+#: ``Settings.embedded_precision``, bf16 unless ``--precision`` says otherwise)
+RECIPE = dict(model=dict(dim=128, n_layers=2, n_head=4, dropout=0.0, loss="log_mse_mape"), epochs=30, lr=2e-3,
+              max_nodes=3072, max_graphs=256)
 QUICK_EPOCHS = 4
 #: in-domain: the held-out share of every family's networks
 TEST_FRACTION = 0.2
@@ -63,6 +64,7 @@ def embedded_latency(out: Path, s, data: Optional[str] = None) -> list[dict]:
         rec = train_and_score("latency", model_cfg, train, test, epochs=epochs, lr=RECIPE["lr"],
                               batch_graphs=RECIPE["max_graphs"], max_nodes=RECIPE["max_nodes"], s=s,
                               run_dir=out / run, title=run, split_seed=k, baselines=base,
+                              precision=s.embedded_precision,
                               extra={"experiment": EXPERIMENT, "run": run, "device": group, "data": str(source),
                                      "target": "latency (ms) of onnxruntime, 1 CPU thread",
                                      "families_train": sorted(set(train.families.tolist())),

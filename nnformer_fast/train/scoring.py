@@ -17,14 +17,15 @@ def train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epo
                     batch_graphs: int, s, run_dir: Path, title: str,
                     extra: dict, split_seed: int, seen: Optional[np.ndarray] = None,
                     baselines: Optional[dict] = None, ema: float = 0.0, consistency: bool = False,
-                    max_nodes: Optional[int] = None) -> dict:
+                    max_nodes: Optional[int] = None, precision: Optional[str] = None) -> dict:
     """Train a fresh model of ``task_name`` (``accuracy`` or ``latency``) with ``model_cfg`` on
     ``train_set``, predict ``test_set``, write ``run_dir/metrics.json``, ``predictions.npz``
     and ``scatter.png``; returns the run's record (``extra`` merged in). ``s``: the
-    reproduction's settings (precision, seed, progress, max_seconds). Batches hold at most
-    ``batch_graphs`` graphs and ``max_nodes`` nodes (default: ``batch_graphs`` of the largest
-    training graph). ``baselines``: {name: (len(test_set),) predictions} scored beside the
-    model's; ``seen``: (len(test_set),) bool, test graphs also in the training set."""
+    reproduction's settings (seed, progress, max_seconds, and ``precision`` unless given).
+    Batches hold at most ``batch_graphs`` graphs and ``max_nodes`` nodes (default:
+    ``batch_graphs`` of the largest training graph). ``baselines``: {name: (len(test_set),)
+    predictions} scored beside the model's; ``seen``: (len(test_set),) bool, test graphs also
+    in the training set."""
     from .loop import TrainConfig, evaluate_model, fit
     from .metrics import divergence_reasons, regression_metrics
     from .plots import scatter_plot
@@ -32,9 +33,10 @@ def train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epo
 
     t0 = time.perf_counter()
     sizes = get_task(task_name, **model_cfg).sizes(train_set)
+    precision = precision or s.precision
     max_nodes = int(max_nodes or batch_graphs * max(int(sizes.max()), 1))
     cfg = TrainConfig(task=task_name, model=dict(model_cfg), epochs=epochs, max_nodes=max_nodes,
-                      max_graphs=batch_graphs, lr=lr, warmup=0.05, precision=s.precision, device="cpu",
+                      max_graphs=batch_graphs, lr=lr, warmup=0.05, precision=precision, device="cpu",
                       seed=s.seed, progress=s.progress, max_seconds=s.max_seconds, ema=ema, consistency=consistency)
     result = fit(cfg, train_set=train_set, test_set=None)
     task = get_task(task_name, **model_cfg)
@@ -46,7 +48,7 @@ def train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epo
     record = {**extra, "n_train": len(train_set), "n_test": len(test_set), "epochs": epochs,
               "steps": result.step, "batch_graphs": batch_graphs, "lr": lr, "ema": ema, "consistency": consistency,
               "model": task.model_config,
-              "loss": task.loss_config, "precision": s.precision, "seed": s.seed, "split_seed": split_seed,
+              "loss": task.loss_config, "precision": precision, "seed": s.seed, "split_seed": split_seed,
               "stopped_early": bool(s.max_seconds is not None and result.throughput["seconds"] > s.max_seconds),
               "train_seconds": result.throughput["seconds"], "graphs_per_s": result.throughput["graphs_per_s"],
               "wall_seconds": wall, "metrics": metrics, "distinct_targets": int(np.unique(y).size),
