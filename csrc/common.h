@@ -11,7 +11,7 @@
 
 namespace nnff {
 
-// Activations of the channel mixer (SPEC §3).
+// Activations of the channel mixer (docs/DESIGN.md: bigin).
 enum class Act : int { kRelu = 0, kLeakyRelu = 1, kGelu = 2, kSquareRelu = 3 };
 
 // Relation index of the transpose of relation r: fwd <-> bwd, sib and cop symmetric.

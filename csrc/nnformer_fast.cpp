@@ -43,7 +43,7 @@ TORCH_LIBRARY(nnformer_fast, m) {
   m.def("bigin_bwd(Tensor dy, Tensor? h, Tensor? g, Tensor adj_rowptr, Tensor adj_col, "
         "Tensor adjt_rowptr, Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None, "
         "Tensor? out=None) -> (Tensor, Tensor, Tensor, Tensor)");
-  // Counter-based elementwise dropout (SPEC of ops/reference.py::dropout): element e of the
+  // Counter-based elementwise dropout (specified by ops/reference.py::dropout): element e of the
   // contiguous x is kept when hash32(e ^ hash32(seed)) >> 8 >= int(p * 2^24) and scaled by
   // 1 / (1 - p). Its backward is the same op applied to the gradient.
   m.def("dropout_fwd(Tensor x, float p, SymInt seed) -> Tensor");

@@ -1,4 +1,4 @@
-"""The dense formulation of NN-Former (SPEC.md §1-§5).
+"""The dense formulation of NN-Former (docs/DESIGN.md).
 
 This is how the public reference code computes the model: padded ``(B, L, L)`` masks,
 relation matrices from ``L x L x L`` boolean mask products, full ``(L, L)`` score matrices
@@ -7,7 +7,7 @@ masked with ``-inf``. It has two jobs:
 * the float64 oracle that every kernel and model is tested against, and
 * the slow baseline that the benchmarks time (float32).
 
-Pure torch, written straight from SPEC.md, with no dependency on any other
+Pure torch, written straight from docs/DESIGN.md, with no dependency on any other
 ``nnformer_fast`` module. Every function is dtype-generic: it computes in the dtype of its
 floating inputs / parameters. Eval mode only: no dropout, no drop path.
 """
@@ -63,7 +63,7 @@ def activation(name: str):
 
 
 def dense_relations(mask: Tensor) -> Tensor:
-    """The four NN-Former relations of a batch of padded masks (SPEC §1).
+    """The four NN-Former relations of a batch of padded masks (docs/DESIGN.md: the four relations).
 
     mask: (B, L, L) any dtype; nonzero at [b, i, j] means an edge i -> j.
     Returns (B, 4, L, L) bool: ``[M+I, Mᵀ+I, MᵀM+I, MMᵀ+I]`` (fwd, bwd, sib, cop), products
@@ -94,7 +94,7 @@ def dense_dag_attention(
     valid: Optional[Tensor] = None,
     scale: Optional[float] = None,
 ) -> Tensor:
-    """DAG-masked multi-head attention, dense (SPEC §2).
+    """DAG-masked multi-head attention, dense (docs/DESIGN.md: dag_attention).
 
     q, k, v: (B, L, H, Dh) float (any floating dtype; the result has q's dtype).
     mask: (B, L, L) any dtype, nonzero = edge i -> j; head h uses relation ``h % 4`` of
@@ -140,7 +140,7 @@ def dense_dag_attention(
 
 
 def dense_bigin(h: Tensor, g: Tensor, adj: Tensor, act: str = "relu") -> Tensor:
-    """Bidirectional GIN aggregation, dense (SPEC §3): ``act(h + cat(A g1, Aᵀ g2))``.
+    """Bidirectional GIN aggregation, dense (docs/DESIGN.md: bigin): ``act(h + cat(A g1, Aᵀ g2))``.
 
     h, g: (B, L, M) float, M even; g1 = g[..., :M/2], g2 = g[..., M/2:].
     adj: (B, L, L) (cast to h's dtype; its values are used as weights, not booleans).
@@ -188,7 +188,7 @@ def _ffn_block(y: Tensor, adj: Tensor, params: Mapping[str, Tensor], prefix: str
 
 
 def _attention_mask(rel_pos: Tensor) -> Tensor:
-    """M from rel_pos (SPEC §4.5): nonzero, except that values strictly between 1 and 9 (the
+    """M from rel_pos (docs/DESIGN.md: the models): nonzero, except that values strictly between 1 and 9 (the
     distances 2..8, and any fraction there) count as 0, as the reference masks them. Bool."""
     return (rel_pos != 0) & ~((rel_pos > 1) & (rel_pos < 9))
 
@@ -253,9 +253,9 @@ def dense_nnformer(
     class_token: bool = True,
     depth_embed: bool = True,
 ) -> Tensor:
-    """The NN-Former accuracy model in eval mode, dense (SPEC §4).
+    """The NN-Former accuracy model in eval mode, dense (docs/DESIGN.md: the models).
 
-    params: a state_dict with the reference names (SPEC §4); float32 or float64.
+    params: a state_dict with the reference names (docs/DESIGN.md: the models); float32 or float64.
     sample: ``code`` (B, L, C) float, ``code_depth`` (B, 1, C) float, ``code_rel_pos``
     (B, L, L) int, ``code_adj`` (B, L, L) float, optional ``num_vertices`` (B,) int.
     Returns (B, 1) in the parameters' dtype (inputs are cast to ``op_embed.weight``'s dtype).
@@ -315,9 +315,9 @@ def dense_nnformer_latency(
     act: str = "relu",
     degree_gating: bool = False,
 ) -> Tensor:
-    """The NN-Former latency model in eval mode for ONE graph, dense (SPEC §5).
+    """The NN-Former latency model in eval mode for ONE graph, dense (docs/DESIGN.md: the models).
 
-    params: state_dict with the reference names (SPEC §5), all Linear layers with biases.
+    params: state_dict with the reference names (docs/DESIGN.md: the models), all Linear layers with biases.
     x: (L, F) node features; adj: (L, L) directed adjacency, used both as the attention
     mask (relations of §1) and as the GIN adjacency; static: (40,) static features.
     Inputs are cast to ``embedding.weight``'s dtype. Returns (1, 1), the latency in ms.

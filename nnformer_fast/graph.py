@@ -6,7 +6,7 @@ batch and shared by every layer:
 
 * the GIN adjacency ``A`` as CSR (row ``i`` lists the children of ``i``) and its transpose
   (row ``i`` lists the parents of ``i``), used by ``bigin``;
-* the four attention relations of SPEC §1, built from a mask adjacency ``M`` (default ``A``),
+* the four attention relations (docs/DESIGN.md), built from a mask adjacency ``M`` (default ``A``),
   each with self loops, as one relation-major CSR: row ``r * N + i`` lists ``N_r(i)``. Head
   ``h`` reads relation ``h % 4``. ``rel_tperm[e]`` is the entry of the transposed pair of
   entry ``e`` in the transposed relation, so a backward pass gathers instead of scattering.
@@ -358,7 +358,7 @@ def _expand_pairs(src: Tensor, dst: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 def _relations(src: Tensor, dst: Tensor, n: int):
-    """The relation CSR of SPEC §1 (with self loops) from mask edges sorted by (src, dst).
+    """The relation CSR (docs/DESIGN.md: the four relations; with self loops) from mask edges sorted by (src, dst).
 
     Returns (rel_rowptr, rel_col, rel_row, rel_tperm, offsets). On the CPU the compiled
     builder of the native extension does this when it is loaded (same output, several times

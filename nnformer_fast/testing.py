@@ -57,7 +57,7 @@ def latency_inputs(sizes: list[int], seed: int = 0) -> tuple[Tensor, GraphBatch,
 
 
 def random_cells(cells: int, tokens: int, channels: int = 32, seed: int = 0) -> dict:
-    """The accuracy model's padded dict (SPEC §4) for random cells: code (B, L, C) and
+    """The accuracy model's padded dict (docs/DESIGN.md: the models) for random cells: code (B, L, C) and
     code_depth (B, 1, C) float32, a random upper-triangular adjacency (B, L, L) as code_adj
     and, as integers, code_rel_pos."""
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-// Channel-mixer activations and their derivatives (SPEC §3), per element, for the bigin
+// Channel-mixer activations and their derivatives (docs/DESIGN.md: bigin), per element, for the bigin
 // kernels (compiled once per capability, like vec.h).
 #pragma once
 

@@ -1,4 +1,4 @@
-// DAG-masked attention on CPU (SPEC §2), the hot loops (compiled once per capability: vec.h).
+// DAG-masked attention on CPU (docs/DESIGN.md: dag_attention), the hot loops (compiled once per capability: vec.h).
 // Forward keeps the row log-sum-exp; backward follows the flash-attention recipe and gathers
 // dk / dv over the transposed relation (no atomics, bit-identical results run to run). Each
 // (node, head) row computes its scores four keys at a time and its weighted sums of value /

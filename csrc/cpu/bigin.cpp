@@ -1,4 +1,4 @@
-// Fused bidirectional GIN aggregation on CPU (SPEC §3), the op bindings: y = act(h + [A·g1,
+// Fused bidirectional GIN aggregation on CPU (docs/DESIGN.md: bigin), the op bindings: y = act(h + [A·g1,
 // Aᵀ·g2]) with the optional biases of fc1 and gcn folded in. They check the inputs, allocate
 // the outputs and split the rows on torch's intra-op threads; the kernels of the CPU capability
 // chosen at load time (dispatch.h, bigin_kernels.cpp) run each range. The bias gradients are

@@ -1,4 +1,4 @@
-// Fused bidirectional GIN aggregation on CPU (SPEC §3), the hot loops (compiled once per
+// Fused bidirectional GIN aggregation on CPU (docs/DESIGN.md: bigin), the hot loops (compiled once per
 // capability: vec.h): y = act(h + [A·g1, Aᵀ·g2]) with the optional biases of fc1 and gcn folded
 // in (h + bh, g + bg: node i adds its child count times bg1 and its parent count times bg2).
 // Forward and backward are gathers over CSR rows (children via adj, parents via adjt), each

@@ -1,4 +1,4 @@
-// DAG-masked attention on CPU (SPEC §2): the op bindings. They check the inputs, allocate the
+// DAG-masked attention on CPU (docs/DESIGN.md: dag_attention): the op bindings. They check the inputs, allocate the
 // outputs and split the nodes on torch's intra-op threads; the kernels of the CPU capability
 // chosen at load time (dispatch.h, attention_kernels.cpp) run each range of nodes.
 #include <ATen/Parallel.h>

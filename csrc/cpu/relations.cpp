@@ -1,4 +1,4 @@
-// The four relation CSRs of SPEC §1 built in C++ (graph.py's _relations is the Python twin):
+// The four relation CSRs (docs/DESIGN.md: the four relations) built in C++ (graph.py's _relations is the Python twin):
 // for mask edges sorted by (src, dst) and deduplicated, row r*N + i lists, sorted, the
 // children (r=0), parents (r=1), siblings (r=2) or co-parents (r=3) of i, plus i itself.
 // Two parallel passes over rows (count, then fill) with a per-task marker array, so no

@@ -1,4 +1,4 @@
-// Fused bidirectional GIN aggregation on CUDA (SPEC §3). Each node's row is handled by a
+// Fused bidirectional GIN aggregation on CUDA (docs/DESIGN.md: bigin). Each node's row is handled by a
 // power-of-two run of threads (up to the whole block) that split its channels in 16-byte
 // vectors when M and the pointers allow, so neighbour rows are gathered in coalesced wide
 // loads and the CSR row bounds are read once per row. Backward recomputes the

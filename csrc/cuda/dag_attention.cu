@@ -1,4 +1,4 @@
-// DAG-masked attention on CUDA (SPEC §2). One warp per (node, head), split into groups of
+// DAG-masked attention on CUDA (docs/DESIGN.md: dag_attention). One warp per (node, head), split into groups of
 // LPR lanes (8, 16 or 32: the fewest that hold a head row at kSlots elements per lane, with
 // 16-byte loads when Dh and the pointers allow). Each group takes every (32 / LPR)-th entry of
 // the node's neighbour list, so a warp has that many rows in flight; scores are reduced with

@@ -1,4 +1,4 @@
-"""ONNX graph -> NN-Former latency-model inputs (SPEC section 7).
+"""ONNX graph -> NN-Former latency-model inputs (docs/DATA.md).
 
 One graph node per ONNX node, except ``Constant`` nodes, which are folded away (their
 outputs behave like initializers). Nodes are numbered in topological order (ties keep the
@@ -101,7 +101,7 @@ _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def embed_scalar(x, n: int) -> np.ndarray:
-    """Embed scalars into ``2n`` dims: (...,) -> (..., 2n) float32, SPEC section 7 order.
+    """Embed scalars into ``2n`` dims: (...,) -> (..., 2n) float32, docs/DATA.md order.
 
     Network attributes and shapes repeat a lot (a batch of 2,000 nodes holds ~100 distinct
     values), so each distinct value is embedded once and the rows are gathered.

@@ -1,4 +1,4 @@
-"""The NN-Former accuracy predictor (SPEC §4): a drop-in for the reference model."""
+"""The NN-Former accuracy predictor (docs/DESIGN.md: the models): a drop-in for the reference model."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -58,7 +58,7 @@ class RegressionHead(nn.Module):
 class NNFormer(nn.Module):
     """NN-Former accuracy predictor; constructor, inputs and state_dict keys of the reference.
 
-    ``forward(sample, static_feats=None)`` takes the padded dict of SPEC §4 — ``code``
+    ``forward(sample, static_feats=None)`` takes the padded dict (docs/DESIGN.md: the models) — ``code``
     (B, L, in_chans) float, ``code_depth`` (B, 1, in_chans) float, ``code_rel_pos`` (B, L, L)
     int, ``code_adj`` (B, L, L) float of 0s and 1s, optionally ``num_vertices`` (B,) int for mixed-size
     padded batches and ``graph`` (from :meth:`build_graph`) to reuse a prebuilt graph — and

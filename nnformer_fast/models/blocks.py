@@ -69,7 +69,7 @@ class DAGAttention(nn.Module):
 
 
 class BiGINMlp(nn.Module):
-    """Bidirectional-GIN feed-forward network (SPEC §3): x (N, dim) → (N, dim).
+    """Bidirectional-GIN feed-forward network (docs/DESIGN.md: bigin): x (N, dim) → (N, dim).
 
     On the CPU, fc1 and gcn run without their biases, which the ``bigin`` kernel adds (and
     whose gradients it sums) inside its passes: 1.03-1.04x per bf16 training step of the

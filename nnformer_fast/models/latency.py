@@ -1,4 +1,4 @@
-"""The NN-Former latency predictor (SPEC §5) on packed batches of whole networks."""
+"""The NN-Former latency predictor (docs/DESIGN.md: the models) on packed batches of whole networks."""
 from __future__ import annotations
 
 import torch

@@ -24,7 +24,7 @@ register(Backend("torch", ops={"dag_attention": reference.dag_attention, "bigin"
 
 def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
                   scale: Optional[float] = None, seed: Optional[int] = None) -> Tensor:
-    """Sparse DAG-masked attention (SPEC §2).
+    """Sparse DAG-masked attention (docs/DESIGN.md: dag_attention).
 
     Args:
         q, k, v: (N, H, Dh) float16/bfloat16/float32/float64, H a multiple of 4. Head h
@@ -73,7 +73,7 @@ def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
 
 def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
           bias_g: Optional[Tensor] = None) -> Tensor:
-    """Fused bidirectional GIN aggregation (SPEC §3): ``act(h + [A·g1, Aᵀ·g2])``.
+    """Fused bidirectional GIN aggregation (docs/DESIGN.md: bigin): ``act(h + [A·g1, Aᵀ·g2])``.
 
     Args:
         h: (N, M) output of fc1; g: (N, M) output of gcn; same float dtype, M even.

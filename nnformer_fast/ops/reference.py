@@ -1,4 +1,4 @@
-"""Plain-PyTorch ``dag_attention``, ``bigin`` (SPEC §2–3) and counter-based ``dropout``.
+"""Plain-PyTorch ``dag_attention``, ``bigin`` (docs/DESIGN.md: dag_attention, bigin) and counter-based ``dropout``.
 
 The CPU fallback and the oracle every kernel backend is tested against. Time and memory are
 linear in the relation entries (gather, segment softmax, ``index_add``); no (N, N) tensor.
@@ -22,7 +22,7 @@ _MASK32 = 0xFFFFFFFF
 
 
 def activation(x: Tensor, act: str) -> Tensor:
-    """The channel-mixer activation of SPEC §3 (leaky slope 0.01, exact gelu)."""
+    """The channel-mixer activation (docs/DESIGN.md: bigin; leaky slope 0.01, exact gelu)."""
     if act == "relu":
         return F.relu(x)
     if act == "leaky_relu":
@@ -58,7 +58,7 @@ def dropout_keep_mask(seed: int, entry: Tensor, head: Tensor, num_heads: int, p:
 
 def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
                   scale: Optional[float] = None, seed: int = 0) -> Tensor:
-    """DAG-masked attention (SPEC §2).
+    """DAG-masked attention (docs/DESIGN.md: dag_attention).
 
     q, k, v: (N, H, Dh) float16/bfloat16/float32/float64, H a multiple of 4; head h attends
     over relation h % 4 of ``graph``. Returns (N, H, Dh) in the dtype of q.
@@ -93,7 +93,7 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
 
 def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h: Optional[Tensor] = None,
           bias_g: Optional[Tensor] = None) -> Tensor:
-    """Fused bidirectional GIN aggregation (SPEC §3): ``act(h + [A·g1, Aᵀ·g2])``.
+    """Fused bidirectional GIN aggregation (docs/DESIGN.md: bigin): ``act(h + [A·g1, Aᵀ·g2])``.
 
     h, g: (N, M) float16/bfloat16/float32/float64, M even; row i adds the sum of g1 over its
     children and of g2 over its parents. bias_h, bias_g: optional (M,) biases of fc1 and gcn,

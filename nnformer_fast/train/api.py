@@ -35,7 +35,7 @@ def load_model(checkpoint: str | os.PathLike, *, ema: bool = True, device="auto"
 def evaluate(checkpoint: str | os.PathLike, data: Optional[str] = None, *, split: str = "test",
              max_nodes: int = 8192, device: str = "auto", precision: str = "fp32", progress: bool = True,
              **data_options) -> dict:
-    """Metrics (SPEC §6) of a checkpoint on ``data`` (default: the data it was trained on).
+    """Metrics (docs/TRAINING.md) of a checkpoint on ``data`` (default: the data it was trained on).
 
     split: ``"test"`` (the held-out part, re-split with the run's settings), ``"train"`` or
     ``"all"``. ``device``: auto (CUDA when available), cpu, cuda, cuda:N. ``progress``: bars

@@ -3,7 +3,7 @@
 The reference NN-Former/NNLQP code trains the latency model one graph at a time: a Python
 loop over the graphs of a mini-batch, each run alone in fp32 with its dense (L, L)
 adjacency, predictions stacked, relative MSE, AdamW step. :func:`baseline_fit` reproduces
-that loop on the same parameters layout (SPEC §5), with either
+that loop on the same parameters layout (docs/DESIGN.md: the models), with either
 
 * ``impl="dense"`` — the dense formulation of :mod:`nnformer_fast.dense` (the reference's
   math; no dropout, as in that formulation), or

@@ -36,7 +36,7 @@ def _model_options(text: str) -> dict:
 def _add_data_args(p, *, required: bool = False) -> None:
     p.add_argument("--data", default=None, required=required,
                    help="dataset: latency — NNLQP folder or its text file, a saved .npz, or 'default' (the "
-                        "embedded set; the default); accuracy — NB101/201 JSON (SPEC §7 or NASLib) or the NB201 CSV")
+                        "embedded set; the default); accuracy — NB101/201 JSON (the library's layout, docs/DATA.md, or NASLib's) or the NB201 CSV")
     p.add_argument("--data-format", default="auto",
                    help="auto (default), default, nnlqp, npz, nb201-latency | spec-json, nb201-csv, nb101-naslib, "
                         "nb201-naslib")
@@ -44,11 +44,11 @@ def _add_data_args(p, *, required: bool = False) -> None:
                    help="NAS-Bench-201 latency device (e.g. pixel3); --data is then the nb201_latency folder")
     p.add_argument("--accuracy-dataset", default="cifar10", help="cifar10 | cifar100 | ImageNet16-120 (NB201)")
     p.add_argument("--target", dest="accuracy_target", default="validation_accuracy",
-                   help="accuracy field of SPEC §7 JSON files (default validation_accuracy)")
+                   help="accuracy field of cell JSON files in the library's layout (default validation_accuracy)")
     p.add_argument("--nb201-encoding", choices=("pruned", "reference"), default="pruned",
-                   help="NAS-Bench-201 cells of the nb201-csv and nb201-naslib formats: pruned (SPEC §7, the "
+                   help="NAS-Bench-201 cells of the nb201-csv and nb201-naslib formats: pruned (docs/DATA.md, the "
                         "default) or reference (the authors' 8 unpruned nodes, depth = the non-none nodes; what "
-                        "their checkpoints were trained on). Ignored for other formats (SPEC §7 JSON files with "
+                        "their checkpoints were trained on). Ignored for other formats (cell JSON files with "
                         "*_avg accuracies always get the authors' depth)")
 
 

@@ -62,7 +62,7 @@ class TrainConfig:
     nb201_device: Optional[str] = None
     accuracy_dataset: str = "cifar10"
     accuracy_target: str = "validation_accuracy"
-    nb201_encoding: str = "pruned"        # NB201 CSV / NASLib cells: "pruned" (SPEC §7) or "reference" (authors')
+    nb201_encoding: str = "pruned"        # NB201 CSV / NASLib cells: "pruned" (docs/DATA.md) or "reference" (authors')
     test_fraction: float = 0.2
     split_seed: int = 0
     train_limit: Optional[int] = None
@@ -102,7 +102,7 @@ class TrainConfig:
 class FitResult:
     model: nn.Module                      # trained model (EMA weights when ema > 0), eval mode
     losses: list                          # training loss of every step since step 1
-    metrics: dict                         # held-out metrics (SPEC §6) of ``model``
+    metrics: dict                         # held-out metrics (docs/TRAINING.md) of ``model``
     throughput: dict                      # graphs_per_s, nodes_per_s, steps, seconds (this run);
     #                                       warm_graphs_per_s: after the run's first epoch (compilation
     #                                       and kernel warm-up), None when one epoch or less ran
@@ -285,7 +285,7 @@ def _dist_info():
 def evaluate_model(model: nn.Module, task, dataset, *, max_nodes: int = 8192, device=None,
                    precision: str = "fp32", num_workers: int = 0, progress: bool = False,
                    desc: str = "evaluate") -> tuple[np.ndarray, np.ndarray, dict]:
-    """Predictions, targets (dataset order) and the metrics of SPEC §6 on ``dataset``;
+    """Predictions, targets (dataset order) and the metrics (docs/TRAINING.md) on ``dataset``;
     ``progress`` shows a bar of the batches (titled ``desc``)."""
     from tqdm.auto import tqdm
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics of SPEC §6: MAPE, Acc(δ) and Kendall's τ-b; Spearman's ρ and the
+"""Evaluation metrics (docs/TRAINING.md: losses and metrics): MAPE, Acc(δ) and Kendall's τ-b; Spearman's ρ and the
 top-k metrics of a ranking predictor (how well it finds the best cells).
 
 All functions take predictions and targets as array-likes or tensors of the same length
@@ -103,7 +103,7 @@ def precision_at_top(pred, target, fraction: float = TOP_FRACTION) -> float:
 
 
 def regression_metrics(pred, target, *, relative: bool = True) -> dict[str, float]:
-    """All metrics of SPEC §6 in one dict: ``tau`` and, with ``relative`` (positive targets,
+    """All metrics (docs/TRAINING.md) in one dict: ``tau`` and, with ``relative`` (positive targets,
     the latency task), ``mape``, ``acc@1``, ``acc@5``, ``acc@10``; without it (accuracies,
     higher is better) ``best_rank`` (:func:`best_cell_rank`) and ``prec@top1%``
     (:func:`precision_at_top`); always ``n``, ``mse`` and ``rho`` (Spearman)."""

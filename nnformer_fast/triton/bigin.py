@@ -1,4 +1,4 @@
-"""Bidirectional GIN aggregation (SPEC §3) in Triton, activation fused: forward, backward,
+"""Bidirectional GIN aggregation (docs/DESIGN.md: bigin) in Triton, activation fused: forward, backward,
 launchers and autograd.
 
 ``y = act(h + [A·g1, Aᵀ·g2])`` with ``g1, g2`` the two column halves of ``g``: row ``i`` adds

@@ -1,4 +1,4 @@
-"""DAG-masked attention (SPEC §2) in Triton: forward, backward, launchers and autograd.
+"""DAG-masked attention (docs/DESIGN.md: dag_attention) in Triton: forward, backward, launchers and autograd.
 
 Layout. ``q, k, v``: (N, H, Dh), last dim contiguous; head ``h`` attends over relation
 ``r = h % 4`` of the graph, whose neighbour lists are the rows ``r*N + i`` of the
