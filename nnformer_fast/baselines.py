@@ -5,7 +5,8 @@ Features (float64 rows, one per network or cell):
 
 * :func:`graph_op_features` — the op one-hot of every node position of small graphs
   (NAS-Bench-201 latency cells: positions 1..6 are the six edges, so this is the one-hot of
-  the edge ops), optionally with the adjacency's upper triangle.
+  the edge ops, an op whose result reaches no output in a column of its own:
+  ``nnformer_fast.data.latency.NB201_NOT_LIVE``), optionally with the adjacency's upper triangle.
 * :func:`network_features` — whole-network static features of a latency set: log FLOPs,
   log params, log MACs, log batch size and the node count.
 * :func:`latency_features` — both of the above side by side (what ``reproduce`` uses).

@@ -8,6 +8,7 @@ import pytest
 from nnformer_fast import baselines as B
 from nnformer_fast.data import nb201_latency_set
 from nnformer_fast.data.cells import NB201_OPS, parse_nb201_arch
+from nnformer_fast.data.latency import NB201_NOT_LIVE
 
 ARCHS = ["|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops)
          for ops in itertools.islice(itertools.product(NB201_OPS[1:6], repeat=6), 3, 3 + 7 * 300, 7)]
@@ -57,7 +58,11 @@ def test_latency_features_of_nb201_cells():
     assert X.shape == (20, 8 * NUM_OPS + 5)
     ops = X[:, :8 * NUM_OPS].reshape(20, 8, NUM_OPS)
     assert (ops.sum(2) == 1).all()  # one op per node position
-    np.testing.assert_array_equal(ops[:, 1:7, 1:6].reshape(20, 30), B.nb201_edge_features(ARCHS[:20]))
+    edge_ops = ops[:, 1:7, 1:6].copy()
+    for op, code in NB201_NOT_LIVE.items():  # an op whose result reaches no output: its own column
+        if op < 6:
+            edge_ops[:, :, op - 1] += ops[:, 1:7, code]
+    np.testing.assert_array_equal(edge_ops.reshape(20, 30), B.nb201_edge_features(ARCHS[:20]))
     sc = np.asarray(ds.store["scalars"])
     np.testing.assert_allclose(X[:, -5:], np.c_[np.log1p(sc[:, 1:]), np.log(sc[:, 0]), np.full(20, 8)])
     with pytest.raises(ValueError, match="more than num_nodes=4"):
@@ -74,6 +79,24 @@ def test_latency_baselines_learn_an_additive_cost(name):
     pred = B.latency_baselines(train, test, names=[name])[name]
     rel = np.abs(pred - test.latencies) / test.latencies
     assert pred.shape == (100,) and rel.mean() < 0.05  # a log-linear fit of an additive cost: a few %
+
+
+def test_latency_baselines_see_which_ops_reach_the_output():
+    """A runtime that drops dead code (as raspi4's and pixel3's nearly do): an op whose result
+    never reaches the output costs nothing, and a cell cut off from its input runs in
+    microseconds. Log latency is then linear in the features only if they say which ops are
+    live; with them ridge fits it exactly."""
+    from nnformer_fast.data.cells import nb201_cell
+
+    archs = ["|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops)
+             for ops in itertools.islice(itertools.product(NB201_OPS[1:6], repeat=6), 0, 15625, 5)]
+    log_cost = {1: 0.4, 2: 1.0, 3: 0.2, 4: 0.05}  # conv1x1, conv3x3, avgpool, skip
+    live_ops = [nb201_cell(a).ops[1:-1] for a in archs]  # pruning keeps exactly the live ops
+    lat = [np.exp(sum(log_cost[int(o)] for o in ops)) if len(ops) else 1e-3 for ops in live_ops]
+    ds = nb201_latency_set(archs, lat)
+    train, test = ds.subset(np.arange(0, len(ds), 2)), ds.subset(np.arange(1, len(ds), 2))
+    pred = B.latency_baselines(train, test, names=["ridge"])["ridge"]
+    assert np.max(np.abs(pred - test.latencies) / test.latencies) < 0.01
 
 
 def test_cell_features_of_padded_cells():

@@ -7,17 +7,33 @@ import numpy as np
 import pytest
 
 from nnformer_fast.data import LatencyDataset, load_nb201_latency_csv, nb201_latency_set
-from nnformer_fast.data.cells import NB201_OPS, nb201_cell
-from nnformer_fast.data.latency import nb201_cell_descriptor
+from nnformer_fast.data.cells import NB201_OPS, nb201_cell, nb201_live_nodes
+from nnformer_fast.data.latency import NB201_NOT_LIVE, nb201_cell_descriptor
 
 EDGE_OPS = NB201_OPS[1:6]
 EXAMPLE_CSV = Path(__file__).parent / "data" / "my_device.csv"
 # the fixed 8-node graph: input 0, edges e1..e6 = nodes 1..6, output 7
 FIXED_EDGES = [(0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 6), (3, 6), (4, 7), (5, 7), (6, 7)]
+# the same cell as NAS-Bench-201 draws it: edge k of the arch string joins feature nodes CELL_EDGES[k]
+CELL_EDGES = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
 
 
 def _arch(ops) -> str:
     return "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops)
+
+
+def _live_edges(ops) -> list[bool]:
+    """Oracle on the 4-node drawing: an edge is live when it is not ``none``, its start is
+    reached from feature node 0 and its end reaches node 3, both along edges that are not ``none``."""
+    real = [e for e, op in zip(CELL_EDGES, ops) if op != "none"]
+
+    def reaches(a: int, b: int) -> bool:
+        seen = {a}
+        for _ in range(3):
+            seen |= {t for s, t in real if s in seen}
+        return b in seen
+
+    return [op != "none" and reaches(0, s) and reaches(t, 3) for (s, t), op in zip(CELL_EDGES, ops)]
 
 
 ALL_ARCHS = [_arch(ops) for ops in itertools.product(EDGE_OPS, repeat=6)]
@@ -32,12 +48,35 @@ def every_cell():
 def test_every_executed_op_is_a_node(every_cell):
     s = every_cell.store
     op_ids = np.asarray(s["op_ids"]).reshape(len(ALL_ARCHS), 8)
+    op_of = {code: op for op, code in NB201_NOT_LIVE.items()}
+    op_ids = np.vectorize(lambda c: op_of.get(c, c))(op_ids)  # live or not, the op that runs
     codes = np.array([[NB201_OPS.index(o) for o in ops] for ops in itertools.product(EDGE_OPS, repeat=6)])
     assert (op_ids[:, 0] == 0).all() and (op_ids[:, 7] == NB201_OPS.index("output")).all()
     np.testing.assert_array_equal(op_ids[:, 1:7], codes)  # cut-off edges and none included
     edges = np.asarray(s["edges"]).reshape(2, len(ALL_ARCHS), len(FIXED_EDGES))
     assert (edges == np.array(FIXED_EDGES).T[:, None, :]).all()
     assert list(every_cell.records["graph"]) == ALL_ARCHS
+
+
+def test_ops_whose_result_reaches_no_output_are_marked(every_cell):
+    """An op that runs but whose result does not depend on the input or never reaches the
+    output (what pruning removes) has its own one-hot position; so has the output of a cell cut
+    off from its input (341 cells). On raspi4 and pixel3 such ops cost far less than live ones
+    and most cut-off cells run in microseconds; elsewhere they cost the same (docs/DATA.md)."""
+    op_ids = np.asarray(every_cell.store["op_ids"]).reshape(len(ALL_ARCHS), 8)
+    output, not_live_output = NB201_OPS.index("output"), NB201_NOT_LIVE[NB201_OPS.index("output")]
+    cut_off = 0
+    for ops, codes in zip(itertools.product(EDGE_OPS, repeat=6), op_ids):
+        live = _live_edges(ops)
+        expected = [NB201_OPS.index(op) if ok or op == "none" else NB201_NOT_LIVE[NB201_OPS.index(op)]
+                    for op, ok in zip(ops, live)]
+        assert codes[1:7].tolist() == expected, ops
+        assert codes[0] == 0 and codes[7] == (output if any(live) else not_live_output), ops
+        cut_off += not any(live)
+    assert cut_off == 341
+    with pytest.raises(ValueError, match="8 op codes of the unpruned cell"):
+        nb201_live_nodes(nb201_cell(_arch(EDGE_OPS[:1] * 6)).ops[:7])
+    assert len(set(NB201_NOT_LIVE.values()) | set(range(len(NB201_OPS)))) == len(NB201_OPS) + len(NB201_NOT_LIVE)
 
 
 def test_static_counts_add_up_over_edges(every_cell):

@@ -8,7 +8,8 @@ A cell is a small DAG in topological order: node 0 is the input, node L-1 the ou
   none 5, output 6. Each edge operation of the arch string is a node; ``nb201_cell`` builds
   SPEC's pruned graph or, with ``prune=False``, the authors' unpruned one. Pruning is for
   accuracy only: latency cells keep every op the network executes, so they are always
-  unpruned (``nnformer_fast.data.latency.nb201_cell_descriptor``).
+  unpruned, and mark the ops pruning would drop (``nb201_live_nodes``;
+  ``nnformer_fast.data.latency.nb201_cell_descriptor``).
 
 Accuracies are stored as fractions in [0, 1]; files that give percent are divided by 100.
 
@@ -39,6 +40,7 @@ __all__ = [
     "NB201_OPS",
     "parse_nb201_arch",
     "nb201_cell",
+    "nb201_live_nodes",
     "nb101_cell",
     "default_data_dir",
     "load_nb101_json",
@@ -250,16 +252,33 @@ def nb201_cell(
             raise ValueError(f"a NAS-Bench-201 cell has 6 edge ops, got {len(names)}")
         key = "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*names)
     ops = np.array([0] + [NB201_OPS.index(n) for n in names] + [_NB201_OUTPUT], dtype=np.int64)
-    adj = _NB201_ADJ.copy()
     if not prune:
         depth = int((ops != _NB201_NONE).sum())
-        return Cell(adj, ops, accuracy, dict(extra or {}), key, depth)
-    live = ops != _NB201_NONE
-    adj[~live, :] = 0
-    adj[:, ~live] = 0
+        return Cell(_NB201_ADJ.copy(), ops, accuracy, dict(extra or {}), key, depth)
+    adj = _nb201_adjacency_without_none(ops)
     keep = _on_path_mask(adj)
     keep[[0, -1]] = True
     return Cell(adj[np.ix_(keep, keep)], ops[keep], accuracy, dict(extra or {}), key)
+
+
+def _nb201_adjacency_without_none(ops: np.ndarray) -> np.ndarray:
+    """(8, 8) the fixed NAS-Bench-201 adjacency less every edge into or out of a ``none`` node."""
+    adj = _NB201_ADJ.copy()
+    dead = ops == _NB201_NONE
+    adj[dead, :] = 0
+    adj[:, dead] = 0
+    return adj
+
+
+def nb201_live_nodes(ops) -> np.ndarray:
+    """(8,) bool: the nodes of the 8-node NAS-Bench-201 graph (ops: (8,) op codes, input,
+    e1..e6, output) on some input -> output path that passes no ``none`` node, i.e. whose
+    result depends on the input and reaches the output. Pruning keeps these; in a cell whose
+    output is cut off from its input none is live, input and output included."""
+    ops = np.asarray(ops, dtype=np.int64)
+    if ops.shape != (8,):
+        raise ValueError(f"nb201_live_nodes: need the 8 op codes of the unpruned cell, got shape {ops.shape}")
+    return _on_path_mask(_nb201_adjacency_without_none(ops))
 
 
 def nb101_cell(

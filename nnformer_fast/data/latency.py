@@ -54,6 +54,7 @@ __all__ = [
     "parse_latency_file",
     "load_nb201_latency",
     "nb201_cell_descriptor",
+    "NB201_NOT_LIVE",
     "nb201_latency_set",
     "load_nb201_latency_csv",
     "NB201_DEVICES",
@@ -606,6 +607,12 @@ NB201_DEVICES = (
 )
 # NB201 op code -> (kernel, pad) attributes; op one-hot position = the op code itself
 _NB201_ATTRS = {0: (0, 0), 1: (1, 0), 2: (3, 1), 3: (3, 1), 4: (0, 0), 5: (0, 0), 6: (0, 0)}
+#: one-hot position of a latency cell's node that is not live (``nb201_live_nodes``: its result does
+#: not depend on the input or never reaches the output): conv1x1 7, conv3x3 8, avgpool 9, skip 10, and
+#: the output of a cell cut off from its input 11. The op still runs (same attributes and counts), but a
+#: runtime that folds constants and drops dead code may skip it. ``none`` (5) is never live and keeps
+#: its code, the input keeps 0.
+NB201_NOT_LIVE = {1: 7, 2: 8, 3: 9, 4: 10, 6: 11}
 
 
 def _nb201_scalars(ops, batch_size: int):
@@ -644,26 +651,31 @@ def nb201_cell_descriptor(arch, batch_size: int = 1):
     network executes (docs/DATA.md): all 8 nodes (input, the six edges, output), ``none``
     included, and the fixed adjacency; a pruned cell that lost nodes is refused.
     One-hot position = NB201 op code (input 0, conv1x1 1, conv3x3 2, avgpool 3, skip 4,
-    none 5, output 6), kernel/pad attributes of the op (conv1x1 k=1; conv3x3 and avgpool
+    none 5, output 6) of a live node, ``NB201_NOT_LIVE`` of the op code of one that is not
+    (docs/DATA.md), kernel/pad attributes of the op (conv1x1 k=1; conv3x3 and avgpool
     k=3, pad 1; stride, dilation and group 1 for the three), output shapes all 0 (a cell has
     no single shape), static scalars of the whole CIFAR network built from the cell
     (:func:`_nb201_scalars`)."""
-    from .cells import Cell, nb201_cell
+    from .cells import Cell, nb201_cell, nb201_live_nodes
 
     cell = arch if isinstance(arch, Cell) else nb201_cell(arch, prune=False)
     if cell.num_nodes != len(_NB201_ATTRS) + 1:
         raise ValueError(f"nb201_cell_descriptor: a latency cell keeps every executed op (8 nodes), got "
                          f"{cell.num_nodes} nodes; build it with nb201_cell(arch, prune=False)")
     ops = np.asarray(cell.ops, dtype=np.int64)
+    live = nb201_live_nodes(ops)
     attrs = np.zeros((len(ops), 8), dtype=np.float32)
     for i, op in enumerate(ops):
         k, p = _NB201_ATTRS[int(op)]
         if k:
             attrs[i, :4] = (k, 1, p, 1)
             attrs[i, 4] = 1 if op in (1, 2) else 0
+    codes = ops.copy()
+    for i in np.flatnonzero(~live):
+        codes[i] = NB201_NOT_LIVE.get(int(ops[i]), int(ops[i]))
     edge_index = np.stack(np.nonzero(np.asarray(cell.adjacency))).astype(np.int64)
     inner = [int(o) for o in ops[1:-1]]
-    return ops.astype(np.int16), attrs, np.zeros((len(ops), 4), np.int32), edge_index, \
+    return codes.astype(np.int16), attrs, np.zeros((len(ops), 4), np.int32), edge_index, \
         _nb201_scalars(inner, batch_size)
 
 

@@ -673,8 +673,8 @@ def _baseline_text() -> str:
 
     return (f"ridge regression (numpy, closed form, penalty by 5-fold CV from {RIDGE_ALPHAS[0]:g} to "
             f"{RIDGE_ALPHAS[-1]:g}) and scikit-learn's HistGradientBoostingRegressor (≤ 1000 trees, early stopping) "
-            "on the one-hot of the op at each cell node and the network's log FLOPs, log params, log MACs, log batch "
-            "size and node count")
+            "on the one-hot of the op at each cell node (an op whose result reaches no output apart, as NN-Former "
+            "sees it) and the network's log FLOPs, log params, log MACs, log batch size and node count")
 
 
 def _by_device(records: list[dict]) -> dict[str, list[dict]]:
