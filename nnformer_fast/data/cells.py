@@ -1,12 +1,12 @@
 """Cell benchmarks (NAS-Bench-101, NAS-Bench-201): graphs, loaders, tokens, batching.
 
 A cell is a small DAG in topological order: node 0 is the input, node L-1 the output and
-``A[i, j] = 1`` means an edge i -> j (SPEC section 7). Op codes follow the SPEC:
+``A[i, j] = 1`` means an edge i -> j (docs/DATA.md). Op codes:
 
 - NAS-Bench-101: input 0, conv1x1-bn-relu 1, conv3x3-bn-relu 2, maxpool3x3 3, output 4.
 - NAS-Bench-201: input 0, nor_conv_1x1 1, nor_conv_3x3 2, avg_pool_3x3 3, skip_connect 4,
   none 5, output 6. Each edge operation of the arch string is a node; ``nb201_cell`` builds
-  SPEC's pruned graph or, with ``prune=False``, the authors' unpruned one. Pruning is for
+  the pruned graph (docs/DATA.md) or, with ``prune=False``, the authors' unpruned one. Pruning is for
   accuracy only: latency cells keep every op the network executes, so they are always
   unpruned, and mark the ops pruning would drop (``nb201_live_nodes``;
   ``nnformer_fast.data.latency.nb201_cell_descriptor``).
@@ -78,7 +78,7 @@ _NB201_ADJ = np.zeros((8, 8), dtype=np.int64)
 _NB201_ADJ[tuple(np.array(_NB201_EDGES).T)] = 1
 
 # NASLib orders (automl/NASLib): NB101 op ids, NB201 op ids, NB201 edge order.
-_NASLIB_NB101_TO_SPEC = (0, 4, 3, 1, 2)  # [input, output, maxpool3x3, conv1x1, conv3x3]
+_NASLIB_NB101_TO_OURS = (0, 4, 3, 1, 2)  # [input, output, maxpool3x3, conv1x1, conv3x3]
 _NASLIB_NB201_OPS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
 # NASLib edges (1,2),(1,3),(1,4),(2,3),(2,4),(3,4) (1-based nodes); arch-string edge k is
 # NASLib edge _NASLIB_NB201_EDGE_PERM[k] (the arch string sorts edges by their end node).
@@ -102,7 +102,7 @@ class Cell:
     extra: further per-cell numbers from the source file (other accuracies as fractions,
         flops, params, zero-cost proxy scores), keyed by their source name.
     key: the cell's identity in its source file (arch string, JSON key), or None.
-    depth: the integer >= 1 one-hot encoded in ``code_depth``; None means L (SPEC section 7),
+    depth: the integer >= 1 one-hot encoded in ``code_depth``; None means L (docs/DATA.md),
         and ``__post_init__`` puts L there. The authors' NAS-Bench-201 encoding counts only
         the non-``none`` nodes (see ``nb201_cell``).
     """
@@ -224,7 +224,7 @@ def nb201_cell(
 
     arch_or_ops: an arch string, or the 6 edge ops in arch-string order as names or as op
         codes 1..5.
-    prune=True (SPEC section 7, the default): the graph loses its ``none`` nodes, then every
+    prune=True (docs/DATA.md, the default): the graph loses its ``none`` nodes, then every
     node not on an input -> output path; depth = L. A cell whose output is cut off from its
     input (all paths pass through ``none``) becomes just the input and the output with no
     edge (L = 2).
@@ -290,7 +290,7 @@ def nb101_cell(
 ) -> Cell:
     """Build a NAS-Bench-101 cell, pruned to the nodes on input -> output paths.
 
-    adjacency: (L, L) 0/1, strictly upper triangular. ops: L op codes (SPEC NB101 codes) or
+    adjacency: (L, L) 0/1, strictly upper triangular. ops: L op codes (the library's NB101 codes) or
     NB101 op names; the first must be input, the last output, no other input/output.
     Raises ValueError on malformed input or when no input -> output path exists (the
     NAS-Bench-101 API calls such a spec invalid).
@@ -449,7 +449,7 @@ def _lookup_ops(ids: Sequence[int], table: Sequence, what: str):
 
 
 def load_nb101_json(path: str | os.PathLike, target: str = "validation_accuracy") -> list[Cell]:
-    """Load a SPEC-layout JSON (``{"0": {module_adjacency, module_operations, ...}, ...}``).
+    """Load a cell JSON in the library's layout (``{"0": {module_adjacency, module_operations, ...}, ...}``).
 
     Accuracies are fractions already (NAS-Bench-101 convention); ``target`` picks the one
     stored in ``Cell.accuracy``, all ``*accuracy*`` fields also go to ``Cell.extra``.
@@ -481,7 +481,7 @@ def load_nb101_naslib(path: str | os.PathLike | None = None) -> list[Cell]:
     """Load NASLib's NAS-Bench-101 zero-cost file (``nb101_naslib_500.json``).
 
     Keys are the unpruned spec as a tuple string: L*L adjacency entries (row-major) then L
-    NASLib op ids ``[input, output, maxpool3x3, conv1x1, conv3x3]``, mapped to SPEC codes.
+    NASLib op ids ``[input, output, maxpool3x3, conv1x1, conv3x3]``, mapped to the library's codes.
     Cells are pruned, so several keys can give the same graph. ``accuracy`` is cifar10
     ``val_accuracy`` / 100; flops, params and proxy scores go to ``extra``.
     """
@@ -493,7 +493,7 @@ def load_nb101_naslib(path: str | os.PathLike | None = None) -> list[Cell]:
         if n * n + n != len(values):
             raise ValueError(f"key with {len(values)} entries is not L*L + L")
         adj = np.array(values[: n * n]).reshape(n, n)
-        ops = _lookup_ops(values[n * n :], _NASLIB_NB101_TO_SPEC, "NASLib NAS-Bench-101")
+        ops = _lookup_ops(values[n * n :], _NASLIB_NB101_TO_OURS, "NASLib NAS-Bench-101")
         acc = _percent_to_fraction(_number(item["val_accuracy"], "val_accuracy"))
         extra = {k: _number(v, k) for k, v in item.items() if k != "val_accuracy"}
         return nb101_cell(adj, ops, acc, extra, key)
@@ -573,7 +573,7 @@ def load_nb201_naslib(
 
 
 def tokenize(cell: Cell, in_chans: int = 32) -> dict[str, torch.Tensor]:
-    """The model's per-cell input (SPEC section 7, ``onehot_op``).
+    """The model's per-cell input (docs/DATA.md, ``onehot_op``).
 
     Returns ``code`` (L, in_chans) float32 one-hot of the op codes, ``code_depth``
     (1, in_chans) float32 one-hot of ``cell.depth`` (L unless the cell says otherwise),

@@ -1,4 +1,4 @@
-"""Training losses of SPEC §5–6.
+"""Training losses (docs/TRAINING.md: losses and metrics).
 
 Every loss returns a scalar float32 tensor, the MEAN over the graphs of the batch (so a
 distributed step that splits one global batch can rescale each rank's part by
@@ -19,9 +19,9 @@ __all__ = ["relative_mse", "log_mse", "log_mse_mape", "LATENCY_LOSSES", "MAPE_LO
 
 LAMBDA_MSE = 1.0
 LAMBDA_RANK = 0.2
-#: λ_c of the accuracy consistency loss (SPEC §6; NN-Former's ``--lambda_consistency 1.0``)
+#: λ_c of the accuracy consistency loss (NN-Former's ``--lambda_consistency 1.0``)
 LAMBDA_CONSISTENCY = 1.0
-#: weight of ``l1(p1, p2)`` in the latency consistency loss (SPEC §5)
+#: weight of ``l1(p1, p2)`` in the latency consistency loss
 CONSISTENCY_WEIGHT = 0.01
 
 
@@ -71,7 +71,7 @@ LATENCY_LOSSES = {"relative_mse": relative_mse, "log_mse": log_mse, "log_mse_map
 def latency_consistency_loss(p1: Tensor, p2: Tensor, target: Tensor,
                              weight: float = CONSISTENCY_WEIGHT, loss=relative_mse) -> Tensor:
     """``loss(p1, y) + loss(p2, y) + weight · l1(p1, p2)`` for two stochastic passes
-    (``loss`` one of ``LATENCY_LOSSES``; SPEC §5 uses relative MSE)."""
+    (``loss`` one of ``LATENCY_LOSSES``; the reference uses relative MSE)."""
     a, y = _flat(p1, target)
     b, _ = _flat(p2, target)
     return loss(a, y) + loss(b, y) + weight * consistency_l1(a, b)

@@ -98,7 +98,7 @@ class Settings:
     latency_lr: float = 2e-3
     latency_batch: int = 32
     #: the latency loss (``LatencyTask``): log MSE + MAPE trains on devices whose latencies span
-    #: four orders of magnitude, where the SPEC's relative MSE collapses to 0 (docs/REPRODUCTION.md)
+    #: four orders of magnitude, where the reference's relative MSE collapses to 0 (docs/REPRODUCTION.md)
     latency_loss: str = "log_mse_mape"
     #: nb201-latency trains every device once per split seed; tables show median and range
     latency_split_seeds: tuple = (0, 1, 2)

@@ -2,9 +2,9 @@
 
 * ``latency`` — :class:`nnformer_fast.NNFormerLatency` on whole networks: NNLQP-layout folders
   (or their text file), saved ``.npz`` sets, the embedded default set, NAS-Bench-201
-  per-device latencies. Loss: relative MSE (SPEC §5), optionally the consistency loss.
-* ``accuracy`` — :class:`nnformer_fast.NNFormer` on NAS-Bench-101/201 cells: SPEC §7 JSON,
-  the NAS-Bench-201 CSV, NASLib's zero-cost JSON files. Loss: MSE + rank loss (SPEC §6),
+  per-device latencies. Loss: relative MSE (the reference's), optionally the consistency loss.
+* ``accuracy`` — :class:`nnformer_fast.NNFormer` on NAS-Bench-101/201 cells: the library's JSON layout (docs/DATA.md),
+  the NAS-Bench-201 CSV, NASLib's zero-cost JSON files. Loss: MSE + rank loss (docs/TRAINING.md),
   optionally with the augmented-twin consistency term.
 
 Batches are built by a *batch builder*: a map-style dataset indexed by a LIST of item
@@ -172,13 +172,13 @@ def _sizes(dataset) -> np.ndarray:
 class LatencyTask:
     """Whole-network latency in ms with :class:`nnformer_fast.NNFormerLatency`.
 
-    loss: ``"relative_mse"`` (SPEC §5, the default), ``"log_mse"`` or ``"log_mse_mape"``
+    loss: ``"relative_mse"`` (the reference's, the default), ``"log_mse"`` or ``"log_mse_mape"``
     (``reproduce``'s: it trains on devices whose latencies span four orders of magnitude,
     where relative MSE collapses to 0; see :mod:`.losses`)."""
 
     name = "latency"
     relative_metrics = True
-    #: the model's defaults (SPEC §5); ``model_config`` overrides any of them
+    #: the model's defaults (docs/DESIGN.md: the models); ``model_config`` overrides any of them
     DEFAULTS = dict(in_features=192, dim=512, n_layers=2, n_head=4, mlp_ratio=4.0, act="relu", dropout=0.05,
                     degree_gating=False, layer_scale_init=1e-4, static_features=40)
 
@@ -396,9 +396,9 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
     latency: ``data`` None or ``"default"`` → the embedded default set; a folder or text file
     → NNLQP layout; ``*.npz`` → :meth:`LatencyDataset.load`; ``fmt="nb201-latency"`` (or
     ``nb201_device`` given) → NAS-Bench-201 latencies of ``nb201_device`` under ``data``.
-    accuracy: ``*.csv`` → NAS-Bench-201 CSV (``accuracy_dataset`` column); ``*.json`` → SPEC §7
+    accuracy: ``*.csv`` → NAS-Bench-201 CSV (``accuracy_dataset`` column); ``*.json`` → the library's layout
     JSON (``target`` field; percent values are divided by 100), or NASLib's zero-cost files
-    (detected by their top-level keys). ``nb201_encoding``: ``"pruned"`` (SPEC §7) or
+    (detected by their top-level keys). ``nb201_encoding``: ``"pruned"`` (docs/DATA.md) or
     ``"reference"`` (the authors' unpruned cells) for the NB201 CSV and NASLib NB201 files;
     other formats ignore it.
     """
@@ -456,7 +456,7 @@ def load_dataset(task: str, data: Optional[str | os.PathLike] = None, *, fmt: st
 
 
 def _load_spec_json(root: dict, path: Path, target: str):
-    """SPEC §7 JSON: ``{"0": {module_adjacency, module_operations, <accuracies>}, ...}``;
+    """The library's cell JSON layout: ``{"0": {module_adjacency, module_operations, <accuracies>}, ...}``;
     NAS-Bench-201 files give percent (any accuracy > 1 marks the file as percent). Cells are
     taken as they are (no pruning). A file whose records carry ``*_avg`` accuracies is a
     NAS-Bench-201 file in the authors' layout (8 nodes, ``none`` nodes kept): its cells get
