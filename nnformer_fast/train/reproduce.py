@@ -50,6 +50,10 @@ from .metrics import PRECISION_AT_TOP_KEY
 from .reproduce_embedded import BASELINE_TEXT as EMBEDDED_BASELINE_TEXT
 from .reproduce_embedded import EXPERIMENT as EMBEDDED
 from .reproduce_embedded import embedded_latency, embedded_table
+from .scoring import PREDICTORS
+from .scoring import by_device as _by_device
+from .scoring import median_range as _med_range
+from .scoring import run_scores as _scores
 from .scoring import train_and_score as _train_and_score
 
 __all__ = ["EXPERIMENTS", "KNOWN_EXPERIMENTS", "PAPER", "Settings", "run_experiment", "reproduce", "update_markdown",
@@ -658,8 +662,6 @@ def _baseline_tau(record: dict, name: str) -> str:
 #: how the tables name each latency loss
 LOSS_TEXT = {"log_mse_mape": "loss MSE of log latency + MAPE", "log_mse": "loss MSE of log latency",
              "relative_mse": "loss relative MSE (the reference's)"}
-#: the latency tables' name for each predictor
-PREDICTORS = {"nnformer": "NN-Former", "ridge": "ridge", "gbdt": "GBDT"}
 BASELINE_TEXT = "`nnformer_fast.baselines`"
 #: devices of the mean-MAPE summary row (GPUs and server CPUs) and of the "enough distinct
 #: latencies" rows (eyeriss, fpga and the four phones of the HELP subset report a few dozen
@@ -675,28 +677,6 @@ def _baseline_text() -> str:
             f"{RIDGE_ALPHAS[-1]:g}) and scikit-learn's HistGradientBoostingRegressor (≤ 1000 trees, early stopping) "
             "on the one-hot of the op at each cell node (an op whose result reaches no output apart, as NN-Former "
             "sees it) and the network's log FLOPs, log params, log MACs, log batch size and node count")
-
-
-def _by_device(records: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(r["device"], []).append(r)
-    return groups
-
-
-def _scores(runs: list[dict], who: str, key: str) -> np.ndarray:
-    return np.array([(r["metrics"] if who == "nnformer" else r["baselines"][who])[key] for r in runs], dtype=float)
-
-
-def _med_range(values: np.ndarray, fmt: str, bold: bool = False) -> str:
-    """``median (min–max)`` of ``values``; ``—`` where a value is NaN (τ of constant predictions)."""
-    if np.isnan(values).any():
-        return "—"
-    med = fmt.format(float(np.median(values)))
-    med = f"**{med}**" if bold else med
-    if len(values) < 2:
-        return med
-    return f"{med} ({fmt.format(float(values.min()))}–{fmt.format(float(values.max()))})"
 
 
 def _latency_table(records: list[dict]) -> list[str]:

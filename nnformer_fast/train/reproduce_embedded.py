@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .scoring import train_and_score
+from .scoring import PREDICTORS, by_device, median_range, run_scores, train_and_score
 
 __all__ = ["EXPERIMENT", "RECIPE", "embedded_latency", "embedded_table", "BASELINE_TEXT"]
 
@@ -32,7 +32,6 @@ QUICK_EPOCHS = 4
 TEST_FRACTION = 0.2
 BASELINE_TEXT = ("ridge regression and GBDT (`nnformer_fast.baselines`) fitted to log latency on the same "
                  "networks, over log FLOPs, log params, log MACs, log batch size and node count")
-_PREDICTORS = {"nnformer": "NN-Former", "ridge": "ridge", "gbdt": "GBDT"}
 
 
 def _splits(ds, seeds) -> list[tuple[str, str, int, object, object]]:
@@ -78,41 +77,30 @@ def embedded_latency(out: Path, s, data: Optional[str] = None) -> list[dict]:
     return records
 
 
-def _cell(runs: list[dict], who: str, key: str, scale: float, fmt: str, best: bool) -> str:
-    v = scale * np.array([(r["metrics"] if who == "nnformer" else r["baselines"][who])[key] for r in runs])
-    med = fmt.format(float(np.median(v)))
-    med = f"**{med}**" if best else med
-    return med if len(v) < 2 else f"{med} ({fmt.format(float(v.min()))}–{fmt.format(float(v.max()))})"
-
-
 def embedded_table(records: list[dict]) -> list[str]:
     """Markdown: one row per held-out group (in domain: median (range) over the split seeds;
     out of domain: each family), MAPE, Acc(10 %) and τ of NN-Former and both baselines, the
     best of each metric in bold; then the out-of-domain mean."""
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(r["device"], []).append(r)
+    groups = by_device(records)
     metrics = (("mape", "MAPE %", 100.0, "{:.2f}", min), ("acc@10", "Acc(10%) %", 100.0, "{:.1f}", max),
                ("tau", "τ", 1.0, "{:.3f}", max))
     head = "| held out | train / test | " + " | ".join(f"{label} {name}" for _, label, _, _, _ in metrics
-                                                       for name in _PREDICTORS.values()) + " | wall s |"
+                                                       for name in PREDICTORS.values()) + " | wall s |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for group, runs in groups.items():
         cells = []
         for key, _, scale, fmt, pick in metrics:
-            med = {w: float(np.median([(r["metrics"] if w == "nnformer" else r["baselines"][w])[key] for r in runs]))
-                   for w in _PREDICTORS}
-            best = pick(med.values())
-            cells += [_cell(runs, w, key, scale, fmt, med[w] == best) for w in _PREDICTORS]
+            scores = {w: scale * run_scores(runs, w, key) for w in PREDICTORS}
+            best = pick(float(np.median(v)) for v in scores.values())
+            cells += [median_range(v, fmt, float(np.median(v)) == best) for v in scores.values()]
         mark = " ⚠ diverged" if any(r["diverged"] for r in runs) else ""
         lines.append(f"| {group}{mark} | {runs[0]['n_train']} / {runs[0]['n_test']} | " + " | ".join(cells)
                      + f" | {sum(r['wall_seconds'] for r in runs):.0f} |")
     ood = [r for r in records if r["device"].startswith("out-of-domain")]
     if ood:
-        mean = {(w, key): float(np.mean([(r["metrics"] if w == "nnformer" else r["baselines"][w])[key] for r in ood]))
-                for w in _PREDICTORS for key, *_ in metrics}
         lines.append(f"| **mean, out of domain ({len(ood)})** | | " + " | ".join(
-            fmt.format(scale * mean[(w, key)]) for key, _, scale, fmt, _ in metrics for w in _PREDICTORS) + " | |")
+            fmt.format(scale * float(np.mean(run_scores(ood, w, key)))) for key, _, scale, fmt, _ in metrics
+            for w in PREDICTORS) + " | |")
     seeds = len(groups.get("in-domain", []))
     lines += ["", f"In domain: median (min–max) over {seeds} split seed(s), {round(100 * TEST_FRACTION)} % of every "
                   "family's networks held out (both batch sizes of a network on one side). Out of domain: the family "

@@ -1,6 +1,7 @@
 """One reproduction run: train a fresh predictor, score it on held-out data beside the
 baselines' predictions, and write its files (``metrics.json``, ``predictions.npz``,
-``scatter.png``). Shared by the experiments of :mod:`.reproduce` and :mod:`.reproduce_embedded`."""
+``scatter.png``); and the helpers that tabulate such runs' records. Shared by the experiments
+of :mod:`.reproduce` and :mod:`.reproduce_embedded`."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,10 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["train_and_score"]
+__all__ = ["train_and_score", "PREDICTORS", "by_device", "run_scores", "median_range"]
+
+#: the tables' name for each predictor of a run record (NN-Former, then its baselines)
+PREDICTORS = {"nnformer": "NN-Former", "ridge": "ridge", "gbdt": "GBDT"}
 
 
 def train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epochs: int, lr: float,
@@ -78,3 +82,27 @@ def train_and_score(task_name: str, model_cfg: dict, train_set, test_set, *, epo
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
     record["_points"] = (y, pred)  # for the docs figure; dropped before summary.json
     return record
+
+
+def by_device(records: list[dict]) -> dict[str, list[dict]]:
+    """The run records grouped by their ``device`` (a device, or a held-out group), in order."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["device"], []).append(r)
+    return groups
+
+
+def run_scores(runs: list[dict], who: str, key: str) -> np.ndarray:
+    """(len(runs),) float: metric ``key`` of predictor ``who`` (a key of ``PREDICTORS``) in each run."""
+    return np.array([(r["metrics"] if who == "nnformer" else r["baselines"][who])[key] for r in runs], dtype=float)
+
+
+def median_range(values: np.ndarray, fmt: str, bold: bool = False) -> str:
+    """``median (min–max)`` of ``values``; ``—`` where a value is NaN (τ of constant predictions)."""
+    if np.isnan(values).any():
+        return "—"
+    med = fmt.format(float(np.median(values)))
+    med = f"**{med}**" if bold else med
+    if len(values) < 2:
+        return med
+    return f"{med} ({fmt.format(float(values.min()))}–{fmt.format(float(values.max()))})"
