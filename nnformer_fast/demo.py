@@ -227,9 +227,9 @@ def _main(argv=None) -> int:
     from .train.loop import evaluate_model
 
     pred, y, _ = evaluate_model(result.model, LatencyTask(loss=LOSS, **MODEL), test_set)
-    report = {"data": source, "model": MODEL, "loss": LOSS, "threads": threads, "epochs": args.epochs, "steps": result.step,
-              "metrics": m, "baselines": baselines, "checkpoint": result.checkpoint, "compiled": args.compile, "training_run": t,
-              "side_by_side_graphs_per_s": rounds, "speedup": speedup}
+    report = {"data": source, "model": MODEL, "loss": LOSS, "threads": threads, "epochs": args.epochs,
+              "steps": result.step, "metrics": m, "baselines": baselines, "checkpoint": result.checkpoint,
+              "compiled": args.compile, "training_run": t, "side_by_side_graphs_per_s": rounds, "speedup": speedup}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     from .train.plots import scatter_plot
 

@@ -36,7 +36,8 @@ def _model_options(text: str) -> dict:
 def _add_data_args(p, *, required: bool = False) -> None:
     p.add_argument("--data", default=None, required=required,
                    help="dataset: latency — NNLQP folder or its text file, a saved .npz, or 'default' (the "
-                        "embedded set; the default); accuracy — NB101/201 JSON (the library's layout, docs/DATA.md, or NASLib's) or the NB201 CSV")
+                        "embedded set; the default); accuracy — NB101/201 JSON (the library's layout, docs/DATA.md, "
+                        "or NASLib's) or the NB201 CSV")
     p.add_argument("--data-format", default="auto",
                    help="auto (default), default, nnlqp, npz, nb201-latency | spec-json, nb201-csv, nb101-naslib, "
                         "nb201-naslib")

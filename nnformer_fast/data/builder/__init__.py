@@ -9,4 +9,5 @@ from .onnx_net import Net, strip_weights, with_random_weights
 
 __all__ = ["build_latency_set", "remeasure_noisy", "retest", "require_onnx", "MAX_COUNT", "GROUP", "LATENCY_FILE",
            "SPREAD_FILE", "PASSES_FILE", "FAMILIES", "generate", "Measurement", "Protocol", "CLOCKS", "STATISTICS",
-           "cpu_model", "make_session", "measure_group", "measure_session", "Net", "strip_weights", "with_random_weights"]
+           "cpu_model", "make_session", "measure_group", "measure_session", "Net", "strip_weights",
+           "with_random_weights"]

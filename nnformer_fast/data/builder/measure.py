@@ -58,8 +58,8 @@ class Protocol:
     ``repeats`` runs timed by ``clock`` (a key of ``CLOCKS``); a pass's latency is ``statistic``
     (``median`` or ``min``) of its ``rounds * repeats`` timed runs, and the record's latency is
     the same statistic over ``passes`` passes made over the whole set (``min``: the fastest of
-    all its timed runs). The defaults are the builder's
-    historical single-pass protocol (wall clock, median of 10 after 3 warm-ups)."""
+    all its timed runs). The defaults are the builder's historical single-pass protocol (wall
+    clock, median of 10 after 3 warm-ups)."""
 
     clock: str = "wall"
     statistic: str = "median"
