@@ -18,7 +18,7 @@ from nnformer_fast.cli import main
 from nnformer_fast.train.reproduce import EXPERIMENTS, section_markers, update_markdown
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-FAST = ["--quick", "--epochs", "1", "--threads", "1"]
+FAST = ["--quick", "--epochs", "1", "--threads", "1", "--jobs", "1"]
 try:
     import matplotlib  # noqa: F401
 
@@ -391,7 +391,7 @@ def test_accuracy_defaults_are_the_documented_ones():
     assert (m["depth"], m["dim"], m["n_head"], m["dropout"]) == (6, 192, 4, 0.1)
     assert (sm["depth"], sm["dim"], s.small_train_cells) == (4, 128, 500)
     assert s.accuracy_split_seeds == s.latency_split_seeds == (0, 1, 2) and s.reference_fractions == (0.10,)
-    assert [_accuracy_epochs(s, n) for n in (156, 781, 1562, 7812)] == [300, 200, 100, 20]
+    assert [_accuracy_epochs(s, n) for n in (156, 781, 1562, 7812)] == [600, 260, 130, 26]
     doc = (Path(__file__).parents[1] / "docs" / "REPRODUCTION.md").read_text()
     line = (f"| **default** | depth {m['depth']}, dim {m['dim']}, {m['n_head']} heads, dropout {m['dropout']:g}; "
             f"under {s.small_train_cells} training cells depth {sm['depth']}, dim {sm['dim']}, {sm['n_head']} heads, "
@@ -415,7 +415,8 @@ def test_small_training_sets_train_the_small_profile(data, tmp_path):
 
     s = rp.Settings.quick_profile(accuracy_model=dict(depth=1, dim=16, n_head=4, dropout=0.1),
                                   small_accuracy_model=dict(depth=2, dim=8, n_head=4, dropout=0.1),
-                                  small_train_cells=20, fractions=(0.1, 0.5), epochs=1, threads=1, progress=False)
+                                  small_train_cells=20, fractions=(0.1, 0.5), epochs=1, threads=1, jobs=1,
+                                  progress=False)
     doc = tmp_path / "R.md"
     rp.reproduce(["nb201-accuracy"], data_dir=data, out=tmp_path / "o", doc=str(doc), settings=s)
     root = tmp_path / "o" / "nb201-accuracy"
@@ -425,3 +426,34 @@ def test_small_training_sets_train_the_small_profile(data, tmp_path):
     assert (large["n_train"], large["model"]["depths"], large["model"]["dim"]) == (30, [1], 16)
     assert ("NNFormer depth 2, dim 8, 4 heads, dropout 0.1 (train-10pct); NNFormer depth 1, dim 16, 4 heads, "
             "dropout 0.1 (train-50pct)") in doc.read_text()
+
+
+def test_parallel_runs_give_the_records_of_sequential_ones(data, tmp_path, capsys):
+    """--jobs 2 trains the accuracy runs in two worker processes, longest first, and returns
+    (and tabulates) exactly what one run after another gives."""
+    common = ["reproduce", "nb201-accuracy", "--data-dir", str(data), "--fractions", "10%,50%",
+              "--reference-fractions", "none", "--split-seeds", "0,1", "--accuracy-model", "depth=1,dim=16",
+              "--quiet", "--quick", "--epochs", "2", "--threads", "1"]
+    recs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert main([*common, "--jobs", jobs, "--out", str(out), "--doc", str(tmp_path / f"R{jobs}.md")]) == 0
+        summary = json.loads((out / "nb201-accuracy" / "summary.json").read_text())
+        recs[jobs] = [(r["run"], r["metrics"]["tau"], r["baselines"]["gbdt"]["tau"]) for r in summary["runs"]]
+        assert summary["settings"]["jobs"] == int(jobs)
+    assert recs["1"] == recs["2"]
+    assert [r[0] for r in recs["2"]] == [f"train-{f}pct/split-{k}" for f in (10, 50) for k in (0, 1)]
+    log = capsys.readouterr().out
+    assert "accuracy runs 2 at a time, 1 thread(s) each" in log
+    assert "2 runs at a time, 1 torch thread(s) each" in (tmp_path / "R2.md").read_text()
+
+
+def test_run_calls_order_and_errors():
+    from nnformer_fast.train.parallel_runs import run_calls
+
+    calls = [(divmod, (n, 3), {}) for n in (7, 8, 9)]
+    # started longest first, returned in the order given
+    assert run_calls(calls, jobs=2, threads=1, costs=[1, 3, 2]) == [(2, 1), (2, 2), (3, 0)]
+    assert run_calls(calls, jobs=1, threads=1) == [(2, 1), (2, 2), (3, 0)]
+    with pytest.raises(ZeroDivisionError):
+        run_calls([(divmod, (1, 0), {}), (divmod, (1, 1), {})], jobs=2, threads=1)

@@ -47,6 +47,7 @@ import numpy as np
 from .._atomic import writable_folder
 from .._cli_args import int_at_least, pick_threads
 from .metrics import PRECISION_AT_TOP_KEY
+from .parallel_runs import run_calls, usable_cpus
 from .reproduce_embedded import BASELINE_TEXT as EMBEDDED_BASELINE_TEXT
 from .reproduce_embedded import EXPERIMENT as EMBEDDED
 from .reproduce_embedded import embedded_latency, embedded_table
@@ -61,6 +62,8 @@ __all__ = ["EXPERIMENTS", "KNOWN_EXPERIMENTS", "PAPER", "Settings", "run_experim
 
 #: the paper's benchmarks (what ``all`` runs), read from the benchmark data folder
 EXPERIMENTS = ("nb201-accuracy", "nb101-accuracy", "nb201-latency")
+#: the experiments whose runs ``--jobs`` trains side by side
+ACCURACY_EXPERIMENTS = ("nb201-accuracy", "nb101-accuracy")
 #: every experiment: the benchmarks, and the embedded set shipped in the package
 KNOWN_EXPERIMENTS = EXPERIMENTS + (EMBEDDED,)
 #: (50 % costs as much as 10 % and is not in the paper's comparison: ``--fractions 1%,5%,10%,50%`` adds it)
@@ -89,9 +92,9 @@ class Settings:
     small_train_cells: int = 500
     latency_model: dict = field(default_factory=lambda: dict(dim=64, n_layers=2, n_head=4, dropout=0.0))
     #: accuracy runs: epochs = clip(ceil(accuracy_samples / n_train), min_epochs, max_epochs)
-    accuracy_samples: int = 156200
+    accuracy_samples: int = 203060
     accuracy_min_epochs: int = 20
-    accuracy_max_epochs: int = 300
+    accuracy_max_epochs: int = 600
     nb101_epochs: int = 300
     #: EMA decay of the accuracy models' weights (0 = off) and the consistency term (twice the compute)
     accuracy_ema: float = 0.0
@@ -119,7 +122,12 @@ class Settings:
     nb101_train: int = 100
     latency_train_fraction: float = 0.10
     seed: int = 0
+    #: torch threads of each training run (None: a probe picks 1 or 2 with ``jobs`` = 1, else
+    #: the CPUs shared out among the jobs)
     threads: Optional[int] = None
+    #: accuracy runs trained at a time, each in its own process (None: one per CPU; 1: one after
+    #: another in this process). Small models gain little from a second thread.
+    jobs: Optional[int] = None
     #: training progress bars on stderr (not a setting of the results: left out of ``to_dict``)
     progress: bool = True
 
@@ -140,7 +148,7 @@ class Settings:
 
     def check(self) -> None:
         """Raise ``ValueError`` for counts out of range (before any data is read)."""
-        for name in ("nb101_train", "max_test", "threads", "epochs"):
+        for name in ("nb101_train", "max_test", "threads", "jobs", "epochs"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
@@ -328,18 +336,18 @@ def _nb201_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
     n = len(pruned)
     distinct = len(set(_graph_keys(pruned)))
     features = nb201_edge_features([c.key for c in pruned.cells])  # the six edge ops, pruned or not
-    records = []
+    calls = []
     for f, encoding in runs:
         n_train = max(1, min(n - 1, int(round(f * n))))
         group = f"train-{100 * f:g}pct" + ("" if encoding == "pruned" else f"-{encoding}")
         for k in s.accuracy_split_seeds:
             perm = np.random.default_rng(k).permutation(n)
-            records.append(_accuracy_run(
+            calls.append(_accuracy_call(
                 "nb201-accuracy", encodings[encoding], pruned, features, perm, n_train, k, group=group,
                 title=f"NB201 {100 * f:g}% train ({encoding})", epochs=_accuracy_epochs(s, n_train), s=s, out=out,
                 extra={"data": str(path), "target": "cifar10 test accuracy (200 epochs)", "fraction": f,
                        "encoding": encoding, "n_cells": n, "n_distinct_graphs": distinct}))
-    return records
+    return _run_accuracy_calls(calls, s)
 
 
 def _nb101_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
@@ -356,10 +364,38 @@ def _nb101_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
     epochs = int(s.epochs if s.epochs is not None else s.nb101_epochs)
     extra = {"data": str(path), "target": "cifar10 validation accuracy (NASLib)", "n_cells": n,
              "n_distinct_graphs": len(set(_graph_keys(cells))), "largest_duplicate_group": _largest_group(cells)}
-    return [_accuracy_run("nb101-accuracy", cells, cells, features, np.random.default_rng(k).permutation(n),
-                          s.nb101_train, k, group=f"train-{s.nb101_train}", title=f"NB101 {s.nb101_train} train",
-                          epochs=epochs, s=s, out=out, extra=extra)
-            for k in s.accuracy_split_seeds]
+    return _run_accuracy_calls([_accuracy_call("nb101-accuracy", cells, cells, features,
+                                               np.random.default_rng(k).permutation(n), s.nb101_train, k,
+                                               group=f"train-{s.nb101_train}", title=f"NB101 {s.nb101_train} train",
+                                               epochs=epochs, s=s, out=out, extra=extra)
+                                for k in s.accuracy_split_seeds], s)
+
+
+def _accuracy_call(experiment: str, cells, graphs, features: np.ndarray, perm: np.ndarray, n_train: int,
+                   split_seed: int, **kwargs) -> tuple:
+    """One :func:`_accuracy_run` as ``(call, cost)`` for :func:`run_calls`; cost ~ epochs x
+    training tokens x model size."""
+    from .tasks import AccuracyTask
+
+    big = n_train >= kwargs["s"].small_train_cells
+    call = (_accuracy_run, (experiment, cells, graphs, features, perm, n_train, split_seed), kwargs)
+    return call, float(kwargs["epochs"] * AccuracyTask.sizes(cells)[perm[:n_train]].sum() * (4 if big else 1))
+
+
+def _run_threads(s: Settings) -> int:
+    """Torch threads of each of ``s.jobs`` runs at a time: ``s.threads``, else the usable CPUs
+    shared out."""
+    return int(s.threads or max(1, usable_cpus() // max(1, s.jobs or 1)))
+
+
+def _run_accuracy_calls(calls_costs: list, s: Settings) -> list[dict]:
+    """The records of the accuracy runs (``(call, cost)`` pairs of :func:`_accuracy_call`),
+    ``s.jobs`` at a time, longest first; without progress bars when side by side."""
+    jobs = int(s.jobs or 1)
+    calls = [call for call, _ in calls_costs]
+    if jobs > 1:
+        calls = [(fn, args, {**kw, "s": dataclasses.replace(kw["s"], progress=False)}) for fn, args, kw in calls]
+    return run_calls(calls, jobs=jobs, threads=_run_threads(s), costs=[c for _, c in calls_costs])
 
 
 def _latency_sources(data_dir: Optional[Path], devices: Optional[Sequence[str]], latency_csv: Sequence,
@@ -515,6 +551,12 @@ def _model_text(cfg: dict, task: str) -> str:
     return f"NNFormerLatency {cfg['n_layers']} layer(s), dim {cfg['dim']}, {cfg['n_head']} heads, dropout {cfg['dropout']}"
 
 
+def _epochs_text(records: list[dict]) -> str:
+    """``N epochs`` when every run trained as long, else where the table gives them."""
+    epochs = {r["epochs"] for r in records}
+    return f"{epochs.pop()} epochs" if len(epochs) == 1 else "epochs by row (table)"
+
+
 def _models_text(records: list[dict], task: str) -> str:
     """The model of the runs; where they differ (the small accuracy profile), each with its runs."""
     models: dict[str, dict] = {}
@@ -559,7 +601,7 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
         if r0.get("consistency"):
             loss += ", consistency term"
         lines.append(f"- model: {_models_text(records, task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine "
-                     f"decay, {r0['precision']}, batch ≤ {_batch_text(records)} graphs, {r0['epochs']} epochs; seed "
+                     f"decay, {r0['precision']}, batch ≤ {_batch_text(records)} graphs, {_epochs_text(records)}; seed "
                      f"{r0['seed']}, split seed{'s' if ',' in seeds else ''} {seeds}")
         if experiment == EMBEDDED:
             lines.append(f"- baselines: {EMBEDDED_BASELINE_TEXT}")
@@ -571,8 +613,10 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
                                                    if any(r["data"].endswith(".csv") for r in records) else "")
                  if experiment == "nb201-latency" else Path(r0["data"]).name)
         lines.append(f"- target: {r0['target']}; data: `{where}`")
-    lines += [f"- hardware: {hw['cpu']} ({hw['logical_cpus']} logical CPUs, {hw['torch_threads']} torch "
-              f"thread(s)), torch {hw['torch']}, CPU only",
+    threads = (f"{info['jobs']} runs at a time, {info['run_threads']} torch thread(s) each"
+               if info.get("jobs", 1) > 1 else f"{hw['torch_threads']} torch thread(s)")
+    lines += [f"- hardware: {hw['cpu']} ({hw['logical_cpus']} logical CPUs, {threads}), torch {hw['torch']}, "
+              f"CPU only",
               f"- wall time: {info['wall_seconds']:.0f} s for the experiment ({info['finished']} UTC)",
               f"- command: `{info['command']}`",
               f"- per-run metrics and scatter plots: `{info['out']}/<run>/metrics.json`, `scatter.png`"]
@@ -803,12 +847,13 @@ def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce"
     writable_folder(out, "--out")
     if doc:
         _check_doc(Path(doc), experiments)
-    if s.threads:
-        torch.set_num_threads(int(s.threads))
+    s.jobs = int(s.jobs or usable_cpus())
+    torch.set_num_threads(int(s.threads or pick_threads()))
     torch.set_flush_denormal(True)
     hw = hardware_info()
-    _log(f"data: {data}; {hw['cpu']}, {hw['torch_threads']} torch thread(s); "
-         f"{'quick' if s.quick else 'full'} profile")
+    _log(f"data: {data}; {hw['cpu']}, {hw['torch_threads']} torch thread(s)"
+         + (f"; accuracy runs {s.jobs} at a time, {_run_threads(s)} thread(s) each" if s.jobs > 1 else "")
+         + f"; {'quick' if s.quick else 'full'} profile")
     results = {}
     for e in experiments:
         exp_out = Path(out) / e
@@ -821,6 +866,8 @@ def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce"
                 "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
                 "command": command or f"nnformer-fast reproduce {e}", "out": str(exp_out),
                 "data_dir": None if data is None else str(data)}
+        if e in ACCURACY_EXPERIMENTS:
+            info.update(jobs=s.jobs, run_threads=_run_threads(s))
         points = [r.pop("_points") for r in records]
         exp_out.mkdir(parents=True, exist_ok=True)
         (exp_out / "summary.json").write_text(json.dumps({**info, "runs": records}, indent=1, default=str))
@@ -924,10 +971,7 @@ def _run(args) -> int:
         s.small_accuracy_model = merge_model_options(s.small_accuracy_model, user)
     if args.latency_model:
         s.latency_model = merge_model_options(s.latency_model, _model_options(args.latency_model))
-    if args.threads is not None:
-        s.threads = args.threads
-    else:
-        s.threads = pick_threads()
+    s.threads, s.jobs = args.threads, args.jobs
     experiments = list(EXPERIMENTS) if "all" in args.experiments else list(dict.fromkeys(args.experiments))
     try:
         reproduce(experiments, data_dir=args.data_dir, out=args.out, doc=None if args.no_doc else args.doc,
@@ -947,7 +991,7 @@ def _command(args) -> str:
     for opt in ("fractions", "reference_fractions", "devices", "latency_csv", "csv_batch_size", "embedded_set",
                 "epochs", "max_test",
                 "max_seconds", "nb101_train", "accuracy_model", "accuracy_lr", "accuracy_ema", "accuracy_consistency",
-                "latency_model", "precision", "seed", "split_seed", "split_seeds", "threads"):
+                "latency_model", "precision", "seed", "split_seed", "split_seeds", "threads", "jobs"):
         v = getattr(args, opt)
         if v is None:
             continue
@@ -1029,6 +1073,10 @@ def register_reproduce(subparsers) -> None:
     p.add_argument("--split-seeds", type=_seeds, default=None,
                    help="comma-separated split seeds of every experiment, one run each (default 0,1,2; 0 with --quick)")
     p.add_argument("--threads", type=int_at_least(1), default=None,
-                   help="torch threads (default: 1 or 2, picked by a probe)")
+                   help="torch threads of each training run (default: 1 or 2, picked by a probe; with --jobs > 1, "
+                        "the CPUs shared out among the jobs)")
+    p.add_argument("--jobs", type=int_at_least(1), default=None,
+                   help="accuracy experiments: training runs at a time, each in its own process (default: one per "
+                        "CPU; 1: one after another)")
     p.add_argument("--quiet", action="store_true", help="no training progress bars (the per-run lines stay)")
     p.set_defaults(func=_run)
