@@ -46,10 +46,12 @@ def machine_lines() -> list:
     import nnformer_fast
 
     info = nnformer_fast.build_info()
+    # a lesser CPU emulated for torch's own code (ATEN_CPU_CAPABILITY shows in the capability)
+    onednn = f", ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if os.environ.get("ONEDNN_MAX_CPU_ISA") else ""
     return [f"cpu: {model}; isa: {' '.join(f for f in _ISA_FLAGS if f in flags) or 'unknown'}",
             f"native cpu capability: {info['cpu_capability']} (this CPU runs {', '.join(info['cpu_capabilities'])}); "
-            f"torch {torch.__version__} (ATen capability {torch.backends.cpu.get_cpu_capability()}); "
-            f"{torch.get_num_threads()} threads"]
+            f"torch {torch.__version__} (ATen capability {torch.backends.cpu.get_cpu_capability()}"
+            f"{onednn}); {torch.get_num_threads()} threads"]
 
 
 def _has_extension(spec) -> bool:

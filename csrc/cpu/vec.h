@@ -34,6 +34,13 @@
 #error "the CPU kernels are compiled with -DNNFF_CPU_LEVEL=<capability> (CMakeLists.txt)"
 #endif
 
+// The row primitives below are forced inline: with two or four native parts per 16-lane vector
+// (AVX2, baseline) GCC's heuristics left weighted_sum, lane_sum and exp_inplace as calls in the
+// attention loops (a quarter of the AVX2 backward), and a call passes the vectors through memory.
+#define NNFF_INLINE inline __attribute__((always_inline))
+// the same, for the lambdas of for_blocks
+#define NNFF_INLINE_LAMBDA __attribute__((always_inline))
+
 namespace nnff {
 namespace cpu {
 namespace NNFF_CPU_LEVEL {
@@ -59,7 +66,7 @@ template <> struct Native<uint32_t> { typedef uint32_t type __attribute__((vecto
 template <> struct Native<uint16_t> { typedef uint16_t type __attribute__((vector_size(kNativeBytes / 2))); };
 
 // a * b + c on native vectors: one rounding with FMA, two at the baseline.
-template <typename N> inline N fma_part(N a, N b, N c) {
+template <typename N> NNFF_INLINE N fma_part(N a, N b, N c) {
   constexpr bool is_float = std::is_same_v<std::remove_reference_t<decltype(a[0])>, float>;
 #if defined(__AVX512F__)
   if constexpr (is_float) return (N)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
@@ -150,7 +157,7 @@ template <> inline Half from_acc<Half, float>(float x) {
 
 // ------------------------------------------------------------------ 16-lane loads / stores
 // 16 elements of T at p in the accumulation type.
-template <typename T> inline vec<acc_t<T>> load16(const T* p) {
+template <typename T> NNFF_INLINE vec<acc_t<T>> load16(const T* p) {
   using V = vec<acc_t<T>>;
   constexpr int L = V::kPartLanes;
   V r;
@@ -176,7 +183,7 @@ template <typename T> inline vec<acc_t<T>> load16(const T* p) {
 }
 
 // p[0, 16) = x rounded to T (round to nearest even, as c10).
-template <typename T> inline void store16(T* p, const vec<acc_t<T>>& x) {
+template <typename T> NNFF_INLINE void store16(T* p, const vec<acc_t<T>>& x) {
   using V = vec<acc_t<T>>;
   constexpr int L = V::kPartLanes;
   for (int i = 0; i < V::kParts; ++i) {
@@ -203,14 +210,14 @@ template <typename T> inline void store16(T* p, const vec<acc_t<T>>& x) {
 }
 
 // The first len (< 16) elements of p, zeros after.
-template <typename T> inline vec<acc_t<T>> load_part(const T* p, int64_t len) {
+template <typename T> NNFF_INLINE vec<acc_t<T>> load_part(const T* p, int64_t len) {
   acc_t<T> lanes[kLanes] = {};
   for (int64_t l = 0; l < len; ++l) lanes[l] = to_acc<acc_t<T>>(p[l]);
   vec<acc_t<T>> r;
   std::memcpy(&r, lanes, sizeof(r));
   return r;
 }
-template <typename T> inline void store_part(T* p, const vec<acc_t<T>>& x, int64_t len) {
+template <typename T> NNFF_INLINE void store_part(T* p, const vec<acc_t<T>>& x, int64_t len) {
   acc_t<T> lanes[kLanes];
   std::memcpy(lanes, &x, sizeof(lanes));
   for (int64_t l = 0; l < len; ++l) p[l] = from_acc<T>(lanes[l]);
@@ -222,43 +229,64 @@ template <int Vecs, bool Full> struct Block {
   static constexpr int vecs = Vecs;
   static constexpr bool full = Full;
 };
-template <typename F> inline void for_blocks(int64_t n, F&& f) {
+template <typename F> NNFF_INLINE void for_blocks(int64_t n, F&& f) {
   int64_t d = 0;
   for (; d + kBlockVecs * kLanes <= n; d += kBlockVecs * kLanes) f(Block<kBlockVecs, true>{}, d, kBlockVecs * kLanes);
   for (; d + kLanes <= n; d += kLanes) f(Block<1, true>{}, d, kLanes);
   if (d < n) f(Block<1, false>{}, d, n - d);
 }
-template <typename B, typename T> inline vec<acc_t<T>> load_block(const T* p, int64_t len) {
+template <typename B, typename T> NNFF_INLINE vec<acc_t<T>> load_block(const T* p, int64_t len) {
   if constexpr (B::full) return load16(p);
   else return load_part(p, len);
 }
-template <typename B, typename T> inline void store_block(T* p, const vec<acc_t<T>>& x, int64_t len) {
+template <typename B, typename T> NNFF_INLINE void store_block(T* p, const vec<acc_t<T>>& x, int64_t len) {
   if constexpr (B::full) store16(p, x);
   else store_part(p, x, len);
 }
 
 // ------------------------------------------------------------------ rows
 // y[d] = x[d] converted: a row of T into the accumulation type, or back, rounded to T.
-template <typename Y, typename X> inline void convert_row(Y* __restrict y, const X* __restrict x, int64_t n) {
-  for_blocks(n, [&](auto b, int64_t d, int64_t len) {
+template <typename Y, typename X> NNFF_INLINE void convert_row(Y* __restrict y, const X* __restrict x, int64_t n) {
+  for_blocks(n, [&](auto b, int64_t d, int64_t len) NNFF_INLINE_LAMBDA {
     using B = decltype(b);
     for (int j = 0; j < B::vecs; ++j) store_block<B>(y + d + j * kLanes, load_block<B>(x + d + j * kLanes, len), len);
   });
 }
 
-// Fixed-order sum of the 16 lanes: l += l + 8, l += l + 4, then (0 + 2) + (1 + 3).
-template <typename A> inline A lane_sum(const vec<A>& v) {
-  A t[kLanes];
-  std::memcpy(t, &v, sizeof(t));
-  for (int l = 0; l < 8; ++l) t[l] += t[l + 8];
-  for (int l = 0; l < 4; ++l) t[l] += t[l + 4];
-  return (t[0] + t[2]) + (t[1] + t[3]);
+// Fixed-order sum of the 16 lanes: l += l + 8, l += l + 4, then (0 + 2) + (1 + 3). For float
+// in vector registers (the same additions, so the same bits as the scalar order for double).
+template <typename A> NNFF_INLINE A lane_sum(const vec<A>& v) {
+  if constexpr (std::is_same_v<A, float>) {
+    typedef float f8 __attribute__((vector_size(32)));
+    typedef float f4 __attribute__((vector_size(16)));
+    typedef float f2 __attribute__((vector_size(8)));
+    f4 q;  // lanes l + (l + 8) + (l + 4) + (l + 12) for l < 4, each pair added as above
+    if constexpr (vec<A>::kParts == 1) {
+      const auto& x = v.p[0];
+      const f8 h = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+      q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    } else if constexpr (vec<A>::kParts == 2) {
+      const f8 h = v.p[0] + v.p[1];
+      q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    } else {
+      q = (v.p[0] + v.p[2]) + (v.p[1] + v.p[3]);
+    }
+    const f2 t = __builtin_shufflevector(q, q, 0, 1) + __builtin_shufflevector(q, q, 2, 3);
+    return t[0] + t[1];
+  } else {
+    A t[kLanes];
+    std::memcpy(t, &v, sizeof(t));
+    for (int l = 0; l < 8; ++l) t[l] += t[l + 8];
+    for (int l = 0; l < 4; ++l) t[l] += t[l + 4];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+  }
 }
 
 // out[r] = sum_d a[d] * rows[r][d] for the count rows, R at a time (independent chains; the
 // grouping does not change any row's order of sums).
 template <int R, typename A, typename T>
-inline void dot_rows(const A* __restrict a, const T* const* rows, int64_t n, A* __restrict out) {
+NNFF_INLINE void dot_rows(const A* __restrict a, const T* const* rows, int64_t n, A* __restrict out) {
   vec<A> acc[R] = {};
   int64_t d = 0;
   for (; d + kLanes <= n; d += kLanes) {
@@ -272,7 +300,7 @@ inline void dot_rows(const A* __restrict a, const T* const* rows, int64_t n, A* 
   for (int j = 0; j < R; ++j) out[j] = lane_sum<A>(acc[j]);
 }
 template <typename A, typename T>
-inline void dots(const A* __restrict a, const T* const* rows, int64_t count, int64_t n, A* __restrict out) {
+NNFF_INLINE void dots(const A* __restrict a, const T* const* rows, int64_t count, int64_t n, A* __restrict out) {
   int64_t r = 0;
   for (; r + 4 <= count; r += 4) dot_rows<4>(a, rows + r, n, out + r);
   for (; r + 2 <= count; r += 2) dot_rows<2>(a, rows + r, n, out + r);
@@ -282,8 +310,8 @@ inline void dots(const A* __restrict a, const T* const* rows, int64_t count, int
 // y[d] = sum_e w[e] * rows[e][d] over the count rows in order (w null: weights 1, a plain sum),
 // rounded to T; zeros when count is 0.
 template <typename T, typename A, typename S>
-inline void weighted_sum(T* __restrict y, const A* w, const S* const* rows, int64_t count, int64_t n) {
-  for_blocks(n, [&](auto b, int64_t d, int64_t len) {
+NNFF_INLINE void weighted_sum(T* __restrict y, const A* w, const S* const* rows, int64_t count, int64_t n) {
+  for_blocks(n, [&](auto b, int64_t d, int64_t len) NNFF_INLINE_LAMBDA {
     using B = decltype(b);
     vec<A> acc[B::vecs] = {};
     for (int64_t e = 0; e < count; ++e) {
@@ -301,7 +329,7 @@ inline void weighted_sum(T* __restrict y, const A* w, const S* const* rows, int6
 // Asks for the cache lines of count rows base + cols[e] * stride (bytes of each) ahead of use:
 // the rows a gather reads are scattered over tensors larger than the L2 cache.
 template <typename T>
-inline void prefetch_rows(const T* base, const int64_t* cols, int64_t count, int64_t stride, int64_t bytes) {
+NNFF_INLINE void prefetch_rows(const T* base, const int64_t* cols, int64_t count, int64_t stride, int64_t bytes) {
   for (int64_t e = 0; e < count; ++e) {
     const char* row = reinterpret_cast<const char*>(base + cols[e] * stride);
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
@@ -311,7 +339,7 @@ inline void prefetch_rows(const T* base, const int64_t* cols, int64_t count, int
 // x[i] = exp(x[i]) in place for softmax arguments (x <= 0 up to rounding). The float version
 // is a Cephes-style range reduction and degree-6 polynomial (within 2 ulp of expf; 0 below
 // -87.3, the float underflow) that the compiler vectorises, unlike a libm call per entry.
-inline void exp_inplace(float* __restrict x, int64_t n) {
+NNFF_INLINE void exp_inplace(float* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i] < -87.3f ? -87.3f : (x[i] > 88.3f ? 88.3f : x[i]);
     const float fn = std::floor(v * 1.44269504088896341f + 0.5f);
