@@ -852,7 +852,8 @@ def reproduce(experiments: Sequence[str], *, data_dir=None, out="runs/reproduce"
     torch.set_flush_denormal(True)
     hw = hardware_info()
     _log(f"data: {data}; {hw['cpu']}, {hw['torch_threads']} torch thread(s)"
-         + (f"; accuracy runs {s.jobs} at a time, {_run_threads(s)} thread(s) each" if s.jobs > 1 else "")
+         + (f"; accuracy runs {s.jobs} at a time, {_run_threads(s)} thread(s) each"
+            if s.jobs > 1 and set(experiments) & set(ACCURACY_EXPERIMENTS) else "")
          + f"; {'quick' if s.quick else 'full'} profile")
     results = {}
     for e in experiments:
