@@ -1,8 +1,10 @@
 """Independent training runs side by side in worker processes (``reproduce --jobs``).
 
-The accuracy models of ``reproduce`` are small: a second torch thread speeds one run up by
-about 1.4x on two cores, while two one-thread runs at a time do twice the work. Each run is
-seeded on its own and keeps its result whatever runs beside it.
+The accuracy models of ``reproduce`` are small and gain little from a second torch thread:
+on a 2-core AMD EPYC, two one-thread NAS-Bench-201 10 % runs at a time finished one run every
+214 s; one run with two threads took 220 s at 100 epochs instead of 130 (about 286 s scaled;
+docs/REPRODUCTION.md, budget). Each run is seeded on its own and keeps its result whatever
+runs beside it.
 """
 from __future__ import annotations
 

@@ -300,8 +300,7 @@ def _accuracy_run(experiment: str, cells, graphs, features: np.ndarray, perm: np
     test_idx = rest[_subsample(rest.size, s.max_test, split_seed)]
     train_idx = perm[:n_train]
     run = f"{group}/split-{split_seed}"
-    model = s.accuracy_model if n_train >= s.small_train_cells else s.small_accuracy_model
-    rec = _train_and_score("accuracy", model, cells.subset(train_idx), cells.subset(test_idx),
+    rec = _train_and_score("accuracy", _accuracy_model(s, n_train), cells.subset(train_idx), cells.subset(test_idx),
                            epochs=epochs, lr=s.accuracy_lr, batch_graphs=_batch_graphs(n_train), s=s,
                            run_dir=out / run, title=f"{title}, split {split_seed}", split_seed=split_seed,
                            extra={"experiment": experiment, "run": run, "group": group, **extra,
@@ -371,15 +370,23 @@ def _nb101_accuracy(data_dir: Path, out: Path, s: Settings) -> list[dict]:
                                 for k in s.accuracy_split_seeds], s)
 
 
+def _accuracy_model(s: Settings, n_train: int) -> dict:
+    """The accuracy profile a run on ``n_train`` cells trains (the small one under
+    ``s.small_train_cells``)."""
+    return s.accuracy_model if n_train >= s.small_train_cells else s.small_accuracy_model
+
+
 def _accuracy_call(experiment: str, cells, graphs, features: np.ndarray, perm: np.ndarray, n_train: int,
                    split_seed: int, **kwargs) -> tuple:
     """One :func:`_accuracy_run` as ``(call, cost)`` for :func:`run_calls`; cost ~ epochs x
-    training tokens x model size."""
+    training tokens x depth x dim² of the run's model."""
     from .tasks import AccuracyTask
 
-    big = n_train >= kwargs["s"].small_train_cells
+    model = _accuracy_model(kwargs["s"], n_train)
+    tokens = AccuracyTask.sizes(cells)[perm[:n_train]].sum()
     call = (_accuracy_run, (experiment, cells, graphs, features, perm, n_train, split_seed), kwargs)
-    return call, float(kwargs["epochs"] * AccuracyTask.sizes(cells)[perm[:n_train]].sum() * (4 if big else 1))
+    depth = model["depth"] if "depth" in model else sum(model["depths"])
+    return call, float(kwargs["epochs"] * tokens * depth * model["dim"] ** 2)
 
 
 def _run_threads(s: Settings) -> int:
@@ -601,8 +608,8 @@ def render_section(experiment: str, records: list[dict], info: dict) -> str:
         if r0.get("consistency"):
             loss += ", consistency term"
         lines.append(f"- model: {_models_text(records, task)}{loss}; AdamW lr {r0['lr']:g}, 5 % warm-up, cosine "
-                     f"decay, {r0['precision']}, batch ≤ {_batch_text(records)} graphs, {_epochs_text(records)}; seed "
-                     f"{r0['seed']}, split seed{'s' if ',' in seeds else ''} {seeds}")
+                     f"decay, {r0['precision']}, batch ≤ {_batch_text(records)} graphs, {_epochs_text(records)}; "
+                     f"seed {r0['seed']}, split seed{'s' if ',' in seeds else ''} {seeds}")
         if experiment == EMBEDDED:
             lines.append(f"- baselines: {EMBEDDED_BASELINE_TEXT}")
         elif task == "latency":

@@ -361,8 +361,9 @@ def remeasure_noisy(out: str | os.PathLike, max_rel_iqr: float = 0.25, *, repeat
 def retest(out: str | os.PathLike, fraction: float, *, seed: int = 0, progress: bool = True) -> dict:
     """Test-retest of a built set: measure again, with the protocol of its ``build.json`` (all
     its passes, made one after the other over the sample), a sample of ``max(1, round(fraction
-    * records))`` of its records drawn with ``seed``, and compare with the stored latencies. Changes nothing. Returns ``{"records": n, "median":,
-    "p90":, "max":}`` of ``|new - stored| / stored`` and ``"protocol"``, the settings used."""
+    * records))`` of its records drawn with ``seed``, and compare with the stored latencies.
+    Changes nothing. Returns ``{"records": n, "median":, "p90":, "max":}`` of ``|new - stored|
+    / stored`` and ``"protocol"``, the settings used."""
     from tqdm.auto import tqdm
 
     require_onnx()
