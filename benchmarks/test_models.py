@@ -8,6 +8,7 @@ import torch
 
 from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
 from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
+from nnformer_fast.models.buckets import bucketed
 from nnformer_fast.testing import random_dag_edges
 
 from gemm_floor import gemm_floor_step, record_linear_calls  # benchmarks/ is on sys.path under pytest
@@ -182,8 +183,10 @@ def training_setup(request, latency_setup):
     model.size_name = request.param
     graph = GraphBatch.from_edge_index(edge_index, sizes)
     y = torch.rand(len(sizes)) + 0.5
-    # fused AdamW, as nnformer_fast.train.fit uses (one kernel for all parameters)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), x, graph, static, y
+    # fused AdamW and flush-to-zero, as nnformer_fast.train.fit uses them
+    torch.set_flush_denormal(True)
+    yield model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), x, graph, static, y
+    torch.set_flush_denormal(False)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -192,6 +195,20 @@ def test_training_step(benchmark, training_setup, precision):
     model, optimizer, x, graph, static, y = training_setup
     dtype = torch.bfloat16 if precision == "bf16" else None
     benchmark(_training_step, model, optimizer, x, graph, static, y, dtype)
+
+
+def test_training_step_compiled(benchmark, training_setup):
+    """The bf16 step as ``fit(compile=True)`` and the demo (its default) run it: the model
+    through ``torch.compile(dynamic=True, fullgraph=True)`` inside the shape buckets
+    (nnformer_fast/train/loop.py). Inductor fuses the casts, LayerNorms and residual adds;
+    the native kernels stay opaque calls. The first steps compile (a minute or two, cached
+    after), outside the timing."""
+    benchmark.group = f"{STEP_GROUP}, {training_setup[0].size_name}, bf16"
+    model, optimizer, x, graph, static, y = training_setup
+    compiled = bucketed(torch.compile(model, dynamic=True, fullgraph=True))
+    for _ in range(3):
+        _training_step(compiled, optimizer, x, graph, static, y, torch.bfloat16)
+    benchmark(_training_step, compiled, optimizer, x, graph, static, y, torch.bfloat16)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -12,7 +12,7 @@ namespace {
 
 template <typename T> struct BiginRows {
   Scratch<const T*> rows;
-  Scratch<acc_t<T>> z, dz;
+  Scratch<acc_t<T>> z;
 };
 
 // f(block, d, len, z) with z[] the pre-activation of row i's elements [d, d + len):
@@ -89,52 +89,72 @@ void fwd(const BiginArgs& a, int64_t begin, int64_t end) {
   }
 }
 
+// dy * act'(z) lane by lane, the products in the order of act_grad's scalar formulas.
+template <Act kAct, typename A> NNFF_INLINE vec<A> act_grad_vec(const vec<A>& z, const vec<A>& dy) {
+  vec<A> r;
+  if constexpr (kAct == Act::kGelu) {
+    A zl[kLanes], dl[kLanes];
+    std::memcpy(zl, &z, sizeof(zl));
+    std::memcpy(dl, &dy, sizeof(dl));
+    for (int l = 0; l < kLanes; ++l) dl[l] = dl[l] * act_grad(Act::kGelu, zl[l]);
+    std::memcpy(&r, dl, sizeof(r));
+  } else {
+    using N = typename vec<A>::native;
+    for (int i = 0; i < vec<A>::kParts; ++i) {
+      const N x = z.p[i], d = dy.p[i];
+      if constexpr (kAct == Act::kRelu) r.p[i] = x > 0 ? d : N{};
+      else if constexpr (kAct == Act::kLeakyRelu) r.p[i] = d * (x > 0 ? N{} + A(1) : N{} + A(0.01));
+      else r.p[i] = x > 0 ? d * A(2) * x : N{};  // square_relu
+    }
+  }
+  return r;
+}
+
 // Pass 1 of the backward, over blocks of block_rows rows: dh = dz = dy * act'(z), rounded to T
 // (it is the output dh), with z recomputed from h, g and the biases, or (out != null: relu,
 // leaky_relu) read as the forward output, whose sign is that of z; with biases, each block's
-// partial sums of dz (d bh) and of the child / parent count times dz (d bg).
-template <typename T>
+// partial sums of dz (d bh) and of the child / parent count times dz (d bg), accumulated in
+// the same pass over the row.
+template <typename T, Act kAct>
 void bwd_dz(const BiginArgs& a, int64_t block_begin, int64_t block_end) {
   using A = acc_t<T>;
   const T *dy = static_cast<const T*>(a.dy), *out = static_cast<const T*>(a.out);
   T* dh = static_cast<T*>(a.dh);
   const int64_t m = a.m, half = m / 2;
   BiginRows<T> scratch;
-  A *z = scratch.z.get(m), *dz = scratch.dz.get(m);
+  A* z = scratch.z.get(m);
   for (int64_t blk = block_begin; blk < block_end; ++blk) {
     A* sums = a.partial != nullptr ? static_cast<A*>(a.partial) + blk * 2 * m : nullptr;
     if (sums != nullptr)
       for (int64_t c = 0; c < 2 * m; ++c) sums[c] = A(0);
     const int64_t stop = (blk + 1) * a.block_rows < a.n ? (blk + 1) * a.block_rows : a.n;
     for (int64_t i = blk * a.block_rows; i < stop; ++i) {
-      if (out != nullptr) {
-        convert_row(z, out + i * m, m);
-      } else {
+      if (out == nullptr)
         preact_blocks<T>(a, i, scratch, [&](auto b, int64_t d, int64_t len, vec<A>* zb) {
           using B = decltype(b);
           for (int j = 0; j < B::vecs; ++j) store_block<B>(z + d + j * kLanes, zb[j], len);
         });
+      for (int side = 0; side < 2; ++side) {
+        const int64_t off = side * half;
+        const int64_t* rp = side == 0 ? a.rp : a.rpt;
+        const A cnt = static_cast<A>(rp[i + 1] - rp[i]);  // children (first half) or parents
+        for_blocks(half, [&](auto b, int64_t d, int64_t len) NNFF_INLINE_LAMBDA {
+          using B = decltype(b);
+          const int64_t c0 = i * m + off + d;
+          for (int j = 0; j < B::vecs; ++j) {
+            const int64_t c = off + d + j * kLanes;
+            const vec<A> zj = out != nullptr ? load_block<B>(out + i * m + c, len) : load_block<B>(z + c, len);
+            const vec<A> dz = act_grad_vec<kAct>(zj, load_block<B>(dy + c0 + j * kLanes, len));
+            store_block<B>(dh + c0 + j * kLanes, dz, len);
+            if (sums == nullptr) continue;
+            vec<A> s = load_block<B>(sums + c, len), sb = load_block<B>(sums + m + c, len);
+            s += dz;
+            sb += dz.map([cnt](auto x) { return x * cnt; });
+            store_block<B>(sums + c, s, len);
+            store_block<B>(sums + m + c, sb, len);
+          }
+        });
       }
-      convert_row(dz, dy + i * m, m);
-      switch (a.act) {  // one loop per activation so each one vectorises
-        case Act::kRelu:
-          for (int64_t c = 0; c < m; ++c) dz[c] = z[c] > 0 ? dz[c] : A(0);
-          break;
-        case Act::kLeakyRelu:
-          for (int64_t c = 0; c < m; ++c) dz[c] = dz[c] * (z[c] > 0 ? A(1) : A(0.01));
-          break;
-        case Act::kSquareRelu:
-          for (int64_t c = 0; c < m; ++c) dz[c] = z[c] > 0 ? dz[c] * A(2) * z[c] : A(0);
-          break;
-        case Act::kGelu:
-          for (int64_t c = 0; c < m; ++c) dz[c] = dz[c] * act_grad(Act::kGelu, z[c]);
-      }
-      convert_row(dh + i * m, dz, m);
-      if (sums == nullptr) continue;
-      const A children = static_cast<A>(a.rp[i + 1] - a.rp[i]), parents = static_cast<A>(a.rpt[i + 1] - a.rpt[i]);
-      for (int64_t c = 0; c < m; ++c) sums[c] += dz[c];
-      for (int64_t c = 0; c < half; ++c) sums[m + c] += children * dz[c];
-      for (int64_t c = half; c < m; ++c) sums[m + c] += parents * dz[c];
     }
   }
 }
@@ -176,7 +196,15 @@ void bigin_fwd(const BiginArgs& a, int64_t begin, int64_t end) {
   with_dtype(a.dtype, [&](auto t) { fwd_act<decltype(t)>(a, begin, end); });
 }
 void bigin_bwd_dz(const BiginArgs& a, int64_t block_begin, int64_t block_end) {
-  with_dtype(a.dtype, [&](auto t) { bwd_dz<decltype(t)>(a, block_begin, block_end); });
+  with_dtype(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    switch (a.act) {  // one instance per activation so that each one vectorises
+      case Act::kRelu: return bwd_dz<T, Act::kRelu>(a, block_begin, block_end);
+      case Act::kLeakyRelu: return bwd_dz<T, Act::kLeakyRelu>(a, block_begin, block_end);
+      case Act::kGelu: return bwd_dz<T, Act::kGelu>(a, block_begin, block_end);
+      case Act::kSquareRelu: return bwd_dz<T, Act::kSquareRelu>(a, block_begin, block_end);
+    }
+  });
 }
 void bigin_bwd_dg(const BiginArgs& a, int64_t begin, int64_t end) {
   with_dtype(a.dtype, [&](auto t) { bwd_dg<decltype(t)>(a, begin, end); });

@@ -1,0 +1,75 @@
+"""The latency model's training step against its GEMM floor, in alternating rounds.
+
+``python benchmarks/step_floor.py [--size demo|default] [--threads N] [--rounds R] [--precision bf16|fp32]``
+
+The same step, floor and inputs as ``benchmarks/test_models.py`` (16 graphs of ~200 nodes,
+fused AdamW, flush-to-zero as ``fit`` sets it), timed round by round: the eager step, the step
+through ``torch.compile`` as ``fit(compile=True)`` and the demo run it, and the floor (the
+model's Linear layers alone, forward and backward, on the shapes and dtypes one step gives
+them). On a shared machine the load drifts within a run; a ratio taken within each round, then
+the median over rounds, follows it. Prints the machine, the median times and those ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from conftest import machine_lines
+from gemm_floor import gemm_floor_step, record_linear_calls
+from test_models import LATENCY_GRAPHS, LATENCY_NODES, MODEL_SIZES, _latency_inputs, _training_step
+
+SIZES = {"demo": "demo dim 128", "default": "dim 512"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="demo")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as fit does by default
+    from nnformer_fast import GraphBatch, NNFormerLatency
+    from nnformer_fast.models.buckets import bucketed
+
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    x, edge_index, sizes, static, _ = _latency_inputs(LATENCY_GRAPHS, LATENCY_NODES)
+    graph = GraphBatch.from_edge_index(edge_index, sizes)
+    y = torch.rand(len(sizes)) + 0.5
+    steps, models = {}, {}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(1)
+        models[name] = model = NNFormerLatency(**MODEL_SIZES[SIZES[args.size]]).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        run = bucketed(torch.compile(model, dynamic=True, fullgraph=True)) if name == "compiled" else model
+        steps[name] = (lambda run=run, optimizer=optimizer:
+                       _training_step(run, optimizer, x, graph, static, y, dtype))
+    eager = models["eager"]
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        calls = record_linear_calls(eager, lambda: eager(x, graph, static))
+    steps["floor"] = gemm_floor_step(calls, backward=True, autocast_dtype=dtype)
+    for step in steps.values():  # warm-up; the compiled step compiles here
+        for _ in range(3):
+            step()
+
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+
+    print("\n".join(machine_lines()))
+    print(f"latency model training step, {SIZES[args.size]}, {args.precision}, {args.rounds} rounds")
+    for name, ts in times.items():
+        ratio = "" if name == "floor" else (
+            f"  {statistics.median(a / b for a, b in zip(ts, times['floor'])):.2f}x the floor")
+        print(f"  {name:9s} {statistics.median(ts) * 1e3:7.1f} ms{ratio}")
+
+
+if __name__ == "__main__":
+    main()
