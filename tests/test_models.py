@@ -216,6 +216,47 @@ def test_latency_state_dict_keys_are_the_references():
     NNFormerLatency(n_layers=2, degree_gating=True).load_state_dict(checkpoint, strict=True)
 
 
+def test_pre_reduction_drops_before_relu_with_the_references_values():
+    """The readout applies its first dropout before the ReLU (so that the ReLU's output is what
+    the next Linear keeps): the same seed gives the bits of the reference order."""
+    torch.manual_seed(2)
+    model = NNFormerLatency(dim=32, dropout=0.3).train()
+    lin0, drop0, _, lin3, drop3 = model.pre_reduction.mlp
+    y = torch.randn(50, 32)
+    torch.manual_seed(7)
+    ours = model.pre_reduction.mlp(y)
+    torch.manual_seed(7)
+    reference = drop3(lin3(drop0(torch.relu(lin0(y)))))
+    assert bool((ours != 0).any()) and torch.equal(ours, reference)
+
+
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile does not run here")
+def test_graph_sum_compiles_to_the_eager_bits():
+    """Traced by Inductor, ``zeros(B, D).index_add_`` became atomic adds, whose order (so the
+    bits) changed from run to run at 2 threads; ``graph_sum`` stays one ATen call: compiled,
+    the bits of eager mode, and a backward of grad[batch]."""
+    from nnformer_fast.models.pooling import graph_sum
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        lengths = torch.randint(100, 200, (12,), generator=g)
+        lengths[5] = 0  # a graph without nodes sums to zeros
+        batch = torch.repeat_interleave(torch.arange(12), lengths)
+        nodes = torch.randn(int(lengths.sum()), 48, generator=g, requires_grad=True)
+        compiled = torch.compile(lambda x, b, n: graph_sum(x, b, n) * 2, dynamic=True, fullgraph=True)
+        out = compiled(nodes, batch, 12)
+        assert torch.equal(out, nodes.new_zeros(12, 48).index_add_(0, batch, nodes) * 2)
+        assert torch.equal(out[5], torch.zeros(48))
+        grad = torch.randn(12, 48, generator=g)
+        out.backward(grad)
+        assert torch.equal(nodes.grad, (grad * 2)[batch])
+        torch.library.opcheck(graph_sum, (nodes.detach().requires_grad_(), batch, 12))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_latency_model_autocast_and_backward():
     torch.manual_seed(6)
     model = NNFormerLatency(dim=64)

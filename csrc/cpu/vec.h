@@ -190,7 +190,8 @@ template <typename T> NNFF_INLINE void store16(T* p, const vec<acc_t<T>>& x) {
     if constexpr (std::is_same_v<T, BFloat16>) {
       using U = typename Native<uint32_t>::type;
       U u;
-      std::memcpy(&u, &x.p[i], sizeof(u));
+      const auto part = x.p[i];  // a copy: memcpy from the array element kept it in memory
+      std::memcpy(&u, &part, sizeof(u));
       U r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
       r = x.p[i] != x.p[i] ? U{} + 0x7FC0u : r;
       const auto b = __builtin_convertvector(r, typename Native<uint16_t>::type);
@@ -204,7 +205,8 @@ template <typename T> NNFF_INLINE void store16(T* p, const vec<acc_t<T>>& x) {
       for (int l = 0; l < L; ++l) p[i * L + l] = from_acc<Half>(x.p[i][l]);
 #endif
     } else {
-      std::memcpy(p + i * L, &x.p[i], sizeof(x.p[i]));
+      const auto part = x.p[i];
+      std::memcpy(p + i * L, &part, sizeof(part));
     }
   }
 }
