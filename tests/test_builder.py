@@ -312,7 +312,8 @@ def test_build_in_passes_stores_the_median_and_resumes_mid_pass(tmp_path):
     for p in _lines(out / LATENCY_FILE):  # the median over the passes of each pass's median
         medians = sorted(float(r[2]) for r in by_sid[p[0]])
         assert float(p[3]) == pytest.approx(medians[1], abs=1e-5)
-        assert spread[p[0]][1:] == by_sid[p[0]][[float(r[2]) for r in by_sid[p[0]]].index(medians[1])][2:]
+        # the kept pass's statistics: a pass with that median (two can print the same median)
+        assert spread[p[0]][1:] in [r[2:] for r in by_sid[p[0]] if float(r[2]) == medians[1]]
     # interrupted in pass 1 (its last two measurements lost) and before any record was complete
     text = (out / PASSES_FILE).read_text().splitlines(keepends=True)
     keep = [ln for ln in text if "\t2\t" not in ln][:-2]
