@@ -18,8 +18,8 @@ import time
 import torch
 
 from conftest import machine_lines
-from gemm_floor import gemm_floor_step, record_linear_calls
-from test_models import LATENCY_GRAPHS, LATENCY_NODES, MODEL_SIZES, _latency_inputs, _training_step
+from test_models import (LATENCY_GRAPHS, LATENCY_NODES, _compiled, _latency_inputs, _step_floor, _step_model,
+                         _training_step)
 
 SIZES = {"demo": "demo dim 128", "default": "dim 512"}
 
@@ -33,25 +33,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as fit does by default
-    from nnformer_fast import GraphBatch, NNFormerLatency
-    from nnformer_fast.models.buckets import bucketed
+    from nnformer_fast import GraphBatch
 
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     x, edge_index, sizes, static, _ = _latency_inputs(LATENCY_GRAPHS, LATENCY_NODES)
     graph = GraphBatch.from_edge_index(edge_index, sizes)
     y = torch.rand(len(sizes)) + 0.5
-    steps, models = {}, {}
-    for name in ("eager", "compiled"):
-        torch.manual_seed(1)
-        models[name] = model = NNFormerLatency(**MODEL_SIZES[SIZES[args.size]]).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        run = bucketed(torch.compile(model, dynamic=True, fullgraph=True)) if name == "compiled" else model
-        steps[name] = (lambda run=run, optimizer=optimizer:
-                       _training_step(run, optimizer, x, graph, static, y, dtype))
-    eager = models["eager"]
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        calls = record_linear_calls(eager, lambda: eager(x, graph, static))
-    steps["floor"] = gemm_floor_step(calls, backward=True, autocast_dtype=dtype)
+    eager, eager_optimizer = _step_model(SIZES[args.size])
+    model, optimizer = _step_model(SIZES[args.size])
+    compiled = _compiled(model)
+    steps = {"eager": lambda: _training_step(eager, eager_optimizer, x, graph, static, y, dtype),
+             "compiled": lambda: _training_step(compiled, optimizer, x, graph, static, y, dtype),
+             "floor": _step_floor(eager, x, graph, static, dtype)}
     for step in steps.values():  # warm-up; the compiled step compiles here
         for _ in range(3):
             step()

@@ -175,17 +175,37 @@ def _training_step(model, optimizer, x, graph, static, y, autocast_dtype):
 MODEL_SIZES = {"dim 512": {}, "demo dim 128": dict(dim=128, n_layers=2, n_head=4, dropout=0.0)}
 
 
+def _step_model(size):
+    """A latency model of one of ``MODEL_SIZES`` (seed 1, training mode) and the fused AdamW
+    that nnformer_fast.train.fit gives it."""
+    torch.manual_seed(1)
+    model = NNFormerLatency(**MODEL_SIZES[size]).train()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+
+def _compiled(model):
+    """model as ``fit(compile=True)`` and the demo (its default) run it: through
+    ``torch.compile(dynamic=True, fullgraph=True)`` inside the shape buckets
+    (nnformer_fast/train/loop.py)."""
+    return bucketed(torch.compile(model, dynamic=True, fullgraph=True))
+
+
+def _step_floor(model, x, graph, static, autocast_dtype):
+    """The GEMM floor of one training step of model: its Linear calls, forward and backward."""
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        calls = record_linear_calls(model, lambda: model(x, graph, static))
+    return gemm_floor_step(calls, backward=True, autocast_dtype=autocast_dtype)
+
+
 @pytest.fixture(scope="module", params=sorted(MODEL_SIZES))
 def training_setup(request, latency_setup):
     _, x, edge_index, sizes, static, _ = latency_setup
-    torch.manual_seed(1)
-    model = NNFormerLatency(**MODEL_SIZES[request.param]).train()
+    model, optimizer = _step_model(request.param)
     model.size_name = request.param
     graph = GraphBatch.from_edge_index(edge_index, sizes)
     y = torch.rand(len(sizes)) + 0.5
-    # fused AdamW and flush-to-zero, as nnformer_fast.train.fit uses them
-    torch.set_flush_denormal(True)
-    yield model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), x, graph, static, y
+    torch.set_flush_denormal(True)  # as nnformer_fast.train.fit sets it
+    yield model, optimizer, x, graph, static, y
     torch.set_flush_denormal(False)
 
 
@@ -198,14 +218,12 @@ def test_training_step(benchmark, training_setup, precision):
 
 
 def test_training_step_compiled(benchmark, training_setup):
-    """The bf16 step as ``fit(compile=True)`` and the demo (its default) run it: the model
-    through ``torch.compile(dynamic=True, fullgraph=True)`` inside the shape buckets
-    (nnformer_fast/train/loop.py). Inductor fuses the casts, LayerNorms and residual adds;
-    the native kernels stay opaque calls. The first steps compile (a minute or two, cached
-    after), outside the timing."""
+    """The bf16 step through :func:`_compiled`: Inductor fuses the casts, LayerNorms and
+    residual adds; the native kernels stay opaque calls. The first steps compile (a minute or
+    two, cached after), outside the timing."""
     benchmark.group = f"{STEP_GROUP}, {training_setup[0].size_name}, bf16"
     model, optimizer, x, graph, static, y = training_setup
-    compiled = bucketed(torch.compile(model, dynamic=True, fullgraph=True))
+    compiled = _compiled(model)
     for _ in range(3):
         _training_step(compiled, optimizer, x, graph, static, y, torch.bfloat16)
     benchmark(_training_step, compiled, optimizer, x, graph, static, y, torch.bfloat16)
@@ -216,9 +234,7 @@ def test_training_step_gemm_floor(benchmark, training_setup, precision):
     benchmark.group = f"{STEP_GROUP}, {training_setup[0].size_name}, {precision}"
     model, _, x, graph, static, _ = training_setup
     dtype = torch.bfloat16 if precision == "bf16" else None
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        calls = record_linear_calls(model, lambda: model(x, graph, static))
-    benchmark(gemm_floor_step(calls, backward=True, autocast_dtype=dtype))
+    benchmark(_step_floor(model, x, graph, static, dtype))
 
 
 # ---------------------------------------------------------------------------- NAS-Bench-201 cells (mixed sizes)

@@ -193,7 +193,7 @@ template <typename T> NNFF_INLINE void store16(T* p, const vec<acc_t<T>>& x) {
       const auto part = x.p[i];  // a copy: memcpy from the array element kept it in memory
       std::memcpy(&u, &part, sizeof(u));
       U r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-      r = x.p[i] != x.p[i] ? U{} + 0x7FC0u : r;
+      r = part != part ? U{} + 0x7FC0u : r;
       const auto b = __builtin_convertvector(r, typename Native<uint16_t>::type);
       std::memcpy(p + i * L, &b, sizeof(b));
     } else if constexpr (std::is_same_v<T, Half>) {
