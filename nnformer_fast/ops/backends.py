@@ -2,9 +2,10 @@
 
 Every backend names the ops it implements and says, per call, why it cannot run
 (``unsupported``); an empty list means it can. ``select`` honours the environment variable
-``NNFORMER_FAST_BACKEND`` (``native``, ``triton`` or ``torch``) and otherwise takes the first
-backend that can run in the order of the device type and op (``CUDA_PREFERENCE`` on CUDA).
-When a forced backend cannot run, the error lists every backend's reasons (xformers style).
+``NNFORMER_FAST_BACKEND`` (``native``, ``triton`` or ``torch``) for the ops that backend
+implements (Triton has no ``add_layer_norm``), and otherwise takes the first backend that can
+run in the order of the device type and op (``CUDA_PREFERENCE`` on CUDA). When a forced backend
+cannot run an op it implements, the error lists every backend's reasons (xformers style).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ CUDA_PREFERENCE: dict[str, tuple] = {
     "dropout": ("native", "triton", "torch"),
 }
 # Automatic choice per device type and op; a backend missing from the registry is skipped.
-_PREFERENCE = {"cpu": dict.fromkeys(CUDA_PREFERENCE, ("native", "torch")), "cuda": CUDA_PREFERENCE}
+# add_layer_norm has CPU kernels only: on CUDA it is the torch backend's (the default below).
+_PREFERENCE = {"cpu": dict.fromkeys((*CUDA_PREFERENCE, "add_layer_norm"), ("native", "torch")), "cuda": CUDA_PREFERENCE}
 
 
 def register(backend: Backend) -> None:
@@ -88,7 +90,8 @@ def select(op: str, *tensors: Tensor) -> Backend:
             raise ValueError(f"{ENV_VAR}={forced!r}: unknown backend; known: {sorted(_REGISTRY)}")
         if not backend.reasons(op, *tensors):
             return backend
-        raise RuntimeError(f"{ENV_VAR}={forced!r} cannot run {op}:\n" + _explain(op, tensors))
+        if op in backend.ops or backend.load_error is not None:
+            raise RuntimeError(f"{ENV_VAR}={forced!r} cannot run {op}:\n" + _explain(op, tensors))
     device_type = tensors[0].device.type
     for name in _PREFERENCE.get(device_type, {}).get(op, ("torch",)):
         backend = _REGISTRY.get(name)
