@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Backend", "register", "backends", "select", "ENV_VAR", "CUDA_PREFERENCE"]
+__all__ = ["Backend", "register", "backends", "select", "ENV_VAR", "CUDA_PREFERENCE", "CPU_ONLY_OPS"]
 
 ENV_VAR = "NNFORMER_FAST_BACKEND"
 
@@ -56,8 +56,9 @@ CUDA_PREFERENCE: dict[str, tuple] = {
     "dropout": ("native", "triton", "torch"),
 }
 # Automatic choice per device type and op; a backend missing from the registry is skipped.
-# add_layer_norm has CPU kernels only: on CUDA it is the torch backend's (the default below).
-_PREFERENCE = {"cpu": dict.fromkeys((*CUDA_PREFERENCE, "add_layer_norm"), ("native", "torch")), "cuda": CUDA_PREFERENCE}
+#: ops with native CPU kernels only: on CUDA the torch backend runs them (the default below).
+CPU_ONLY_OPS = ("add_layer_norm",)
+_PREFERENCE = {"cpu": dict.fromkeys((*CUDA_PREFERENCE, *CPU_ONLY_OPS), ("native", "torch")), "cuda": CUDA_PREFERENCE}
 
 
 def register(backend: Backend) -> None:
