@@ -338,24 +338,35 @@ NNFF_INLINE void prefetch_rows(const T* base, const int64_t* cols, int64_t count
   }
 }
 
-// x[i] = exp(x[i]) in place for softmax arguments (x <= 0 up to rounding). The float version
-// is a Cephes-style range reduction and degree-6 polynomial (within 2 ulp of expf; 0 below
-// -87.3, the float underflow) that the compiler vectorises, unlike a libm call per entry.
+// exp of one native vector of softmax arguments (x <= 0 up to rounding): a Cephes-style range
+// reduction and degree-6 polynomial (within 2 ulp of expf; 0 below -87.3, the float underflow),
+// lane by lane in the same operations at every width (floor from a truncation: |t| < 2^7).
+template <typename N> NNFF_INLINE N exp_part(N x) {
+  typedef int32_t I __attribute__((vector_size(sizeof(N))));
+  const N v = x < -87.3f ? N{} - 87.3f : (x > 88.3f ? N{} + 88.3f : x);
+  const N t = v * 1.44269504088896341f + 0.5f;
+  const N trunc = __builtin_convertvector(__builtin_convertvector(t, I), N);
+  const N fn = trunc > t ? trunc - 1.0f : trunc;
+  const N r = (v - fn * 0.693359375f) - fn * -2.12194440e-4f;
+  N p = N{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const N y = (p * r) * r + r + 1.0f;
+  const I bits = (__builtin_convertvector(fn, I) + 127) << 23;
+  N two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return x < -87.3f ? N{} : (x != x ? x : y * two_n);
+}
+
+// x[i] = exp(x[i]) in place for softmax arguments, 16 at a time (the last, partial vector
+// through a zero-padded copy; a caller whose buffer holds whole vectors passes n rounded up).
 NNFF_INLINE void exp_inplace(float* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] < -87.3f ? -87.3f : (x[i] > 88.3f ? 88.3f : x[i]);
-    const float fn = std::floor(v * 1.44269504088896341f + 0.5f);
-    const float r = (v - fn * 0.693359375f) - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float y = (p * r) * r + r + 1.0f;
-    const float two_n = bits_float(static_cast<uint32_t>(static_cast<int32_t>(fn) + 127) << 23);
-    x[i] = x[i] < -87.3f ? 0.0f : (x[i] != x[i] ? x[i] : y * two_n);
-  }
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store16(x + i, load16(x + i).map([](auto p) { return exp_part(p); }));
+  if (i < n) store_part(x + i, load_part(x + i, n - i).map([](auto p) { return exp_part(p); }), n - i);
 }
 inline void exp_inplace(double* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
