@@ -163,10 +163,20 @@ template <typename T> NNFF_INLINE vec<acc_t<T>> load16(const T* p) {
   V r;
   for (int i = 0; i < V::kParts; ++i) {
     if constexpr (std::is_same_v<T, BFloat16>) {
+      // bf16 bits << 16 are the float's; one widening load (GCC split the generic conversion
+      // into halves, five instructions at avx512)
+#if defined(__AVX512F__)
+      r.p[i] = (typename V::native)_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * L))), 16);
+#elif defined(__AVX2__)
+      r.p[i] = (typename V::native)_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * L))), 16);
+#else
       typename Native<uint16_t>::type b;
       std::memcpy(&b, p + i * L, sizeof(b));
       const auto w = __builtin_convertvector(b, typename Native<uint32_t>::type) << 16;
       std::memcpy(&r.p[i], &w, sizeof(w));
+#endif
     } else if constexpr (std::is_same_v<T, Half>) {
 #if defined(__AVX512F__)
       r.p[i] = (typename V::native)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * L)));
@@ -287,19 +297,32 @@ template <typename A> NNFF_INLINE A lane_sum(const vec<A>& v) {
 
 // out[r] = sum_d a[d] * rows[r][d] for the count rows, R at a time (independent chains; the
 // grouping does not change any row's order of sums).
+// (R is 1, 2 or 4; the accumulators are named variables, not an array: GCC kept an array of
+// them in memory, a store and reload per step of each chain.)
 template <int R, typename A, typename T>
 NNFF_INLINE void dot_rows(const A* __restrict a, const T* const* rows, int64_t n, A* __restrict out) {
-  vec<A> acc[R] = {};
+  static_assert(R == 1 || R == 2 || R == 4, "dot_rows: 1, 2 or 4 rows");
+  vec<A> acc0{}, acc1{}, acc2{}, acc3{};
+  auto step = [&](const vec<A>& x, auto load) NNFF_INLINE_LAMBDA {
+    acc0 = fma(x, load(rows[0]), acc0);
+    if constexpr (R > 1) acc1 = fma(x, load(rows[1]), acc1);
+    if constexpr (R > 2) {
+      acc2 = fma(x, load(rows[2]), acc2);
+      acc3 = fma(x, load(rows[3]), acc3);
+    }
+  };
   int64_t d = 0;
-  for (; d + kLanes <= n; d += kLanes) {
-    const vec<A> x = load16(a + d);
-    for (int j = 0; j < R; ++j) acc[j] = fma(x, load16(rows[j] + d), acc[j]);
-  }
+  for (; d + kLanes <= n; d += kLanes) step(load16(a + d), [d](const T* row) NNFF_INLINE_LAMBDA { return load16(row + d); });
   if (d < n) {
-    const vec<A> x = load_part(a + d, n - d);
-    for (int j = 0; j < R; ++j) acc[j] = fma(x, load_part(rows[j] + d, n - d), acc[j]);
+    const int64_t len = n - d;
+    step(load_part(a + d, len), [d, len](const T* row) NNFF_INLINE_LAMBDA { return load_part(row + d, len); });
   }
-  for (int j = 0; j < R; ++j) out[j] = lane_sum<A>(acc[j]);
+  out[0] = lane_sum<A>(acc0);
+  if constexpr (R > 1) out[1] = lane_sum<A>(acc1);
+  if constexpr (R > 2) {
+    out[2] = lane_sum<A>(acc2);
+    out[3] = lane_sum<A>(acc3);
+  }
 }
 template <typename A, typename T>
 NNFF_INLINE void dots(const A* __restrict a, const T* const* rows, int64_t count, int64_t n, A* __restrict out) {
