@@ -247,14 +247,14 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h:
 
 def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weight: Tensor, bias: Tensor, *,
                    eps: float, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Native ``add_layer_norm`` (CPU): s is kept in float32 (float64), the dtype ``addcmul``
-    gives it for the inputs this backend takes (``_unsupported``). y, x and the output travel
-    in y's low dtype or in s's; any other dtype is converted on the way in (exactly) or out (as
-    the reference rounds it)."""
+    """Native ``add_layer_norm`` (CPU): s in float32 or float64, the dtype ``addcmul`` gives it
+    for the inputs this backend takes (``_unsupported``). The kernel's low dtype is y's (without
+    y, out_dtype's) where s is its accumulation type, else s's own; x and the output travel in
+    either, y in the low one. Other dtypes are converted on the way in (exactly) or on the way
+    out (one rounding of the float32 / float64 result, as the reference's)."""
     acc = x.dtype if y is None else torch.promote_types(torch.promote_types(x.dtype, y.dtype), scale.dtype)
-    low = acc if y is None or _acc_dtype(y.dtype) != acc else y.dtype
-    if y is None and _acc_dtype(out_dtype) == acc:
-        low = out_dtype
+    low = y.dtype if y is not None else out_dtype
+    low = low if _acc_dtype(low) == acc else acc
     kernel_out = out_dtype if out_dtype in (low, acc) else acc
     s, out, _, _ = torch.ops.nnformer_fast.add_layer_norm_fwd(
         (x if x.dtype in (low, acc) else x.to(acc)).contiguous(),

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..graph import NUM_RELATIONS, GraphBatch
 
-__all__ = ["dag_attention", "bigin", "add_biases", "add_layer_norm", "dropout", "activation", "dropout_keep_mask", "ACTIVATIONS"]
+__all__ = ["dag_attention", "bigin", "add_biases", "add_layer_norm", "dropout", "activation", "dropout_keep_mask",
+           "ACTIVATIONS"]
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "square_relu")
 _MASK32 = 0xFFFFFFFF
