@@ -59,7 +59,14 @@ def gemm_floor_step(calls: list, *, backward: bool, autocast_dtype=None) -> Call
     with autocast(), torch.no_grad():
         grads = [torch.randn_like(F.linear(x, weight, bias)) for (weight, bias, *_), x in zip(calls, inputs)]
 
+    # leaves whose .grad a backward writes: cleared each step, as a training step's
+    # zero_grad(set_to_none=True) clears the parameters' (else every step adds into them)
+    leaves = [t for weight, bias, *_ in calls for t in (weight, bias) if t is not None and t.requires_grad]
+    leaves += [x for x in inputs if x.requires_grad]
+
     def step():
+        for t in leaves:
+            t.grad = None
         with autocast(), torch.set_grad_enabled(backward):
             for (weight, bias, *_), x, grad in zip(calls, inputs, grads):
                 out = F.linear(x, weight, bias)

@@ -3,7 +3,7 @@
 ``python benchmarks/step_floor.py [--size demo|default] [--threads N] [--rounds R] [--precision bf16|fp32]``
 
 The same step, floor and inputs as ``benchmarks/test_models.py`` (16 graphs of ~200 nodes,
-fused AdamW, flush-to-zero as ``fit`` sets it), timed round by round: the eager step, the step
+fused AdamW, flush-to-zero and glibc's heap kept for reuse as ``fit`` sets them), timed round by round: the eager step, the step
 through ``torch.compile`` as ``fit(compile=True)`` and the demo run it, and the floor (the
 model's Linear layers alone, forward and backward, on the shapes and dtypes one step gives
 them). On a shared machine the load drifts within a run; a ratio taken within each round, then
@@ -18,6 +18,7 @@ import time
 import torch
 
 from conftest import machine_lines
+from nnformer_fast.train.host_memory import keep_freed_memory
 from test_models import (LATENCY_GRAPHS, LATENCY_NODES, _compiled, _latency_inputs, _step_floor, _step_model,
                          _training_step)
 
@@ -33,6 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as fit does by default
+    keep_freed_memory()  # as fit does on the CPU
     from nnformer_fast import GraphBatch
 
     dtype = torch.bfloat16 if args.precision == "bf16" else None

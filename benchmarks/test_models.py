@@ -10,6 +10,7 @@ from nnformer_fast import GraphBatch, NNFormer, NNFormerLatency
 from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
 from nnformer_fast.models.buckets import bucketed
 from nnformer_fast.testing import random_dag_edges
+from nnformer_fast.train.host_memory import keep_freed_memory
 
 from gemm_floor import gemm_floor_step, record_linear_calls  # benchmarks/ is on sys.path under pytest
 
@@ -205,6 +206,7 @@ def training_setup(request, latency_setup):
     graph = GraphBatch.from_edge_index(edge_index, sizes)
     y = torch.rand(len(sizes)) + 0.5
     torch.set_flush_denormal(True)  # as nnformer_fast.train.fit sets it
+    keep_freed_memory()  # likewise (process-wide, kept)
     yield model, optimizer, x, graph, static, y
     torch.set_flush_denormal(False)
 

@@ -2,14 +2,15 @@
 same inputs, forward and forward+backward, after a correctness check.
 
 Shapes: latency (16 CNN-like graphs of 200–600 nodes, H=4, Dh=128; bigin M=1024 and 2048)
-and accuracy (1024 cells of 7 nodes + 2 global tokens, H=4, Dh=40). The header and the ratio
+and accuracy (1024 cells of 7 nodes + 2 global tokens, H=4, Dh=40); add_layer_norm on the
+rows of the latency graphs at the demo and default widths, as a bf16 autocast step calls it. The header and the ratio
 summary name the CPU, its ISA flags and the native kernels' dispatch level (conftest.py).
 """
 import pytest
 import torch
 
 from nnformer_fast.dense import dense_bigin, dense_dag_attention
-from nnformer_fast.ops import bigin, dag_attention
+from nnformer_fast.ops import add_layer_norm, bigin, dag_attention
 from nnformer_fast.ops.backends import ENV_VAR, _REGISTRY
 from nnformer_fast.testing import random_batch
 
@@ -125,6 +126,32 @@ def test_bigin_dense(benchmark, bigin_case, backward):
     adj[graph.batch[e[0]], local[e[0]], local[e[1]]] = 1
     hd, gd = (t.requires_grad_(backward) for t in (hd, gd))
     benchmark(_run, lambda: dense_bigin(hd, gd, adj), (hd, gd), backward)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if "add_layer_norm" in _REGISTRY[b].ops])
+@pytest.mark.parametrize("width", [128, 512])
+def test_add_layer_norm(benchmark, width, backend, backward, monkeypatch):
+    """x (N, D) fp32 residual stream + y (N, D) bf16 branch * scale, normalised to bf16."""
+    graph = _latency_graph()
+    benchmark.group = f"add_layer_norm latency D={width} {'fwd+bwd' if backward else 'fwd'} bf16 branch"
+    gen = torch.Generator().manual_seed(3)
+    x, y = (torch.randn(graph.num_nodes, width, generator=gen).to(DEVICE) for _ in range(2))
+    y = y.bfloat16()
+    scale, weight, bias = (torch.rand(width, generator=gen).to(DEVICE) + 0.5 for _ in range(3))
+    tensors = [t.requires_grad_(backward) for t in (x, y, scale, weight, bias)]
+    ds, dout = torch.ones_like(x), torch.ones_like(y)  # the gradients of s and of out
+    monkeypatch.setenv(ENV_VAR, backend)
+
+    def step():
+        with torch.set_grad_enabled(backward):
+            s, out = add_layer_norm(*tensors, out_dtype=torch.bfloat16)
+            if backward:
+                for t in tensors:
+                    t.grad = None
+                torch.autograd.backward((s, out), (ds, dout))
+
+    benchmark(step)
 
 
 # The native ops check their CSRs on every call (an O(entries) read of int64 ids; nothing is

@@ -47,6 +47,17 @@ TORCH_LIBRARY(nnformer_fast, m) {
   // contiguous x is kept when hash32(e ^ hash32(seed)) >> 8 >= int(p * 2^24) and scaled by
   // 1 / (1 - p). Its backward is the same op applied to the gradient.
   m.def("dropout_fwd(Tensor x, float p, SymInt seed) -> Tensor");
+  // Residual add fused with LayerNorm over the last dim (CPU): s = x + y * scale, out =
+  // layer_norm(s, weight, bias, eps) in out_dtype, with the row mean and rstd. Dtypes: T = y's
+  // (without y, out_dtype's) and A its accumulation type (float32; float64 for float64): y in T,
+  // x in T or A (A without y), out_dtype T or A, s, mean, rstd, scale, weight, bias in A. s is
+  // (0,) without y (s is then x). The backward takes the gradients of s (None: none reached it)
+  // and out, and s (x without y); it returns (dx in x_dtype, dy, dscale, dweight, dbias), dy and
+  // dscale (0,) without y.
+  m.def("add_layer_norm_fwd(Tensor x, Tensor? y, Tensor? scale, Tensor weight, Tensor bias, float eps, "
+        "ScalarType out_dtype) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("add_layer_norm_bwd(Tensor? ds, Tensor dout, Tensor s, Tensor? y, Tensor? scale, Tensor weight, "
+        "Tensor mean, Tensor rstd, ScalarType x_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Relation CSR builder (cpu/relations.cpp): mask edges sorted by (src, dst), deduplicated.
   m.def("build_relations(Tensor src, Tensor dst, int num_nodes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

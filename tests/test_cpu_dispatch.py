@@ -22,7 +22,8 @@ ENV_VAR = "NNFF_CPU_CAPABILITY"
 
 # Every op and dtype on shapes that reach each code path: head dims with a full 16-lane
 # step only (128), a partial tail (40) and no full step (8); float16 / bfloat16 rounding;
-# dropout; bigin with and without biases, through `out` (relu) and recomputation (gelu).
+# dropout; bigin with and without biases, through `out` (relu) and recomputation (gelu);
+# add_layer_norm on rows with a partial 16-lane tail.
 _OUTPUTS = textwrap.dedent("""
     import sys, torch
     import nnformer_fast
@@ -49,6 +50,11 @@ _OUTPUTS = textwrap.dedent("""
         y = ops.bigin_fwd(h, g, *csr, "gelu", bh, bg)
         out[f"bigin gelu {dtype}"] = [y, *ops.bigin_bwd(dy, h, g, *csr, "gelu", bh, bg)]
         out[f"dropout {dtype}"] = [ops.dropout_fwd(h, 0.3, 7)]
+        x, ds = (torch.randn(n, 70, generator=gen).to(acc) for _ in range(2))
+        scale, weight, bias = (torch.randn(70, generator=gen).to(acc) for _ in range(3))
+        s, o, mean, rstd = ops.add_layer_norm_fwd(x, h, scale, weight, bias, 1e-5, dtype)
+        grads = ops.add_layer_norm_bwd(ds, dy, s, h, scale, weight, mean, rstd, acc)
+        out[f"add_layer_norm {dtype}"] = [s, o, mean, rstd, *grads]
     torch.save(out, sys.argv[1])
 """)
 

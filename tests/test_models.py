@@ -257,6 +257,46 @@ def test_graph_sum_compiles_to_the_eager_bits():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+def test_run_blocks_fused_adds_equal_the_blocks_one_by_one(autocast):
+    """The latency model runs each residual add with the next LayerNorm in one add_layer_norm
+    (models/blocks.py: run_blocks): outputs and every gradient as the blocks called one by one.
+    Under autocast within bf16 rounding: the fused norms hand bf16 rows to the Linear layers
+    (the cast they would make) and sum their two gradients in fp32 rather than bf16."""
+    from nnformer_fast.models.blocks import run_blocks
+
+    torch.manual_seed(3)
+    model = NNFormerLatency(dim=64, n_layers=2).train()
+    for name, p in model.named_parameters():  # make the branches count and each norm its own
+        if name.endswith("layer_scale.scale") or name.endswith("norm.weight"):
+            p.data.uniform_(0.5, 1.5)
+        elif name.endswith("norm.bias"):
+            p.data.normal_()
+    blocks = [b for pair in zip(model.gnn_layers, model.FFN_layers) for b in pair]
+    x, graph, static, _ = latency_batch([15, 8, 21], seed=4)
+    params = list(model.parameters())
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(9)  # the same dropout seeds
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            h = model.embedding(x)
+            if fused:
+                out = run_blocks(blocks, h, graph, model.pre_reduction.norm)
+            else:
+                for block in blocks:
+                    h = block(h, graph)
+                out = model.pre_reduction.norm(h)
+        assert out.dtype == torch.float32
+        results.append([out, *torch.autograd.grad(out.square().sum(), params, allow_unused=True)])
+    tol = dict(atol=3e-2, rtol=3e-2) if autocast else dict(atol=1e-5, rtol=1e-4)
+    names = ["out"] + [n for n, _ in model.named_parameters()]
+    for name, ours, ref in zip(names, *results):
+        assert (ours is None) == (ref is None), name
+        if ours is not None:
+            scale = max(1.0, ref.abs().max().item())
+            assert_close(ours, ref, atol=tol["atol"] * scale, rtol=tol["rtol"], name=name)
+
+
 def test_latency_model_autocast_and_backward():
     torch.manual_seed(6)
     model = NNFormerLatency(dim=64)

@@ -24,6 +24,14 @@ template <typename T> struct RowScratch {
   Scratch<const T*> rows, rows2;
 };
 
+// Entries of one node's rows over all heads, rounded up to whole 16-lane vectors: the
+// softmax exponentials of a node run as one vector pass (most rows hold 1-3 entries).
+inline int64_t node_entries(const AttentionArgs& a, int64_t i) {
+  int64_t total = 0;
+  for (int64_t r = 0; r < 4; ++r) total += a.rowptr[r * a.n + i + 1] - a.rowptr[r * a.n + i];
+  return (a.heads / 4 * total + kLanes - 1) / kLanes * kLanes;
+}
+
 template <typename T>
 void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
@@ -33,47 +41,65 @@ void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
   const A sc = static_cast<A>(a.scale), keep_scale = static_cast<A>(1.0 / (1.0 - a.dropout_p));
   const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs;
   RowScratch<T> scratch;
+  Scratch<A> max_of;
   alignas(64) A qf[kMaxHeadDim];
   for (int64_t i = begin; i < end; ++i) {
+    // scores of every head's row, scaled and shifted by the row max, side by side in s
+    const int64_t padded = node_entries(a, i);
+    A* s = scratch.s.get(padded);
+    A* m = max_of.get(heads);
+    int64_t off = 0;
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t row = (h & 3) * n + i;
       const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
       const int64_t* col = a.col + e0;
-      T* o = out + (i * heads + h) * dh;
       if (i + kAhead < a.n) {
         const int64_t f0 = a.rowptr[row + kAhead], flen = a.rowptr[row + kAhead + 1] - f0;
         prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
         prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
       }
+      convert_row(qf, q + i * qs + h * dh, dh);
+      const T** rows = scratch.rows.get(len);
+      for (int64_t e = 0; e < len; ++e) rows[e] = k + col[e] * qs + h * dh;
+      A* sh = s + off;
+      dots(qf, rows, len, dh, sh);
+      A mh = -std::numeric_limits<A>::infinity();
+      for (int64_t e = 0; e < len; ++e) {
+        sh[e] *= sc;
+        mh = sh[e] > mh ? sh[e] : mh;
+      }
+      for (int64_t e = 0; e < len; ++e) sh[e] -= mh;
+      m[h] = mh;
+      off += len;
+    }
+    for (int64_t e = off; e < padded; ++e) s[e] = A(0);
+    exp_inplace(s, padded);
+    off = 0;
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t row = (h & 3) * n + i;
+      const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
+      const int64_t* col = a.col + e0;
+      T* o = out + (i * heads + h) * dh;
       if (len == 0) {  // only reachable with a relation CSR lacking self loops
         weighted_sum(o, static_cast<const A*>(nullptr), static_cast<const T* const*>(nullptr), 0, dh);
         lse[i * heads + h] = -std::numeric_limits<A>::infinity();
         continue;
       }
-      convert_row(qf, q + i * qs + h * dh, dh);
-      A* s = scratch.s.get(len);
-      const T** rows = scratch.rows.get(len);
-      for (int64_t e = 0; e < len; ++e) rows[e] = k + col[e] * qs + h * dh;
-      dots(qf, rows, len, dh, s);
-      A m = -std::numeric_limits<A>::infinity();
-      for (int64_t e = 0; e < len; ++e) {
-        s[e] *= sc;
-        m = s[e] > m ? s[e] : m;
-      }
-      for (int64_t e = 0; e < len; ++e) s[e] -= m;
-      exp_inplace(s, len);
+      const A* sh = s + off;
+      off += len;
       A sum = 0;
-      for (int64_t e = 0; e < len; ++e) sum += s[e];
+      for (int64_t e = 0; e < len; ++e) sum += sh[e];
       const A inv = A(1) / sum;
       A* w = scratch.w.get(len);
+      const T** rows = scratch.rows.get(len);
       int64_t kept = 0;  // dropped entries are skipped, not added as zeros
       for (int64_t e = 0; e < len; ++e) {
         if (a.drop.active && !a.drop.keep(e0 + e, h)) continue;
-        w[kept] = a.drop.active ? s[e] * inv * keep_scale : s[e] * inv;
+        w[kept] = a.drop.active ? sh[e] * inv * keep_scale : sh[e] * inv;
         rows[kept++] = v + col[e] * qs + h * dh;
       }
       weighted_sum(o, w, rows, kept, dh);
-      lse[i * heads + h] = m + std::log(sum);
+      lse[i * heads + h] = m[h] + std::log(sum);
     }
   }
 }
@@ -94,8 +120,14 @@ void bwd_dq(const AttentionArgs& a, int64_t begin, int64_t end) {
   alignas(64) A qf[kMaxHeadDim];
   alignas(64) A dof[kMaxHeadDim];
   for (int64_t i = begin; i < end; ++i) {
+    // Pass 1, every head's row side by side: P = exp(q.k scale - lse) (one vector pass over
+    // the node's entries) and dP = dO.v per entry.
+    const int64_t padded = node_entries(a, i);
+    A *P = scratch.s.get(padded), *dP = scratch.w.get(padded);
+    const T** krows = scratch.rows.get(padded);
+    int64_t off = 0;
     for (int64_t h = 0; h < heads; ++h) {
-      const int64_t row = (h & 3) * n + i, g = h >> 2;
+      const int64_t row = (h & 3) * n + i;
       const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
       const int64_t* col = a.col + e0;
       const int64_t qb = i * qs + h * dh;
@@ -107,33 +139,43 @@ void bwd_dq(const AttentionArgs& a, int64_t begin, int64_t end) {
       convert_row(qf, q + qb, dh);
       convert_row(dof, dout + (i * heads + h) * dh, dh);
       const A l = lse[i * heads + h];
-      A *P = scratch.s.get(len), *dP = scratch.w.get(len);
-      const T **krows = scratch.rows.get(len), **vrows = scratch.rows2.get(len);
+      const T** kh = krows + off;
+      const T** vrows = scratch.rows2.get(len);
       for (int64_t e = 0; e < len; ++e) {
-        krows[e] = k + col[e] * qs + h * dh;
+        kh[e] = k + col[e] * qs + h * dh;
         vrows[e] = v + col[e] * qs + h * dh;
       }
-      // Pass 1: P and dP per entry, and D = sum P dP (= dO . O, but from fp32 values rather
-      // than the rounded low-precision O).
-      dots(qf, krows, len, dh, P);
-      dots(dof, vrows, len, dh, dP);
+      A *Ph = P + off, *dPh = dP + off;
+      dots(qf, kh, len, dh, Ph);
+      dots(dof, vrows, len, dh, dPh);
       for (int64_t e = 0; e < len; ++e) {
-        P[e] = P[e] * sc - l;
-        if (a.drop.active) dP[e] *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
+        Ph[e] = Ph[e] * sc - l;
+        if (a.drop.active) dPh[e] *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
       }
-      exp_inplace(P, len);
+      off += len;
+    }
+    for (int64_t e = off; e < padded; ++e) P[e] = A(0);
+    exp_inplace(P, padded);
+    // Pass 2 per head: D = sum P dP (= dO . O, but from fp32 values rather than the rounded
+    // low-precision O), dS = P (dP - D), dq = scale * sum dS k; keep the dropped weight and dS.
+    off = 0;
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t row = (h & 3) * n + i, g = h >> 2;
+      const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
+      A *Ph = P + off, *dPh = dP + off;
+      const T** kh = krows + off;
+      off += len;
       A D = 0;
-      for (int64_t e = 0; e < len; ++e) D += P[e] * dP[e];
-      // Pass 2: dS = P (dP - D), dq = scale * sum dS k; keep the dropped weight and dS.
+      for (int64_t e = 0; e < len; ++e) D += Ph[e] * dPh[e];
       for (int64_t e = 0; e < len; ++e) {
-        const A ds = P[e] * (dP[e] - D);
-        A pd = P[e];
+        const A ds = Ph[e] * (dPh[e] - D);
+        A pd = Ph[e];
         if (a.drop.active) pd *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
         buf_p[(e0 + e) * groups + g] = pd;
         buf_ds[(e0 + e) * groups + g] = ds;
-        dP[e] = ds * sc;
+        dPh[e] = ds * sc;
       }
-      weighted_sum(dq + qb, dP, krows, len, dh);
+      weighted_sum(dq + i * qs + h * dh, dPh, kh, len, dh);
     }
   }
 }

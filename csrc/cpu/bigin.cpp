@@ -5,25 +5,16 @@
 // summed over fixed blocks of rows and then in block order, so results are deterministic
 // whatever the thread count. The backward pass recomputes the pre-activation, or for relu and
 // leaky_relu reads its sign off the forward output.
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "../checks.h"
 #include "dispatch.h"
+#include "row_blocks.h"
 
 namespace nnff {
 namespace cpu {
 namespace {
-
-int64_t row_grain(int64_t m) { return std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, m)); }
-
-// Rows per block of bias-gradient partial sums: at least 64, and at most 256 blocks (their
-// partial sums stay small). A function of n alone, so the order of the sums does not depend on
-// how at::parallel_for splits the blocks among threads.
-int64_t bias_block_rows(int64_t n) { return std::max<int64_t>(64, (n + 255) / 256); }
 
 // The kernels' arguments over the graph's CSRs, for (N, M) rows like `like`.
 BiginArgs bigin_args(const at::Tensor& like, const at::Tensor& adj_rowptr, const at::Tensor& adj_col,
@@ -86,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
   auto dbias_h = bias_grad_like(bias_h, dy), dbias_g = bias_grad_like(bias_g, dy);
   BiginArgs b = bigin_args(dy, adj_rowptr, adj_col, adjt_rowptr, adjt_col, a, bias_h, bias_g);
   const int64_t n = b.n, m = b.m;
-  b.block_rows = bias_block_rows(n);
+  b.block_rows = sum_block_rows(n);
   const int64_t blocks = (n + b.block_rows - 1) / b.block_rows;
   // per block: the partial sums of d bias_h (M) and d bias_g (M)
   auto partial = at::empty({bias_h || bias_g ? blocks : 0, 2, m}, dy.options().dtype(acc_dtype(dy.scalar_type())));
@@ -100,15 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
   at::parallel_for(0, blocks, std::max<int64_t>(1, row_grain(m) / b.block_rows),
                    [&](int64_t begin, int64_t end) { kernels.bigin_bwd_dz(b, begin, end); });
   if (b.partial != nullptr) {
-    // the blocks' sums in block order
-    AT_DISPATCH_FLOATING_TYPES(partial.scalar_type(), "bigin_bwd_bias", [&] {
-      std::vector<scalar_t> total(2 * m, scalar_t(0));
-      const scalar_t* p = partial.data_ptr<scalar_t>();
-      for (int64_t blk = 0; blk < blocks; ++blk)
-        for (int64_t c = 0; c < 2 * m; ++c) total[c] += p[blk * 2 * m + c];
-      if (bias_h) std::copy(total.begin(), total.begin() + m, dbias_h.data_ptr<scalar_t>());
-      if (bias_g) std::copy(total.begin() + m, total.end(), dbias_g.data_ptr<scalar_t>());
-    });
+    const at::Tensor total = sum_blocks(partial);
+    if (bias_h) dbias_h.copy_(total[0]);
+    if (bias_g) dbias_g.copy_(total[1]);
   }
   at::parallel_for(0, n, row_grain(m), [&](int64_t begin, int64_t end) { kernels.bigin_bwd_dg(b, begin, end); });
   return {dh, dg, dbias_h, dbias_g};

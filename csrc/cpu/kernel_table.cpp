@@ -13,10 +13,12 @@ void bigin_fwd(const BiginArgs&, int64_t, int64_t);
 void bigin_bwd_dz(const BiginArgs&, int64_t, int64_t);
 void bigin_bwd_dg(const BiginArgs&, int64_t, int64_t);
 void dropout(const DropoutArgs&, int64_t, int64_t);
+void add_norm_fwd(const AddNormArgs&, int64_t, int64_t);
+void add_norm_bwd(const AddNormArgs&, int64_t, int64_t);
 
 namespace {
-const CpuKernels kTable = {attention_fwd, attention_bwd_dq, attention_bwd_dkdv, bigin_fwd,
-                           bigin_bwd_dz,  bigin_bwd_dg,     dropout};
+const CpuKernels kTable = {attention_fwd, attention_bwd_dq, attention_bwd_dkdv, bigin_fwd,   bigin_bwd_dz,
+                           bigin_bwd_dg,  dropout,          add_norm_fwd,       add_norm_bwd};
 }  // namespace
 
 const CpuKernels& kernels() { return kTable; }

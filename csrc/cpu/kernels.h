@@ -54,6 +54,20 @@ struct DropoutArgs {
   double scale;
 };
 
+// Residual add + LayerNorm (add_layer_norm.cpp), rows of d elements. T = low: the dtype of y
+// and of dy; A = acc_t<T>; x, dx in T (x_low) or A; out, dout in T (out_low) or A. s = x +
+// y * scale in A (y null: s is x itself, then in A); mean, rstd: (N,) in A; scale, weight,
+// bias: (d,) in A. Backward: ds (A) may be null (no gradient reached s); partial: per block of
+// block_rows rows, (3, d) partial sums of d weight, d bias and d scale.
+struct AddNormArgs {
+  Dtype low;
+  bool x_low, out_low;
+  const void *x, *y, *scale, *weight, *bias, *ds, *dout;
+  void *s, *out, *mean, *rstd, *dx, *dy, *partial;
+  int64_t n, d, block_rows;
+  double eps;
+};
+
 // One capability's entry points (ranges over nodes, rows, bias blocks or elements).
 struct CpuKernels {
   void (*attention_fwd)(const AttentionArgs&, int64_t begin, int64_t end);
@@ -63,6 +77,8 @@ struct CpuKernels {
   void (*bigin_bwd_dz)(const BiginArgs&, int64_t block_begin, int64_t block_end);
   void (*bigin_bwd_dg)(const BiginArgs&, int64_t begin, int64_t end);
   void (*dropout)(const DropoutArgs&, int64_t begin, int64_t end);
+  void (*add_norm_fwd)(const AddNormArgs&, int64_t begin, int64_t end);
+  void (*add_norm_bwd)(const AddNormArgs&, int64_t block_begin, int64_t block_end);
 };
 
 // Each capability's kernels.cpp defines its table (declared per level in dispatch.cpp).

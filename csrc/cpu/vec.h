@@ -163,10 +163,20 @@ template <typename T> NNFF_INLINE vec<acc_t<T>> load16(const T* p) {
   V r;
   for (int i = 0; i < V::kParts; ++i) {
     if constexpr (std::is_same_v<T, BFloat16>) {
+      // bf16 bits << 16 are the float's; one widening load (GCC split the generic conversion
+      // into halves, five instructions at avx512)
+#if defined(__AVX512F__)
+      r.p[i] = (typename V::native)_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * L))), 16);
+#elif defined(__AVX2__)
+      r.p[i] = (typename V::native)_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * L))), 16);
+#else
       typename Native<uint16_t>::type b;
       std::memcpy(&b, p + i * L, sizeof(b));
       const auto w = __builtin_convertvector(b, typename Native<uint32_t>::type) << 16;
       std::memcpy(&r.p[i], &w, sizeof(w));
+#endif
     } else if constexpr (std::is_same_v<T, Half>) {
 #if defined(__AVX512F__)
       r.p[i] = (typename V::native)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * L)));
@@ -287,19 +297,32 @@ template <typename A> NNFF_INLINE A lane_sum(const vec<A>& v) {
 
 // out[r] = sum_d a[d] * rows[r][d] for the count rows, R at a time (independent chains; the
 // grouping does not change any row's order of sums).
+// (R is 1, 2 or 4; the accumulators are named variables, not an array: GCC kept an array of
+// them in memory, a store and reload per step of each chain.)
 template <int R, typename A, typename T>
 NNFF_INLINE void dot_rows(const A* __restrict a, const T* const* rows, int64_t n, A* __restrict out) {
-  vec<A> acc[R] = {};
+  static_assert(R == 1 || R == 2 || R == 4, "dot_rows: 1, 2 or 4 rows");
+  vec<A> acc0{}, acc1{}, acc2{}, acc3{};
+  auto step = [&](const vec<A>& x, auto load) NNFF_INLINE_LAMBDA {
+    acc0 = fma(x, load(rows[0]), acc0);
+    if constexpr (R > 1) acc1 = fma(x, load(rows[1]), acc1);
+    if constexpr (R > 2) {
+      acc2 = fma(x, load(rows[2]), acc2);
+      acc3 = fma(x, load(rows[3]), acc3);
+    }
+  };
   int64_t d = 0;
-  for (; d + kLanes <= n; d += kLanes) {
-    const vec<A> x = load16(a + d);
-    for (int j = 0; j < R; ++j) acc[j] = fma(x, load16(rows[j] + d), acc[j]);
-  }
+  for (; d + kLanes <= n; d += kLanes) step(load16(a + d), [d](const T* row) NNFF_INLINE_LAMBDA { return load16(row + d); });
   if (d < n) {
-    const vec<A> x = load_part(a + d, n - d);
-    for (int j = 0; j < R; ++j) acc[j] = fma(x, load_part(rows[j] + d, n - d), acc[j]);
+    const int64_t len = n - d;
+    step(load_part(a + d, len), [d, len](const T* row) NNFF_INLINE_LAMBDA { return load_part(row + d, len); });
   }
-  for (int j = 0; j < R; ++j) out[j] = lane_sum<A>(acc[j]);
+  out[0] = lane_sum<A>(acc0);
+  if constexpr (R > 1) out[1] = lane_sum<A>(acc1);
+  if constexpr (R > 2) {
+    out[2] = lane_sum<A>(acc2);
+    out[3] = lane_sum<A>(acc3);
+  }
 }
 template <typename A, typename T>
 NNFF_INLINE void dots(const A* __restrict a, const T* const* rows, int64_t count, int64_t n, A* __restrict out) {
@@ -338,24 +361,35 @@ NNFF_INLINE void prefetch_rows(const T* base, const int64_t* cols, int64_t count
   }
 }
 
-// x[i] = exp(x[i]) in place for softmax arguments (x <= 0 up to rounding). The float version
-// is a Cephes-style range reduction and degree-6 polynomial (within 2 ulp of expf; 0 below
-// -87.3, the float underflow) that the compiler vectorises, unlike a libm call per entry.
+// exp of one native vector of softmax arguments (x <= 0 up to rounding): a Cephes-style range
+// reduction and degree-6 polynomial (within 2 ulp of expf; 0 below -87.3, the float underflow),
+// lane by lane in the same operations at every width (floor from a truncation: |t| < 2^7).
+template <typename N> NNFF_INLINE N exp_part(N x) {
+  typedef int32_t I __attribute__((vector_size(sizeof(N))));
+  const N v = x < -87.3f ? N{} - 87.3f : (x > 88.3f ? N{} + 88.3f : x);
+  const N t = v * 1.44269504088896341f + 0.5f;
+  const N trunc = __builtin_convertvector(__builtin_convertvector(t, I), N);
+  const N fn = trunc > t ? trunc - 1.0f : trunc;
+  const N r = (v - fn * 0.693359375f) - fn * -2.12194440e-4f;
+  N p = N{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const N y = (p * r) * r + r + 1.0f;
+  const I bits = (__builtin_convertvector(fn, I) + 127) << 23;
+  N two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return x < -87.3f ? N{} : (x != x ? x : y * two_n);
+}
+
+// x[i] = exp(x[i]) in place for softmax arguments, 16 at a time (the last, partial vector
+// through a zero-padded copy; a caller whose buffer holds whole vectors passes n rounded up).
 NNFF_INLINE void exp_inplace(float* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] < -87.3f ? -87.3f : (x[i] > 88.3f ? 88.3f : x[i]);
-    const float fn = std::floor(v * 1.44269504088896341f + 0.5f);
-    const float r = (v - fn * 0.693359375f) - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float y = (p * r) * r + r + 1.0f;
-    const float two_n = bits_float(static_cast<uint32_t>(static_cast<int32_t>(fn) + 127) << 23);
-    x[i] = x[i] < -87.3f ? 0.0f : (x[i] != x[i] ? x[i] : y * two_n);
-  }
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store16(x + i, load16(x + i).map([](auto p) { return exp_part(p); }));
+  if (i < n) store_part(x + i, load_part(x + i, n - i).map([](auto p) { return exp_part(p); }), n - i);
 }
 inline void exp_inplace(double* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);

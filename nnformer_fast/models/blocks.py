@@ -1,16 +1,17 @@
 """Blocks shared by the accuracy and the latency model; parameter names follow the reference."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from ..ops import ACTIVATIONS, bigin, dag_attention_qkv, dropout
+from ..ops import ACTIVATIONS, add_layer_norm, bigin, dag_attention_qkv, dropout
 
-__all__ = ["HashDropout", "DAGAttention", "BiGINMlp", "LayerScale", "DropPath", "AttentionBlock", "FeedForwardBlock"]
+__all__ = ["HashDropout", "DAGAttention", "BiGINMlp", "LayerScale", "DropPath", "AttentionBlock", "FeedForwardBlock",
+           "run_blocks"]
 
 
 class HashDropout(nn.Module):
@@ -157,3 +158,34 @@ class FeedForwardBlock(_ResidualBlock):
     """Pre-norm residual BiGIN feed-forward; submodules ``norm``, ``mlp``, ``layer_scale``."""
 
     inner_name = "mlp"
+
+
+def run_blocks(blocks: Sequence[_ResidualBlock], x: Tensor, graph: GraphBatch, final_norm: nn.LayerNorm) -> Tensor:
+    """``final_norm(x)`` after the residual blocks in order: (N, dim) → (N, dim).
+
+    Each block's residual add runs with the norm that follows it (the next block's, at the end
+    ``final_norm``) in one :func:`~nnformer_fast.ops.add_layer_norm`, instead of an addcmul, a
+    LayerNorm and a cast, each with its backward. Under autocast the blocks' norms hand their
+    Linear layers rows in the autocast dtype, which they would cast them to, and final_norm
+    gives float32, as a LayerNorm under autocast does. Blocks without a layer scale or with an
+    active drop path run one by one, and so do all blocks of a model run in float16 / bfloat16
+    without autocast (its residual stream is then in that dtype, which add_layer_norm's kernel
+    does not keep).
+    """
+    device = x.device.type
+    low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    wide = low is not None or x.dtype in (torch.float32, torch.float64)
+    if not wide or not all(block.layer_scale is not None and not block.drop_path.active for block in blocks):
+        for block in blocks:
+            x = block(x, graph)
+        return final_norm(x)
+    if low is not None:  # what a LayerNorm and the residual add make of x under autocast
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+    norms = [block.norm for block in blocks[1:]] + [final_norm]
+    first = blocks[0].norm
+    s, h = add_layer_norm(x, None, None, first.weight, first.bias, eps=first.eps, out_dtype=low)
+    for block, norm in zip(blocks, norms):
+        y = getattr(block, block.inner_name)(h, graph)
+        out_dtype = None if low is None else (low if norm is not final_norm else torch.float32)
+        s, h = add_layer_norm(s, y, block.layer_scale.scale, norm.weight, norm.bias, eps=norm.eps, out_dtype=out_dtype)
+    return h

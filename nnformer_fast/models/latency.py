@@ -14,6 +14,7 @@ from .blocks import (
     DAGAttention,
     FeedForwardBlock,
     HashDropout,
+    run_blocks,
 )
 
 __all__ = ["NNFormerLatency", "STATIC_FEATURES"]
@@ -39,7 +40,10 @@ class PreReduction(nn.Module):
                                  nn.Linear(2 * dim, dim), HashDropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.norm(x)
+        return self.readout(self.norm(x))
+
+    def readout(self, y: Tensor) -> Tensor:
+        """The readout of the normalised rows y = norm(x)."""
         return 0.01 * (self.mlp(y) + y)
 
 
@@ -92,10 +96,8 @@ class NNFormerLatency(nn.Module):
         return (bucketed(self._predict) if self.shape_buckets else self._predict)(x, graph, static)
 
     def _predict(self, x: Tensor, graph: GraphBatch, static: Tensor) -> Tensor:
-        x = self.embedding(x)
-        for attn_block, ffn_block in zip(self.gnn_layers, self.FFN_layers):
-            x = ffn_block(attn_block(x, graph), graph)
-        nodes = self.pre_reduction(x)
+        blocks = [block for pair in zip(self.gnn_layers, self.FFN_layers) for block in pair]
+        nodes = self.pre_reduction.readout(run_blocks(blocks, self.embedding(x), graph, self.pre_reduction.norm))
         pooled = graph_sum(nodes, graph.batch, static.shape[0])
         static_vec = torch.relu(self.norm_sf_drop(self.norm_sf_linear(static)))
         return self.predictor(torch.cat([pooled.to(static_vec.dtype), static_vec], 1))

@@ -1,5 +1,5 @@
-"""Public ops: ``dag_attention`` (and ``dag_attention_qkv``), ``bigin`` and ``dropout``, dispatched to
-the best available backend.
+"""Public ops: ``dag_attention`` (and ``dag_attention_qkv``), ``bigin``, ``add_layer_norm`` and
+``dropout``, dispatched to the best available backend.
 
 Backends: ``torch`` (always, :mod:`.reference`), ``native`` (the compiled extension) and
 ``triton`` register themselves in :mod:`.backends` when they load.
@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from ..graph import GraphBatch
 from . import reference
 from .backends import Backend, backends, register, select
-from .checks import check_attention, check_bigin, check_dropout, check_graph_indices, dropout_seed
+from .checks import (check_add_layer_norm, check_attention, check_bigin, check_dropout, check_graph_indices,
+                     dropout_seed)
 from .reference import ACTIVATIONS
 
-__all__ = ["dag_attention", "dag_attention_qkv", "bigin", "dropout", "backends", "ACTIVATIONS"]
+__all__ = ["dag_attention", "dag_attention_qkv", "bigin", "add_layer_norm", "dropout", "backends", "ACTIVATIONS"]
 
 register(Backend("torch", ops={"dag_attention": reference.dag_attention, "bigin": reference.bigin,
-                             "dropout": reference.dropout}))
+                             "add_layer_norm": reference.add_layer_norm, "dropout": reference.dropout}))
 
 
 def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
@@ -94,6 +96,28 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h:
         check_graph_indices(graph, "bigin")
     return backend.ops["bigin"](h, g, graph, act=act, bias_h=bias_h, bias_g=bias_g)
 
+
+def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weight: Tensor, bias: Tensor, *,
+                   eps: float = 1e-5, out_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Tensor]:
+    """A residual add and the LayerNorm after it in one pass (docs/DESIGN.md: add_layer_norm).
+
+    Args:
+        x: (N, D) float, the residual stream.
+        y, scale: (N, D) and (D,) float, the branch and its layer scale; both None: no add.
+        weight, bias: (D,) float, the LayerNorm's affine parameters; eps its epsilon.
+        out_dtype: dtype of the normalised rows, default s's. Under autocast, pass the
+            autocast dtype: the next Linear reads them without a cast.
+    Returns:
+        ``(s, out)``: ``s = x + y * scale`` (x itself without y) in the dtype ``torch.addcmul``
+        gives it, and ``out = layer_norm(s, weight, bias, eps)`` over the last dim, computed
+        in float32 (float64 for float64 s) and rounded to out_dtype.
+    """
+    check_add_layer_norm(x, y, scale, weight, bias, eps, out_dtype)
+    residual = () if y is None else (y, scale)
+    if out_dtype is None:
+        out_dtype = x.dtype if y is None else torch.promote_types(torch.promote_types(x.dtype, y.dtype), scale.dtype)
+    return select("add_layer_norm", x, *residual).ops["add_layer_norm"](x, y, scale, weight, bias, eps=eps,
+                                                                        out_dtype=out_dtype)
 
 
 def dropout(x: Tensor, p: float, *, seed: Optional[int] = None) -> Tensor:

@@ -2,9 +2,10 @@
 
 Every backend names the ops it implements and says, per call, why it cannot run
 (``unsupported``); an empty list means it can. ``select`` honours the environment variable
-``NNFORMER_FAST_BACKEND`` (``native``, ``triton`` or ``torch``) and otherwise takes the first
-backend that can run in the order of the device type and op (``CUDA_PREFERENCE`` on CUDA).
-When a forced backend cannot run, the error lists every backend's reasons (xformers style).
+``NNFORMER_FAST_BACKEND`` (``native``, ``triton`` or ``torch``) for the ops that backend
+implements (Triton has no ``add_layer_norm``), and otherwise takes the first backend that can
+run in the order of the device type and op (``CUDA_PREFERENCE`` on CUDA). When a forced backend
+cannot run an op it implements, the error lists every backend's reasons (xformers style).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Backend", "register", "backends", "select", "ENV_VAR", "CUDA_PREFERENCE"]
+__all__ = ["Backend", "register", "backends", "select", "ENV_VAR", "CUDA_PREFERENCE", "CPU_ONLY_OPS"]
 
 ENV_VAR = "NNFORMER_FAST_BACKEND"
 
@@ -55,7 +56,9 @@ CUDA_PREFERENCE: dict[str, tuple] = {
     "dropout": ("native", "triton", "torch"),
 }
 # Automatic choice per device type and op; a backend missing from the registry is skipped.
-_PREFERENCE = {"cpu": dict.fromkeys(CUDA_PREFERENCE, ("native", "torch")), "cuda": CUDA_PREFERENCE}
+#: ops with native CPU kernels only: on CUDA the torch backend runs them (the default below).
+CPU_ONLY_OPS = ("add_layer_norm",)
+_PREFERENCE = {"cpu": dict.fromkeys((*CUDA_PREFERENCE, *CPU_ONLY_OPS), ("native", "torch")), "cuda": CUDA_PREFERENCE}
 
 
 def register(backend: Backend) -> None:
@@ -88,7 +91,8 @@ def select(op: str, *tensors: Tensor) -> Backend:
             raise ValueError(f"{ENV_VAR}={forced!r}: unknown backend; known: {sorted(_REGISTRY)}")
         if not backend.reasons(op, *tensors):
             return backend
-        raise RuntimeError(f"{ENV_VAR}={forced!r} cannot run {op}:\n" + _explain(op, tensors))
+        if op in backend.ops or backend.load_error is not None:
+            raise RuntimeError(f"{ENV_VAR}={forced!r} cannot run {op}:\n" + _explain(op, tensors))
     device_type = tensors[0].device.type
     for name in _PREFERENCE.get(device_type, {}).get(op, ("torch",)):
         backend = _REGISTRY.get(name)

@@ -93,6 +93,38 @@ def check_bigin(h: Tensor, g: Tensor, graph: GraphBatch, bias_h: Optional[Tensor
     _check_device(graph, h=h, g=g, **biases)
 
 
+def check_add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weight: Tensor, bias: Tensor,
+                         eps: float, out_dtype: Optional[torch.dtype]) -> None:
+    """x, y: (N, D) float (y optional); scale, weight, bias: (D,) float, scale given with y;
+    one device; eps a finite number >= 0; out_dtype None or a float dtype."""
+    op = "add_layer_norm"
+    _check_float("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be (N, D), got shape {tuple(x.shape)}")
+    if (y is None) != (scale is None):
+        raise ValueError(f"{op}: pass y and scale together (or neither)")
+    tensors = {"x": x, "weight": weight, "bias": bias}
+    if y is not None:
+        _check_float("y", y)
+        if y.shape != x.shape:
+            raise ValueError(f"{op}: y must have the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
+        tensors.update(y=y, scale=scale)
+    for name in ("scale", "weight", "bias"):
+        t = tensors.get(name)
+        if t is None:
+            continue
+        _check_float(name, t)
+        if t.shape != (x.shape[1],):
+            raise ValueError(f"{op}: {name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
+    for name, t in tensors.items():
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0.0 <= eps < math.inf:
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float16/bfloat16/float32/float64, got {out_dtype}")
+
+
 def check_dropout(x: Tensor, p: float) -> None:
     """x: any shape, a float dtype; p a number in [0, 1)."""
     _check_float("x", x)

@@ -20,7 +20,7 @@ from ..graph import GraphBatch
 from .backends import Backend, register
 from .reference import add_biases
 
-__all__ = ["dag_attention", "dag_attention_qkv", "bigin", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
+__all__ = ["dag_attention", "dag_attention_qkv", "bigin", "add_layer_norm", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
 #: activations whose derivative follows from the sign of their output: the CPU backward of
@@ -41,7 +41,7 @@ if LOAD_ERROR is not None:
                   RuntimeWarning, stacklevel=2)
 
 _OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
-    and hasattr(torch.ops.nnformer_fast, "dag_attention_fwd") and hasattr(torch.ops.nnformer_fast, "dropout_fwd")
+    and all(hasattr(torch.ops.nnformer_fast, op) for op in ("dag_attention_fwd", "dropout_fwd", "add_layer_norm_fwd"))
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -81,6 +81,21 @@ if _OPS_READY:
             return dy.new_empty(dy.shape[1] if bias is not None else 0, dtype=_acc_dtype(dy.dtype))
 
         return torch.empty_like(dy), torch.empty_like(dy), bias_grad(bias_h), bias_grad(bias_g)
+
+    @torch.library.register_fake("nnformer_fast::add_layer_norm_fwd")
+    def _add_norm_fwd_fake(x, y, scale, weight, bias, eps, out_dtype):
+        acc = weight.dtype
+        s = torch.empty_like(x, dtype=acc) if y is not None else x.new_empty(0, dtype=acc)
+        mean = x.new_empty(x.shape[0], dtype=acc)
+        return s, torch.empty_like(x, dtype=out_dtype), mean, torch.empty_like(mean)
+
+    @torch.library.register_fake("nnformer_fast::add_layer_norm_bwd")
+    def _add_norm_bwd_fake(ds, dout, s, y, scale, weight, mean, rstd, x_dtype):
+        def vector(present):
+            return weight.new_empty(weight.shape[0] if present else 0)
+
+        dy = torch.empty_like(y) if y is not None else s.new_empty(0, dtype=dout.dtype)
+        return (torch.empty_like(s, dtype=x_dtype), dy, vector(y is not None), vector(True), vector(True))
 
     @torch.library.register_fake("nnformer_fast::dropout_fwd")
     def _dropout_fake(x, p, seed):
@@ -145,6 +160,28 @@ if _OPS_READY:
 
     torch.library.register_autograd("nnformer_fast::bigin_fwd", _bigin_backward, setup_context=_bigin_setup)
 
+    def _add_norm_setup(ctx, inputs, output):
+        x, y, scale, weight, _, _, _ = inputs
+        s, _, mean, rstd = output
+        ctx.save_for_backward(s if y is not None else x, y, scale, weight, mean, rstd)
+        ctx.x_dtype = x.dtype
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)  # a gradient that reaches s or out only
+
+    def _add_norm_backward(ctx, ds, dout, _dmean, _drstd):
+        s, y, scale, weight, mean, rstd = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(s)
+        ds = ds.contiguous() if ds is not None and y is not None else None
+        dx, dy, dscale, dweight, dbias = _ops.add_layer_norm_bwd(ds, dout.contiguous(), s, y, scale, weight, mean,
+                                                                  rstd, ctx.x_dtype)
+        if y is None:
+            dy = dscale = None
+        return dx, dy, dscale, dweight, dbias, None, None
+
+    torch.library.register_autograd("nnformer_fast::add_layer_norm_fwd", _add_norm_backward,
+                                    setup_context=_add_norm_setup)
+
     # The backward ops have no derivative of their own: differentiating through them (a
     # gradient penalty, create_graph=True) raises here instead of autograd's default for a C++
     # op without one, a warning and zero second-order terms.
@@ -155,7 +192,7 @@ if _OPS_READY:
                                "NNFORMER_FAST_BACKEND=torch")
         return backward
 
-    for _op in ("dag_attention", "dag_attention_qkv", "bigin"):
+    for _op in ("dag_attention", "dag_attention_qkv", "bigin", "add_layer_norm"):
         torch.library.register_autograd(f"nnformer_fast::{_op}_bwd", _no_double_backward(_op.replace("_qkv", "")),
                                         setup_context=lambda ctx, inputs, output: None)
 
@@ -208,6 +245,24 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h:
                                              graph.adjt_rowptr, graph.adjt_col, act, bias_h, bias_g)
 
 
+def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weight: Tensor, bias: Tensor, *,
+                   eps: float, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Native ``add_layer_norm`` (CPU): s in float32 or float64, the dtype ``addcmul`` gives it
+    for the inputs this backend takes (``_unsupported``). The kernel's low dtype is y's (without
+    y, out_dtype's) where s is its accumulation type, else s's own; x and the output travel in
+    either, y in the low one. Other dtypes are converted on the way in (exactly) or on the way
+    out (one rounding of the float32 / float64 result, as the reference's)."""
+    acc = x.dtype if y is None else torch.promote_types(torch.promote_types(x.dtype, y.dtype), scale.dtype)
+    low = y.dtype if y is not None else out_dtype
+    low = low if _acc_dtype(low) == acc else acc
+    kernel_out = out_dtype if out_dtype in (low, acc) else acc
+    s, out, _, _ = torch.ops.nnformer_fast.add_layer_norm_fwd(
+        (x if x.dtype in (low, acc) else x.to(acc)).contiguous(),
+        None if y is None else y.to(low).contiguous(), None if scale is None else scale.to(acc).contiguous(),
+        weight.to(acc).contiguous(), bias.to(acc).contiguous(), float(eps), kernel_out)
+    return (x if y is None else s), out.to(out_dtype)
+
+
 def dropout(x: Tensor, p: float, *, seed: int = 0) -> Tensor:
     """Native counter-based ``dropout`` (signature of :func:`nnformer_fast.ops.dropout`)."""
     return torch.ops.nnformer_fast.dropout_fwd(x.contiguous(), float(p), seed)
@@ -219,6 +274,15 @@ def _unsupported(op: str, *tensors: Tensor) -> list:
         reasons.append("the extension was built without CUDA kernels (rebuild with NNFF_CUDA=1)")
     elif t.device.type not in ("cpu", "cuda"):
         reasons.append(f"no kernels for device type {t.device.type}")
+    if op == "add_layer_norm":
+        if t.device.type != "cpu":
+            return [f"no add_layer_norm kernel for {t.device.type} tensors"]
+        x, *residual = tensors  # (x,) or (x, y, scale)
+        s_dtype = x.dtype
+        for r in residual:
+            s_dtype = torch.promote_types(s_dtype, r.dtype)
+        if s_dtype not in (torch.float32, torch.float64):
+            reasons.append(f"keeps s in float32 / float64, not {s_dtype}")
     if op == "dag_attention" and t.dim() == 3 and t.shape[-1] > MAX_HEAD_DIM:
         reasons.append(f"head dim {t.shape[-1]} > {MAX_HEAD_DIM}")
     return reasons
@@ -227,7 +291,7 @@ def _unsupported(op: str, *tensors: Tensor) -> list:
 register(Backend(
     "native",
     ops={"dag_attention": dag_attention, "dag_attention_qkv": dag_attention_qkv, "bigin": bigin,
-         "dropout": dropout},
+         "add_layer_norm": add_layer_norm, "dropout": dropout},
     load_error=LOAD_ERROR if LOAD_ERROR is not None or _OPS_READY else "native ops did not register",
     unsupported=_unsupported,
     preferred_on=("cpu", "cuda") if _BUILD["cuda"] else ("cpu",),

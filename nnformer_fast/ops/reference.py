@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..graph import NUM_RELATIONS, GraphBatch
 
-__all__ = ["dag_attention", "bigin", "add_biases", "dropout", "activation", "dropout_keep_mask", "ACTIVATIONS"]
+__all__ = ["dag_attention", "bigin", "add_biases", "add_layer_norm", "dropout", "activation", "dropout_keep_mask",
+           "ACTIVATIONS"]
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "square_relu")
 _MASK32 = 0xFFFFFFFF
@@ -117,6 +118,17 @@ def add_biases(h: Tensor, g: Tensor, bias_h: Optional[Tensor] = None,
     if bias_g is not None:
         g = g + bias_g.to(g.dtype)
     return h, g
+
+
+def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weight: Tensor, bias: Tensor, *,
+                   eps: float, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Residual add and LayerNorm (docs/DESIGN.md: add_layer_norm): ``s = x + y * scale`` (x
+    itself without y) and ``layer_norm(s)`` over the last dim, computed in float32 or wider and
+    returned in out_dtype. s has the dtype torch's type promotion gives ``addcmul``."""
+    s = x if y is None else torch.addcmul(x, y, scale)
+    compute = torch.promote_types(s.dtype, torch.float32)
+    n = F.layer_norm(s.to(compute), s.shape[-1:], weight.to(compute), bias.to(compute), eps)
+    return s, n.to(out_dtype)
 
 
 def dropout(x: Tensor, p: float, *, seed: int = 0) -> Tensor:

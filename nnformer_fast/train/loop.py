@@ -32,6 +32,7 @@ from .._atomic import writable_folder
 from ..models.buckets import bucketed
 from .checkpoint import (CheckpointError, claim_checkpoint, gather_rng_states, load_checkpoint, restore_rng_state,
                          save_checkpoint)
+from .host_memory import keep_freed_memory
 from .metrics import divergence_reasons, regression_metrics
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import NB201_ENCODINGS, dataset_fingerprint, get_task, load_dataset, split_dataset
@@ -347,6 +348,8 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
         torch.set_num_threads(int(cfg.threads))
     if cfg.flush_denormal:
         torch.set_flush_denormal(True)
+    if device.type == "cpu":
+        keep_freed_memory()
     rank, world, local_rank = _dist_info()
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
