@@ -236,7 +236,8 @@ template <typename T> NNFF_INLINE void store_part(T* p, const vec<acc_t<T>>& x, 
 }
 
 // Walks [0, n) in blocks: f(Block<vecs, full>{}, d, len) covers elements [d, d + len), vecs
-// vectors of 16; only the last block may be partial (vecs = 1, len < 16, padded with zeros).
+// vectors of 16 (kBlockVecs, then 4, 2, 1 for the rest); only the last block may be partial
+// (vecs = 1, len < 16, padded with zeros). The blocking never changes an element's sums.
 template <int Vecs, bool Full> struct Block {
   static constexpr int vecs = Vecs;
   static constexpr bool full = Full;
@@ -244,7 +245,21 @@ template <int Vecs, bool Full> struct Block {
 template <typename F> NNFF_INLINE void for_blocks(int64_t n, F&& f) {
   int64_t d = 0;
   for (; d + kBlockVecs * kLanes <= n; d += kBlockVecs * kLanes) f(Block<kBlockVecs, true>{}, d, kBlockVecs * kLanes);
-  for (; d + kLanes <= n; d += kLanes) f(Block<1, true>{}, d, kLanes);
+  // the rest in blocks of 4, 2, 1 vectors: a row of 32 (a head of 32) is one pass, not two
+  if constexpr (kBlockVecs > 4) {
+    if (d + 4 * kLanes <= n) {
+      f(Block<4, true>{}, d, 4 * kLanes);
+      d += 4 * kLanes;
+    }
+  }
+  if (d + 2 * kLanes <= n) {
+    f(Block<2, true>{}, d, 2 * kLanes);
+    d += 2 * kLanes;
+  }
+  if (d + kLanes <= n) {
+    f(Block<1, true>{}, d, kLanes);
+    d += kLanes;
+  }
   if (d < n) f(Block<1, false>{}, d, n - d);
 }
 template <typename B, typename T> NNFF_INLINE vec<acc_t<T>> load_block(const T* p, int64_t len) {
