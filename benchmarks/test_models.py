@@ -11,6 +11,7 @@ from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
 from nnformer_fast.models.buckets import bucketed
 from nnformer_fast.testing import random_dag_edges
 from nnformer_fast.train.host_memory import keep_freed_memory
+from nnformer_fast.train.loop import compile_model
 
 from gemm_floor import gemm_floor_step, record_linear_calls  # benchmarks/ is on sys.path under pytest
 
@@ -186,9 +187,8 @@ def _step_model(size):
 
 def _compiled(model):
     """model as ``fit(compile=True)`` and the demo (its default) run it: through
-    ``torch.compile(dynamic=True, fullgraph=True)`` inside the shape buckets
-    (nnformer_fast/train/loop.py)."""
-    return bucketed(torch.compile(model, dynamic=True, fullgraph=True))
+    ``compile_model`` inside the shape buckets (nnformer_fast/train/loop.py)."""
+    return bucketed(compile_model(model))
 
 
 def _step_floor(model, x, graph, static, autocast_dtype):
@@ -220,8 +220,8 @@ def test_training_step(benchmark, training_setup, precision):
 
 
 def test_training_step_compiled(benchmark, training_setup):
-    """The bf16 step through :func:`_compiled`: Inductor fuses the casts, LayerNorms and
-    residual adds; the native kernels stay opaque calls. The first steps compile (a minute or
+    """The bf16 step through :func:`_compiled`: Inductor fuses the casts and elementwise work
+    around the native ops (attention, bigin, add_layer_norm), which stay opaque calls. The first steps compile (a minute or
     two, cached after), outside the timing."""
     benchmark.group = f"{STEP_GROUP}, {training_setup[0].size_name}, bf16"
     model, optimizer, x, graph, static, y = training_setup

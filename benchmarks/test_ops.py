@@ -3,8 +3,9 @@ same inputs, forward and forward+backward, after a correctness check.
 
 Shapes: latency (16 CNN-like graphs of 200–600 nodes, H=4, Dh=128; bigin M=1024 and 2048)
 and accuracy (1024 cells of 7 nodes + 2 global tokens, H=4, Dh=40); add_layer_norm on the
-rows of the latency graphs at the demo and default widths, as a bf16 autocast step calls it. The header and the ratio
-summary name the CPU, its ISA flags and the native kernels' dispatch level (conftest.py).
+rows of the latency graphs at the demo and default widths, as a bf16 autocast step calls it.
+The header and the ratio summary name the CPU, its ISA flags and the native kernels' dispatch
+level (conftest.py).
 """
 import pytest
 import torch

@@ -189,7 +189,7 @@ def _main(argv=None) -> int:
 
     # ---- a fixed number of epochs, so that a busy machine makes the demo slower, not worse. The
     # first epoch holds the one-off costs: oneDNN compiling GEMMs for each batch shape and, with
-    # --compile, torch.compile's compilation (inductor fuses the casts, LayerNorms and residuals
+    # --compile, torch.compile's compilation (inductor fuses the casts and elementwise work
     # around the GEMMs and kernels; about 40 s on 2 cores with a cold cache).
     result = fit(TrainConfig(model={**MODEL, "loss": LOSS}, epochs=args.epochs, max_nodes=MAX_NODES,
                              precision="bf16", lr=LR, warmup=0.05, num_workers=0, seed=0, out=str(out),

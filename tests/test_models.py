@@ -262,7 +262,8 @@ def test_run_blocks_fused_adds_equal_the_blocks_one_by_one(autocast):
     """The latency model runs each residual add with the next LayerNorm in one add_layer_norm
     (models/blocks.py: run_blocks): outputs and every gradient as the blocks called one by one.
     Under autocast within bf16 rounding: the fused norms hand bf16 rows to the Linear layers
-    (the cast they would make) and sum their two gradients in fp32 rather than bf16."""
+    (the cast they would make), so the input gradients of fc1 and gcn, which read one such row,
+    meet in bf16 rather than each cast to fp32 first."""
     from nnformer_fast.models.blocks import run_blocks
 
     torch.manual_seed(3)

@@ -115,7 +115,7 @@ def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weig
     check_add_layer_norm(x, y, scale, weight, bias, eps, out_dtype)
     residual = () if y is None else (y, scale)
     if out_dtype is None:
-        out_dtype = x.dtype if y is None else torch.promote_types(torch.promote_types(x.dtype, y.dtype), scale.dtype)
+        out_dtype = reference.residual_dtype(x, y, scale)
     return select("add_layer_norm", x, *residual).ops["add_layer_norm"](x, y, scale, weight, bias, eps=eps,
                                                                         out_dtype=out_dtype)
 

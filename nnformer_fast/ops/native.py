@@ -18,7 +18,7 @@ from torch import Tensor
 from .._build import build_info
 from ..graph import GraphBatch
 from .backends import Backend, register
-from .reference import add_biases
+from .reference import add_biases, residual_dtype
 
 __all__ = ["dag_attention", "dag_attention_qkv", "bigin", "add_layer_norm", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
 
@@ -252,7 +252,7 @@ def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weig
     y, out_dtype's) where s is its accumulation type, else s's own; x and the output travel in
     either, y in the low one. Other dtypes are converted on the way in (exactly) or on the way
     out (one rounding of the float32 / float64 result, as the reference's)."""
-    acc = x.dtype if y is None else torch.promote_types(torch.promote_types(x.dtype, y.dtype), scale.dtype)
+    acc = residual_dtype(x, y, scale)
     low = y.dtype if y is not None else out_dtype
     low = low if _acc_dtype(low) == acc else acc
     kernel_out = out_dtype if out_dtype in (low, acc) else acc
@@ -277,10 +277,7 @@ def _unsupported(op: str, *tensors: Tensor) -> list:
     if op == "add_layer_norm":
         if t.device.type != "cpu":
             return [f"no add_layer_norm kernel for {t.device.type} tensors"]
-        x, *residual = tensors  # (x,) or (x, y, scale)
-        s_dtype = x.dtype
-        for r in residual:
-            s_dtype = torch.promote_types(s_dtype, r.dtype)
+        s_dtype = residual_dtype(*tensors)  # tensors: (x,) or (x, y, scale)
         if s_dtype not in (torch.float32, torch.float64):
             reasons.append(f"keeps s in float32 / float64, not {s_dtype}")
     if op == "dag_attention" and t.dim() == 3 and t.shape[-1] > MAX_HEAD_DIM:

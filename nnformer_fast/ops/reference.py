@@ -15,8 +15,8 @@ from torch import Tensor
 
 from ..graph import NUM_RELATIONS, GraphBatch
 
-__all__ = ["dag_attention", "bigin", "add_biases", "add_layer_norm", "dropout", "activation", "dropout_keep_mask",
-           "ACTIVATIONS"]
+__all__ = ["dag_attention", "bigin", "add_biases", "add_layer_norm", "residual_dtype", "dropout", "activation",
+           "dropout_keep_mask", "ACTIVATIONS"]
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "square_relu")
 _MASK32 = 0xFFFFFFFF
@@ -118,6 +118,11 @@ def add_biases(h: Tensor, g: Tensor, bias_h: Optional[Tensor] = None,
     if bias_g is not None:
         g = g + bias_g.to(g.dtype)
     return h, g
+
+
+def residual_dtype(x: Tensor, y: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> torch.dtype:
+    """The dtype of ``s = x + y * scale`` as ``torch.addcmul`` promotes it; x's without y."""
+    return x.dtype if y is None else torch.promote_types(torch.promote_types(x.dtype, y.dtype), scale.dtype)
 
 
 def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weight: Tensor, bias: Tensor, *,

@@ -38,7 +38,7 @@ from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import NB201_ENCODINGS, dataset_fingerprint, get_task, load_dataset, split_dataset
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate_model", "ModelEMA", "make_loader", "resolve_device",
-           "check_config", "RUN_SETTINGS"]
+           "check_config", "compile_model", "RUN_SETTINGS"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -320,6 +320,14 @@ def _changed_data_settings(cfg: "TrainConfig", saved: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- fit
+def compile_model(model: nn.Module) -> nn.Module:
+    """``model`` through ``torch.compile`` as ``fit(compile=True)`` trains it (without the shape
+    buckets, which ``fit`` wraps around it): ``dynamic=True``, so batches of any size share one
+    graph; ``fullgraph=True``, which also traces the dropout seeds the model draws as Python ints
+    (without it each one breaks the graph)."""
+    return torch.compile(model, dynamic=True, fullgraph=True)
+
+
 def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, **overrides) -> FitResult:
     """Train a predictor; returns a :class:`FitResult`.
 
@@ -440,9 +448,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     if ema is not None and state is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
 
-    # dynamic=True: batches of any size share one graph; fullgraph=True also traces the dropout
-    # seeds the model draws as Python ints (without it each one breaks the graph)
-    train_model = torch.compile(model, dynamic=True, fullgraph=True) if cfg.compile else model
+    train_model = compile_model(model) if cfg.compile else model
     if world > 1:  # around the compiled module: dynamo cannot trace DDP's forward in one graph
         train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index]
                                                           if device.type == "cuda" else None)
