@@ -35,9 +35,9 @@ void check_pairs(const char* op, int64_t n, int64_t heads) {
 // The launchers on q, k, v (and dq, dk, dv) whose node rows are `ld` elements apart: separate
 // contiguous tensors (ld = H * Dh) or the thirds of one packed qkv (ld = 3 * H * Dh).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_fwd(const char* op, const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, int64_t ld,
-                                           const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
-                                           double scale, double dropout_p, int64_t seed) {
+                                                       const at::Tensor& v, int64_t ld, const at::Tensor& rel_rowptr,
+                                                       const at::Tensor& rel_col, double scale, double dropout_p,
+                                                       int64_t seed) {
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
   check_pairs(op, n, heads);
   auto out = at::empty({n, heads, dh}, q.options());
