@@ -60,11 +60,11 @@ void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
         prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
         prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
       }
-      convert_row(qf, q + i * qs + h * dh, dh);
+      const A* qi = acc_row(qf, q + i * qs + h * dh, dh);
       const T** rows = scratch.rows.get(len);
       for (int64_t e = 0; e < len; ++e) rows[e] = k + col[e] * qs + h * dh;
       A* sh = s + off;
-      dots(qf, rows, len, dh, sh);
+      dots(qi, rows, len, dh, sh);
       A mh = -std::numeric_limits<A>::infinity();
       for (int64_t e = 0; e < len; ++e) {
         sh[e] *= sc;
@@ -133,14 +133,14 @@ void bwd_dq(const AttentionArgs& a, int64_t begin, int64_t end) {
         prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
         prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
       }
-      convert_row(dof, dout + (i * heads + h) * dh, dh);
+      const A* doi = acc_row(dof, dout + (i * heads + h) * dh, dh);
       const T **krows = scratch.rows.get(len), **vrows = scratch.rows2.get(len);
       for (int64_t e = 0; e < len; ++e) {
         krows[e] = k + col[e] * qs + h * dh;
         vrows[e] = v + col[e] * qs + h * dh;
       }
       A* dP = scratch.w.get(len);
-      dots(dof, vrows, len, dh, dP);
+      dots(doi, vrows, len, dh, dP);
       A D = 0;
       for (int64_t e = 0; e < len; ++e) {
         if (a.drop.active) dP[e] *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
