@@ -5,6 +5,8 @@ Skipped as a whole when the extension is not built (or built against another tor
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -286,6 +288,21 @@ def test_public_ops_dispatch_to_native(monkeypatch):
     monkeypatch.setenv("NNFORMER_FAST_BACKEND", "native")
     testing.assert_close(dag_attention(q, k, v, graph), reference.dag_attention(q, k, v, graph),
                          atol=2e-5, rtol=2e-5, name="public op")
+
+
+def test_compile_caches_tagged_with_the_schemas():
+    """torch.compile's cache keys carry a hash of the live op schemas (a graph compiled against
+    another build is not reused), one that any change of a schema changes, and a user's own tag
+    is kept."""
+    live = [str(getattr(ops, name).default._schema) for name in native.NATIVE_OPS]
+    assert native.COMPILE_CACHE_TAG == native.schemas_tag(live)
+    assert native.COMPILE_CACHE_TAG in torch.compiler.config.cache_key_tag.split("+")
+    older = [schema.replace("-> (Tensor, Tensor, Tensor)", "-> (Tensor, Tensor)") for schema in live]
+    assert older != live and native.schemas_tag(older) != native.COMPILE_CACHE_TAG
+    script = "import torch, nnformer_fast; print(torch.compiler.config.cache_key_tag)"
+    env = {**os.environ, "TORCH_COMPILE_CACHE_KEY_TAG": "mine"}
+    tag = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert tag.stdout.split() == [f"mine+{native.COMPILE_CACHE_TAG}"]
 
 
 def test_compile_fullgraph():

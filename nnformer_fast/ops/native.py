@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -43,6 +43,11 @@ NATIVE_OPS = ("dag_attention_fwd", "dag_attention_bwd", "dag_attention_qkv_fwd",
               "bigin_bwd", "add_layer_norm_fwd", "add_layer_norm_bwd", "dropout_fwd", "build_relations")
 _OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
     and all(hasattr(torch.ops.nnformer_fast, op) for op in NATIVE_OPS)
+
+
+def schemas_tag(schemas: Iterable[str]) -> str:
+    """``nnformer_fast-<16 hex digits of sha256>`` of the op schemas, in the order given."""
+    return "nnformer_fast-" + hashlib.sha256("\n".join(schemas).encode()).hexdigest()[:16]
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -115,17 +120,13 @@ if _OPS_READY:
         return (src.new_empty(4 * num_nodes + 1), src.new_empty(r), src.new_empty(r), src.new_empty(r),
                 src.new_empty(5))
 
-    # ------------------------------------------------------------------ torch.compile's caches
-    def _schemas_tag() -> str:
-        """``nnformer_fast-<hash of the ops' schemas>``: torch.compile's on-disk caches key a graph
-        by its code, which names these ops but not their schemas, so a graph compiled against an
-        earlier build (a forward op that returned fewer outputs) would be reused and fail."""
-        schemas = "\n".join(str(getattr(_ops, name).default._schema) for name in NATIVE_OPS)
-        return "nnformer_fast-" + hashlib.sha256(schemas.encode()).hexdigest()[:16]
-
-    _TAG = _schemas_tag()
-    if _TAG not in torch.compiler.config.cache_key_tag:  # added to a tag of the user's own
-        torch.compiler.config.cache_key_tag = "+".join(t for t in (torch.compiler.config.cache_key_tag, _TAG) if t)
+    # torch.compile's on-disk caches key a graph by its code, which names these ops but not their
+    # schemas: a graph compiled against an earlier build (a forward op that returned fewer
+    # outputs) would be reused and fail. Their tag names the schemas (added to a user's own tag).
+    COMPILE_CACHE_TAG = schemas_tag(str(getattr(_ops, name).default._schema) for name in NATIVE_OPS)
+    if COMPILE_CACHE_TAG not in torch.compiler.config.cache_key_tag.split("+"):
+        torch.compiler.config.cache_key_tag = "+".join(
+            t for t in (torch.compiler.config.cache_key_tag, COMPILE_CACHE_TAG) if t)
 
 
 # ---------------------------------------------------------------------- public-op adapters
