@@ -79,6 +79,10 @@ void save_attention_scalars(AutogradContext* ctx, double scale, double dropout_p
   ctx->saved_data["dropout_p"] = dropout_p;
   ctx->saved_data["seed"] = seed;
 }
+std::tuple<double, double, c10::SymInt> attention_scalars(AutogradContext* ctx) {
+  return {ctx->saved_data["scale"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
+          ctx->saved_data["seed"].toSymInt()};
+}
 
 struct DagAttention : torch::autograd::Function<DagAttention> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -95,9 +99,9 @@ struct DagAttention : torch::autograd::Function<DagAttention> {
     static const auto op = op_handle<AttnBwd>("nnformer_fast::dag_attention_bwd");
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor dout = grads[0].contiguous();
-    auto [dq, dk, dv] = below_autograd(op, dout, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
-                                       ctx->saved_data["scale"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
-                                       ctx->saved_data["seed"].toSymInt());
+    auto [scale, dropout_p, seed] = attention_scalars(ctx);
+    auto [dq, dk, dv] =
+        below_autograd(op, dout, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], scale, dropout_p, seed);
     variable_list d = first_order("dag_attention", {dq, dk, dv}, {dout, s[0], s[1], s[2]});
     return {d[0], d[1], d[2], {}, {}, {}, {}, {}, {}};
   }
@@ -132,9 +136,8 @@ struct DagAttentionQkv : torch::autograd::Function<DagAttentionQkv> {
     static const auto op = op_handle<AttnQkvBwd>("nnformer_fast::dag_attention_qkv_bwd");
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor dout = grads[0].contiguous();
-    at::Tensor dqkv = below_autograd(op, dout, s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                                     ctx->saved_data["scale"].toDouble(),
-                                     ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["seed"].toSymInt());
+    auto [scale, dropout_p, seed] = attention_scalars(ctx);
+    at::Tensor dqkv = below_autograd(op, dout, s[0], s[1], s[2], s[3], s[4], s[5], s[6], scale, dropout_p, seed);
     return {first_order("dag_attention", {dqkv}, {dout, s[0]})[0], {}, {}, {}, {}, {}, {}};
   }
 };
