@@ -34,10 +34,10 @@ void check_pairs(const char* op, int64_t n, int64_t heads) {
 
 // The launchers on q, k, v (and dq, dk, dv) whose node rows are `ld` elements apart: separate
 // contiguous tensors (ld = H * Dh) or the thirds of one packed qkv (ld = 3 * H * Dh).
-std::tuple<at::Tensor, at::Tensor> run_fwd(const char* op, const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, int64_t ld,
-                                           const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
-                                           double scale, double dropout_p, int64_t seed) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_fwd(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& v, int64_t ld, const at::Tensor& rel_rowptr,
+                                                       const at::Tensor& rel_col, double scale, double dropout_p,
+                                                       int64_t seed) {
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
   check_pairs(op, n, heads);
   auto out = at::empty({n, heads, dh}, q.options());
@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> run_fwd(const char* op, const at::Tensor& q, 
                                      n, heads, dh, scale, dropout_p, seed,
                                      c10::cuda::getCurrentCUDAStream().stream()),
              op);
-  return {out, lse};
+  return {out, lse, at::empty({0}, lse.options())};  // p: the backward recomputes the weights
 }
 
 void run_bwd(const char* op, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
@@ -68,7 +68,7 @@ void run_bwd(const char* op, const at::Tensor& dout, const at::Tensor& q, const 
              op);
 }
 
-std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rel_rowptr,
     const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
     int64_t seed) {
@@ -81,9 +81,9 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cuda(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& rel_rowptr,
-    const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
-    int64_t seed) {
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& /*p: recomputed*/,
+    const at::Tensor& rel_rowptr, const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale,
+    double dropout_p, int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_bwd";
   TORCH_CHECK(q.is_cuda(), op, ": q must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(q.device());
@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cuda(
 
 // The packed ops: q, k, v are the thirds qkv[:, 0], qkv[:, 1], qkv[:, 2] of the qkv Linear's
 // output, read in place; the backward writes dq, dk, dv into one dqkv like qkv.
-std::tuple<at::Tensor, at::Tensor> dag_attention_qkv_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_qkv_fwd_cuda(
     const at::Tensor& qkv, const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
     const at::Tensor& rel_tperm, double scale, double dropout_p, int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_qkv_fwd";
@@ -110,9 +110,9 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_qkv_fwd_cuda(
 
 at::Tensor dag_attention_qkv_bwd_cuda(const at::Tensor& dout, const at::Tensor& qkv,
                                       const at::Tensor& out, const at::Tensor& lse,
-                                      const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
-                                      const at::Tensor& rel_tperm, double scale, double dropout_p,
-                                      int64_t seed) {
+                                      const at::Tensor& /*p: recomputed*/, const at::Tensor& rel_rowptr,
+                                      const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale,
+                                      double dropout_p, int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_qkv_bwd";
   TORCH_CHECK(qkv.is_cuda(), op, ": qkv must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(qkv.device());

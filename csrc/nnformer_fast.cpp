@@ -17,19 +17,21 @@
 
 TORCH_LIBRARY(nnformer_fast, m) {
   // q, k, v: (N, H, Dh) contiguous, H % 4 == 0, Dh <= 256; head h reads rows (h % 4) * N + i
-  // of the relation CSR. out: like q; lse: (N, H) float32 (float64 for float64 inputs).
-  // rel_tperm is not read by the forward pass; it is an input so that the registered
-  // autograd formula can hand it to the backward op.
+  // of the relation CSR. out: like q; lse: (N, H) float32 (float64 for float64 inputs); p: the
+  // normalised weights before dropout, entry e of head h at p[e * (H / 4) + h / 4], in lse's
+  // dtype, which the CPU backward reads instead of recomputing them ((0,) on CUDA, whose
+  // backward recomputes them from lse). rel_tperm is not read by the forward pass; it is an
+  // input so that the autograd formula (autograd.cpp) can hand it to the backward op.
   m.def("dag_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor rel_rowptr, Tensor rel_col, "
-        "Tensor rel_tperm, float scale, float dropout_p, SymInt seed) -> (Tensor, Tensor)");
-  m.def("dag_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor rel_tperm, float scale, float dropout_p, SymInt seed) -> (Tensor, Tensor, Tensor)");
+  m.def("dag_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor p, "
         "Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, float scale, float dropout_p, "
         "SymInt seed) -> (Tensor, Tensor, Tensor)");
   // The same on the packed output of the qkv Linear: qkv (N, 3, H, Dh) contiguous, read in
   // place (no copies of q, k, v); the backward returns dqkv like qkv.
   m.def("dag_attention_qkv_fwd(Tensor qkv, Tensor rel_rowptr, Tensor rel_col, Tensor rel_tperm, "
-        "float scale, float dropout_p, SymInt seed) -> (Tensor, Tensor)");
-  m.def("dag_attention_qkv_bwd(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor rel_rowptr, "
+        "float scale, float dropout_p, SymInt seed) -> (Tensor, Tensor, Tensor)");
+  m.def("dag_attention_qkv_bwd(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor p, Tensor rel_rowptr, "
         "Tensor rel_col, Tensor rel_tperm, float scale, float dropout_p, SymInt seed) -> Tensor");
   // h, g: (N, M) contiguous, M even; act in {relu, leaky_relu, gelu, square_relu}. bias_h,
   // bias_g: optional (M,) biases of fc1 and gcn in float32 (float64 for float64 h), folded in

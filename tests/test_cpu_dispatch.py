@@ -39,9 +39,9 @@ _OUTPUTS = textwrap.dedent("""
         for dh in (128, 40, 8):
             q, k, v, do = (torch.randn(n, 4, dh, generator=gen).to(dtype) for _ in range(4))
             for p in (0.0, 0.3):
-                o, lse = ops.dag_attention_fwd(q, k, v, *rel, dh ** -0.5, p, 5)
-                grads = ops.dag_attention_bwd(do, q, k, v, o, lse, *rel, dh ** -0.5, p, 5)
-                out[f"attn {dtype} {dh} {p}"] = [o, lse, *grads]
+                o, lse, w = ops.dag_attention_fwd(q, k, v, *rel, dh ** -0.5, p, 5)
+                grads = ops.dag_attention_bwd(do, q, k, v, o, lse, w, *rel, dh ** -0.5, p, 5)
+                out[f"attn {dtype} {dh} {p}"] = [o, lse, w, *grads]
         h, g, dy = (torch.randn(n, 70, generator=gen).to(dtype) for _ in range(3))
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         bh, bg = (torch.randn(70, generator=gen).to(acc) for _ in range(2))

@@ -5,6 +5,8 @@ Skipped as a whole when the extension is not built (or built against another tor
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -59,16 +61,16 @@ def test_opcheck(family):
     torch.library.opcheck(ops.dag_attention_fwd, attn_args(q, k, v, graph))
     torch.library.opcheck(ops.dag_attention_fwd, attn_args(q, k, v, graph, p=0.25, seed=3))
     qd, kd, vd = (t.detach() for t in (q, k, v))
-    out, lse = ops.dag_attention_fwd(*attn_args(qd, kd, vd, graph, p=0.25, seed=3))
+    out, lse, w = ops.dag_attention_fwd(*attn_args(qd, kd, vd, graph, p=0.25, seed=3))
     dout = torch.randn_like(out)
-    torch.library.opcheck(ops.dag_attention_bwd, (dout, qd, kd, vd, out, lse, graph.rel_rowptr, graph.rel_col,
+    torch.library.opcheck(ops.dag_attention_bwd, (dout, qd, kd, vd, out, lse, w, graph.rel_rowptr, graph.rel_col,
                                                   graph.rel_tperm, 0.3, 0.25, 3))
     packed = torch.stack([qd, kd, vd], 1).requires_grad_()
     rel = (graph.rel_rowptr, graph.rel_col, graph.rel_tperm)
     torch.library.opcheck(ops.dag_attention_qkv_fwd, (packed, *rel, 0.3, 0.0, 0))
     torch.library.opcheck(ops.dag_attention_qkv_fwd, (packed, *rel, 0.3, 0.25, 3))
-    out, lse = ops.dag_attention_qkv_fwd(packed.detach(), *rel, 0.3, 0.25, 3)
-    torch.library.opcheck(ops.dag_attention_qkv_bwd, (dout, packed.detach(), out, lse, *rel, 0.3, 0.25, 3))
+    out, lse, w = ops.dag_attention_qkv_fwd(packed.detach(), *rel, 0.3, 0.25, 3)
+    torch.library.opcheck(ops.dag_attention_qkv_bwd, (dout, packed.detach(), out, lse, w, *rel, 0.3, 0.25, 3))
     h, g = hg(n, 6, requires_grad=True)
     for act in reference.ACTIVATIONS:
         torch.library.opcheck(ops.bigin_fwd, (h, g, *bigin_csr(graph), act))
@@ -101,9 +103,9 @@ def test_cpu_index_tensors_are_scanned_on_every_call():
     csr = bigin_csr(graph)
     before = _C.index_scans()
     for _ in range(3):
-        out, lse = ops.dag_attention_fwd(q, k, v, rowptr, col, tperm, 0.3, 0.0, 0)
+        out, lse, w = ops.dag_attention_fwd(q, k, v, rowptr, col, tperm, 0.3, 0.0, 0)
         ops.bigin_fwd(h, g, *csr, "relu")
-    ops.dag_attention_bwd(out, q, k, v, out, lse, rowptr, col, tperm, 0.3, 0.0, 0)
+    ops.dag_attention_bwd(out, q, k, v, out, lse, w, rowptr, col, tperm, 0.3, 0.0, 0)
     # rel: offsets + columns; adj and adjt: offsets + columns each; backward: + rel_tperm
     assert _C.index_scans() - before == 3 * (2 + 4) + 3
     col.numpy()[0] = n + 5
@@ -152,13 +154,17 @@ def test_malformed_inputs_raise():
             args[1] = args[2] = bad
         with pytest.raises(RuntimeError, match=msg):
             ops.dag_attention_fwd(*args)
-    out, lse = ops.dag_attention_fwd(*good)
+    out, lse, w = ops.dag_attention_fwd(*good)
     bad_tperm = graph.rel_tperm.clone().index_fill_(0, torch.tensor([1]), -1)
     with pytest.raises(RuntimeError, match="rel_tperm"):
-        ops.dag_attention_bwd(out, q, k, v, out, lse, graph.rel_rowptr, graph.rel_col, bad_tperm, 0.3, 0.0, 0)
+        ops.dag_attention_bwd(out, q, k, v, out, lse, w, graph.rel_rowptr, graph.rel_col, bad_tperm, 0.3, 0.0, 0)
     with pytest.raises(RuntimeError, match="lse"):
-        ops.dag_attention_bwd(out, q, k, v, out, lse[:-1], graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
+        ops.dag_attention_bwd(out, q, k, v, out, lse[:-1], w, graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
                               0.3, 0.0, 0)
+    for bad_w in (w[:-1], w.double(), w[:, None]):  # the backward reads one weight per entry and head group
+        with pytest.raises(RuntimeError, match="p must be the forward's"):
+            ops.dag_attention_bwd(out, q, k, v, out, lse, bad_w, graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
+                                  0.3, 0.0, 0)
     packed = torch.stack([q, k, v], 1)
     rel = (graph.rel_rowptr, graph.rel_col, graph.rel_tperm)
     with pytest.raises(RuntimeError, match=r"qkv must have shape \(N, 3, H, Dh\)"):
@@ -168,9 +174,11 @@ def test_malformed_inputs_raise():
     with pytest.raises(RuntimeError, match="multiple of 4"):
         ops.dag_attention_qkv_fwd(packed[:, :, :3].contiguous(), *rel, 0.3, 0.0, 0)
     with pytest.raises(RuntimeError, match="lse"):
-        ops.dag_attention_qkv_bwd(out, packed, out, lse[:-1], *rel, 0.3, 0.0, 0)
+        ops.dag_attention_qkv_bwd(out, packed, out, lse[:-1], w, *rel, 0.3, 0.0, 0)
     with pytest.raises(RuntimeError, match="dout must have shape"):
-        ops.dag_attention_qkv_bwd(out[:, :2].contiguous(), packed, out, lse, *rel, 0.3, 0.0, 0)
+        ops.dag_attention_qkv_bwd(out[:, :2].contiguous(), packed, out, lse, w, *rel, 0.3, 0.0, 0)
+    with pytest.raises(RuntimeError, match="p must be the forward's"):
+        ops.dag_attention_qkv_bwd(out, packed, out, lse, w[1:], *rel, 0.3, 0.0, 0)
     h, g = hg(n, 6)
     csr = list(bigin_csr(graph))
     with pytest.raises(RuntimeError, match="outside"):
@@ -280,6 +288,21 @@ def test_public_ops_dispatch_to_native(monkeypatch):
     monkeypatch.setenv("NNFORMER_FAST_BACKEND", "native")
     testing.assert_close(dag_attention(q, k, v, graph), reference.dag_attention(q, k, v, graph),
                          atol=2e-5, rtol=2e-5, name="public op")
+
+
+def test_compile_caches_tagged_with_the_schemas():
+    """torch.compile's cache keys carry a hash of the live op schemas (a graph compiled against
+    another build is not reused), one that any change of a schema changes, and a user's own tag
+    is kept."""
+    live = [str(getattr(ops, name).default._schema) for name in native.NATIVE_OPS]
+    assert native.COMPILE_CACHE_TAG == native.schemas_tag(live)
+    assert native.COMPILE_CACHE_TAG in torch.compiler.config.cache_key_tag.split("+")
+    older = [schema.replace("-> (Tensor, Tensor, Tensor)", "-> (Tensor, Tensor)") for schema in live]
+    assert older != live and native.schemas_tag(older) != native.COMPILE_CACHE_TAG
+    script = "import torch, nnformer_fast; print(torch.compiler.config.cache_key_tag)"
+    env = {**os.environ, "TORCH_COMPILE_CACHE_KEY_TAG": "mine"}
+    tag = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert tag.stdout.split() == [f"mine+{native.COMPILE_CACHE_TAG}"]
 
 
 def test_compile_fullgraph():

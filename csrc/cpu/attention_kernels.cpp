@@ -1,6 +1,8 @@
 // DAG-masked attention on CPU (docs/DESIGN.md: dag_attention), the hot loops (compiled once per capability: vec.h).
-// Forward keeps the row log-sum-exp; backward follows the flash-attention recipe and gathers
-// dk / dv over the transposed relation (no atomics, bit-identical results run to run). Each
+// Forward keeps the row log-sum-exp and the normalised weights P (one value per relation entry and
+// head group: a few per node, unlike a dense L x L matrix); backward reads P instead of
+// recomputing it, follows the flash-attention recipe otherwise, and gathers dk / dv over the
+// transposed relation (no atomics, bit-identical results run to run). Each
 // (node, head) row computes its scores four keys at a time and its weighted sums of value /
 // key / query rows in register blocks of the head dimension.
 #include <cmath>
@@ -37,9 +39,9 @@ void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const T *q = static_cast<const T*>(a.q), *k = static_cast<const T*>(a.k), *v = static_cast<const T*>(a.v);
   T* out = static_cast<T*>(a.out);
-  A* lse = static_cast<A*>(a.lse);
+  A *lse = static_cast<A*>(a.lse), *p = static_cast<A*>(a.p);
   const A sc = static_cast<A>(a.scale), keep_scale = static_cast<A>(1.0 / (1.0 - a.dropout_p));
-  const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs;
+  const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs, groups = heads / 4;
   RowScratch<T> scratch;
   Scratch<A> max_of;
   alignas(64) A qf[kMaxHeadDim];
@@ -58,11 +60,11 @@ void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
         prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
         prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
       }
-      convert_row(qf, q + i * qs + h * dh, dh);
+      const A* qi = acc_row(qf, q + i * qs + h * dh, dh);
       const T** rows = scratch.rows.get(len);
       for (int64_t e = 0; e < len; ++e) rows[e] = k + col[e] * qs + h * dh;
       A* sh = s + off;
-      dots(qf, rows, len, dh, sh);
+      dots(qi, rows, len, dh, sh);
       A mh = -std::numeric_limits<A>::infinity();
       for (int64_t e = 0; e < len; ++e) {
         sh[e] *= sc;
@@ -94,8 +96,10 @@ void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
       const T** rows = scratch.rows.get(len);
       int64_t kept = 0;  // dropped entries are skipped, not added as zeros
       for (int64_t e = 0; e < len; ++e) {
+        const A pe = sh[e] * inv;
+        p[(e0 + e) * groups + (h >> 2)] = pe;
         if (a.drop.active && !a.drop.keep(e0 + e, h)) continue;
-        w[kept] = a.drop.active ? sh[e] * inv * keep_scale : sh[e] * inv;
+        w[kept] = a.drop.active ? pe * keep_scale : pe;
         rows[kept++] = v + col[e] * qs + h * dh;
       }
       weighted_sum(o, w, rows, kept, dh);
@@ -104,78 +108,50 @@ void fwd(const AttentionArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-// dq over relation rows; also stores, per (forward entry, head group), the dropped weight
-// P·mask/(1-p) and dS = P (dP - D) for the gather pass below.
+// dq over relation rows, from the forward's P: dP = dO.v per entry, D = sum P dP (= dO . O, but
+// from fp32 values rather than the rounded low-precision O), dS = P (dP - D), dq = scale * sum dS
+// k; stores dS per (forward entry, head group) for the gather pass below.
 template <typename T>
 void bwd_dq(const AttentionArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
-  const T *q = static_cast<const T*>(a.q), *k = static_cast<const T*>(a.k), *v = static_cast<const T*>(a.v);
+  const T *k = static_cast<const T*>(a.k), *v = static_cast<const T*>(a.v);
   const T* dout = static_cast<const T*>(a.dout);
-  const A* lse = static_cast<const A*>(a.lse);
-  A *buf_p = static_cast<A*>(a.buf_p), *buf_ds = static_cast<A*>(a.buf_ds);
+  const A* p = static_cast<const A*>(a.p);
+  A* buf_ds = static_cast<A*>(a.buf_ds);
   T* dq = static_cast<T*>(a.dq);
   const A sc = static_cast<A>(a.scale), keep_scale = static_cast<A>(1.0 / (1.0 - a.dropout_p));
   const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs, groups = heads / 4;
   RowScratch<T> scratch;
-  alignas(64) A qf[kMaxHeadDim];
   alignas(64) A dof[kMaxHeadDim];
   for (int64_t i = begin; i < end; ++i) {
-    // Pass 1, every head's row side by side: P = exp(q.k scale - lse) (one vector pass over
-    // the node's entries) and dP = dO.v per entry.
-    const int64_t padded = node_entries(a, i);
-    A *P = scratch.s.get(padded), *dP = scratch.w.get(padded);
-    const T** krows = scratch.rows.get(padded);
-    int64_t off = 0;
     for (int64_t h = 0; h < heads; ++h) {
-      const int64_t row = (h & 3) * n + i;
+      const int64_t row = (h & 3) * n + i, g = h >> 2;
       const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
       const int64_t* col = a.col + e0;
-      const int64_t qb = i * qs + h * dh;
       if (i + kAhead < a.n) {
         const int64_t f0 = a.rowptr[row + kAhead], flen = a.rowptr[row + kAhead + 1] - f0;
         prefetch_rows(k + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
         prefetch_rows(v + h * dh, a.col + f0, flen, qs, dh * sizeof(T));
       }
-      convert_row(qf, q + qb, dh);
-      convert_row(dof, dout + (i * heads + h) * dh, dh);
-      const A l = lse[i * heads + h];
-      const T** kh = krows + off;
-      const T** vrows = scratch.rows2.get(len);
+      const A* doi = acc_row(dof, dout + (i * heads + h) * dh, dh);
+      const T **krows = scratch.rows.get(len), **vrows = scratch.rows2.get(len);
       for (int64_t e = 0; e < len; ++e) {
-        kh[e] = k + col[e] * qs + h * dh;
+        krows[e] = k + col[e] * qs + h * dh;
         vrows[e] = v + col[e] * qs + h * dh;
       }
-      A *Ph = P + off, *dPh = dP + off;
-      dots(qf, kh, len, dh, Ph);
-      dots(dof, vrows, len, dh, dPh);
-      for (int64_t e = 0; e < len; ++e) {
-        Ph[e] = Ph[e] * sc - l;
-        if (a.drop.active) dPh[e] *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
-      }
-      off += len;
-    }
-    for (int64_t e = off; e < padded; ++e) P[e] = A(0);
-    exp_inplace(P, padded);
-    // Pass 2 per head: D = sum P dP (= dO . O, but from fp32 values rather than the rounded
-    // low-precision O), dS = P (dP - D), dq = scale * sum dS k; keep the dropped weight and dS.
-    off = 0;
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t row = (h & 3) * n + i, g = h >> 2;
-      const int64_t e0 = a.rowptr[row], len = a.rowptr[row + 1] - e0;
-      A *Ph = P + off, *dPh = dP + off;
-      const T** kh = krows + off;
-      off += len;
+      A* dP = scratch.w.get(len);
+      dots(doi, vrows, len, dh, dP);
       A D = 0;
-      for (int64_t e = 0; e < len; ++e) D += Ph[e] * dPh[e];
       for (int64_t e = 0; e < len; ++e) {
-        const A ds = Ph[e] * (dPh[e] - D);
-        A pd = Ph[e];
-        if (a.drop.active) pd *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
-        buf_p[(e0 + e) * groups + g] = pd;
-        buf_ds[(e0 + e) * groups + g] = ds;
-        dPh[e] = ds * sc;
+        if (a.drop.active) dP[e] *= a.drop.keep(e0 + e, h) ? keep_scale : A(0);
+        D += p[(e0 + e) * groups + g] * dP[e];
       }
-      weighted_sum(dq + i * qs + h * dh, dPh, kh, len, dh);
+      for (int64_t e = 0; e < len; ++e) {
+        const A ds = p[(e0 + e) * groups + g] * (dP[e] - D);
+        buf_ds[(e0 + e) * groups + g] = ds;
+        dP[e] = ds * sc;
+      }
+      weighted_sum(dq + i * qs + h * dh, dP, krows, len, dh);
     }
   }
 }
@@ -186,9 +162,9 @@ template <typename T>
 void bwd_dkdv(const AttentionArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const T *q = static_cast<const T*>(a.q), *dout = static_cast<const T*>(a.dout);
-  const A *buf_p = static_cast<const A*>(a.buf_p), *buf_ds = static_cast<const A*>(a.buf_ds);
+  const A *p = static_cast<const A*>(a.p), *buf_ds = static_cast<const A*>(a.buf_ds);
   T *dk = static_cast<T*>(a.dk), *dv = static_cast<T*>(a.dv);
-  const A sc = static_cast<A>(a.scale);
+  const A sc = static_cast<A>(a.scale), keep_scale = static_cast<A>(1.0 / (1.0 - a.dropout_p));
   const int64_t n = a.n, heads = a.heads, dh = a.dh, qs = a.qs, groups = heads / 4;
   RowScratch<T> scratch;
   for (int64_t j = begin; j < end; ++j) {
@@ -204,7 +180,8 @@ void bwd_dkdv(const AttentionArgs& a, int64_t begin, int64_t end) {
       const T **drows = scratch.rows.get(len), **qrows = scratch.rows2.get(len);
       for (int64_t t = 0; t < len; ++t) {
         const int64_t e = a.tperm[e0 + t], i = a.col[e0 + t];
-        wp[t] = buf_p[e * groups + g];
+        wp[t] = p[e * groups + g];  // the dropped weight P mask / (1 - p)
+        if (a.drop.active) wp[t] *= a.drop.keep(e, h) ? keep_scale : A(0);
         wds[t] = buf_ds[e * groups + g] * sc;
         drows[t] = dout + (i * heads + h) * dh;
         qrows[t] = q + i * qs + h * dh;

@@ -170,6 +170,11 @@ void bwd_dg(const BiginArgs& a, int64_t begin, int64_t end) {
   const int64_t m = a.m, half = m / 2;
   BiginRows<T> scratch;
   for (int64_t j = begin; j < end; ++j) {
+    if (j + kAhead < a.n) {  // the dh rows that row j + kAhead gathers
+      const int64_t r = j + kAhead, bytes = half * sizeof(T);
+      prefetch_rows(dh, a.clt + a.rpt[r], a.rpt[r + 1] - a.rpt[r], m, bytes);
+      prefetch_rows(dh + half, a.cl + a.rp[r], a.rp[r + 1] - a.rp[r], m, bytes);
+    }
     for (int side = 0; side < 2; ++side) {  // parents feed the first half, children the second
       const int64_t* rp = side == 0 ? a.rpt : a.rp;
       const int64_t* cl = side == 0 ? a.clt : a.cl;

@@ -47,45 +47,55 @@ void over_nodes(const AttentionArgs& a, int64_t dh_work, void (*kernel)(const At
                    [&](int64_t begin, int64_t end) { kernel(a, begin, end); });
 }
 
-// out (N, H, Dh) and lse (N, H) of attention over q, k, v (N, H, Dh) whose rows are qs
-// elements apart (separate tensors or thirds of one packed qkv).
-std::tuple<at::Tensor, at::Tensor> run_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+// out (N, H, Dh), lse (N, H) and the weights p (entries * H / 4) of attention over q, k, v
+// (N, H, Dh) whose rows are qs elements apart (separate tensors or thirds of one packed qkv).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            int64_t qs, const at::Tensor& rel_rowptr,
                                            const at::Tensor& rel_col, double scale, double dropout_p,
                                            int64_t seed) {
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
   auto out = at::empty({n, heads, dh}, q.options());
   auto lse = at::empty({n, heads}, q.options().dtype(acc_dtype(q.scalar_type())));
+  auto p = at::empty({rel_col.numel() * (heads / 4)}, lse.options());
   const CpuKernels& kernels = cpu_kernels();
   AttentionArgs a = attention_args(q, k, v, qs, rel_rowptr, rel_col, scale, dropout_p, seed);
   a.out = out.data_ptr();
   a.lse = lse.data_ptr();
+  a.p = p.data_ptr();
   over_nodes(a, dh, kernels.attention_fwd);
-  return {out, lse};
+  return {out, lse, p};
+}
+
+// p: the forward's weights, one per relation entry and head group, in lse's dtype.
+void check_weights(const char* op, const at::Tensor& p, const at::Tensor& lse, const at::Tensor& rel_col) {
+  const int64_t entries = rel_col.numel() * (lse.size(1) / 4);
+  TORCH_CHECK(p.scalar_type() == lse.scalar_type() && p.dim() == 1 && p.numel() == entries && p.is_contiguous() &&
+                  p.device() == lse.device(),
+              op, ": p must be the forward's contiguous (", entries, ",) ", lse.scalar_type(), " weights on ",
+              lse.device(), ", got ", p.scalar_type(), " ", p.sizes());
 }
 
 // dq, dk, dv written into rows qs elements apart, like those of q, k, v.
 void run_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-             int64_t qs, const at::Tensor& lse, const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
+             int64_t qs, const at::Tensor& p, const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
              const at::Tensor& rel_tperm, double scale, double dropout_p, int64_t seed, at::Tensor& dq,
              at::Tensor& dk, at::Tensor& dv) {
-  const int64_t heads = q.size(1), dh = q.size(2);
+  const int64_t dh = q.size(2);
   const CpuKernels& kernels = cpu_kernels();
-  auto buf = at::empty({2, rel_col.numel() * (heads / 4)}, lse.options());
+  auto buf_ds = at::empty_like(p);
   AttentionArgs a = attention_args(q, k, v, qs, rel_rowptr, rel_col, scale, dropout_p, seed);
   a.dout = dout.data_ptr();
-  a.lse = lse.data_ptr();
+  a.p = const_cast<void*>(p.const_data_ptr());
   a.tperm = rel_tperm.data_ptr<int64_t>();
   a.dq = dq.data_ptr();
   a.dk = dk.data_ptr();
   a.dv = dv.data_ptr();
-  a.buf_p = buf[0].data_ptr();
-  a.buf_ds = buf[1].data_ptr();
+  a.buf_ds = buf_ds.data_ptr();
   over_nodes(a, 2 * dh, kernels.attention_bwd_dq);
   over_nodes(a, dh, kernels.attention_bwd_dkdv);
 }
 
-std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rel_rowptr,
     const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
     int64_t seed) {
@@ -96,20 +106,21 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_fwd_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& rel_rowptr,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& p, const at::Tensor& rel_rowptr,
     const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
     int64_t seed) {
-  check_attention_bwd_inputs("nnformer_fast::dag_attention_bwd", dout, q, k, v, out, lse, rel_rowptr,
-                             rel_col, rel_tperm, dropout_p);
+  const char* op = "nnformer_fast::dag_attention_bwd";
+  check_attention_bwd_inputs(op, dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm, dropout_p);
+  check_weights(op, p, lse, rel_col);
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  run_bwd(dout, q, k, v, q.size(1) * q.size(2), lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p,
+  run_bwd(dout, q, k, v, q.size(1) * q.size(2), p, rel_rowptr, rel_col, rel_tperm, scale, dropout_p,
           seed, dq, dk, dv);
   return {dq, dk, dv};
 }
 
 // The packed ops: q, k, v are the thirds qkv[:, 0], qkv[:, 1], qkv[:, 2] of the qkv Linear's
 // output, read in place; the backward writes dq, dk, dv into one dqkv like qkv.
-std::tuple<at::Tensor, at::Tensor> dag_attention_qkv_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dag_attention_qkv_fwd_cpu(
     const at::Tensor& qkv, const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
     const at::Tensor& rel_tperm, double scale, double dropout_p, int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_qkv_fwd";
@@ -119,16 +130,17 @@ std::tuple<at::Tensor, at::Tensor> dag_attention_qkv_fwd_cpu(
 }
 
 at::Tensor dag_attention_qkv_bwd_cpu(const at::Tensor& dout, const at::Tensor& qkv,
-                                     const at::Tensor& out, const at::Tensor& lse,
+                                     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& p,
                                      const at::Tensor& rel_rowptr, const at::Tensor& rel_col,
                                      const at::Tensor& rel_tperm, double scale, double dropout_p,
                                      int64_t seed) {
   const char* op = "nnformer_fast::dag_attention_qkv_bwd";
   check_attention_qkv_bwd_inputs(op, dout, qkv, out, lse, rel_rowptr, rel_col, rel_tperm,
                                  dropout_p);
+  check_weights(op, p, lse, rel_col);
   auto dqkv = at::empty_like(qkv);
   at::Tensor dq = dqkv.select(1, 0), dk = dqkv.select(1, 1), dv = dqkv.select(1, 2);
-  run_bwd(dout, qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), lse, rel_rowptr,
+  run_bwd(dout, qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2), qkv.stride(0), p, rel_rowptr,
           rel_col, rel_tperm, scale, dropout_p, seed, dq, dk, dv);
   return dqkv;
 }

@@ -19,14 +19,15 @@ struct Half { uint16_t x; };
 struct BFloat16 { uint16_t x; };
 
 // Attention (dag_attention.cpp): q, k, v, dq, dk, dv rows are qs elements apart; out, dout:
-// (N, H, Dh); lse: (N, H) and the backward buffers buf_p, buf_ds: (entries, H / 4), in the
-// accumulation type (double for kDouble, else float). Relation CSR rowptr (4N + 1), col, tperm.
+// (N, H, Dh); lse: (N, H), and p (the forward's normalised weights, before dropout) and the
+// backward's buffer buf_ds: (entries, H / 4), in the accumulation type (double for kDouble, else
+// float). The forward writes p, the backward reads it. Relation CSR rowptr (4N + 1), col, tperm.
 struct AttentionArgs {
   Dtype dtype;
   const void *q, *k, *v, *dout;
   int64_t qs;
   const int64_t *rowptr, *col, *tperm;
-  void *out, *lse, *dq, *dk, *dv, *buf_p, *buf_ds;
+  void *out, *lse, *p, *dq, *dk, *dv, *buf_ds;
   int64_t n, heads, dh;
   double scale, dropout_p;
   Dropout drop;

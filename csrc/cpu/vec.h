@@ -280,6 +280,16 @@ template <typename Y, typename X> NNFF_INLINE void convert_row(Y* __restrict y, 
   });
 }
 
+// A row of T in the accumulation type A: the row itself when T is A, else converted into buf.
+template <typename A, typename T> NNFF_INLINE const A* acc_row(A* __restrict buf, const T* row, int64_t n) {
+  if constexpr (std::is_same_v<A, T>) {
+    return row;
+  } else {
+    convert_row(buf, row, n);
+    return buf;
+  }
+}
+
 // Fixed-order sum of the 16 lanes: l += l + 8, l += l + 4, then (0 + 2) + (1 + 3). For float
 // in vector registers (the same additions, so the same bits as the scalar order for double).
 template <typename A> NNFF_INLINE A lane_sum(const vec<A>& v) {

@@ -1,16 +1,17 @@
 """The ``native`` backend: C++ / CUDA kernels of the extension ``nnformer_fast._C``.
 
-Schemas are declared once in C++ (``csrc/nnformer_fast.cpp``); this module adds what
-``torch.compile`` and autograd need — ``register_fake`` for every op and
-``register_autograd`` for the forward ops — and registers the backend. When the
+Schemas are declared once in C++ (``csrc/nnformer_fast.cpp``) and so is autograd
+(``csrc/autograd.cpp``); this module adds what ``torch.compile`` needs, ``register_fake`` for
+every op, and registers the backend. When the
 extension is missing or was built against another torch, importing this module still works:
 it warns once and registers the backend with ``load_error`` set, so ``torch`` runs.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -23,9 +24,6 @@ from .reference import add_biases, residual_dtype
 __all__ = ["dag_attention", "dag_attention_qkv", "bigin", "add_layer_norm", "dropout", "LOAD_ERROR", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
-#: activations whose derivative follows from the sign of their output: the CPU backward of
-#: ``bigin`` reads the forward output instead of recomputing the pre-activation
-SIGN_ACTIVATIONS = ("relu", "leaky_relu")
 _BUILD = build_info()
 _REBUILD = "rebuild it against this torch with `pip install --no-build-isolation` (README: Install)"
 if not _BUILD["installed"]:  # a pure-Python install (NNFF_SKIP_EXT=1): chosen, not broken
@@ -40,8 +38,16 @@ if LOAD_ERROR is not None:
     warnings.warn(f"nnformer_fast: native backend: {LOAD_ERROR}; the ops run on the torch backend",
                   RuntimeWarning, stacklevel=2)
 
+#: the extension's ops (schemas in csrc/nnformer_fast.cpp)
+NATIVE_OPS = ("dag_attention_fwd", "dag_attention_bwd", "dag_attention_qkv_fwd", "dag_attention_qkv_bwd", "bigin_fwd",
+              "bigin_bwd", "add_layer_norm_fwd", "add_layer_norm_bwd", "dropout_fwd", "build_relations")
 _OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
-    and all(hasattr(torch.ops.nnformer_fast, op) for op in ("dag_attention_fwd", "dropout_fwd", "add_layer_norm_fwd"))
+    and all(hasattr(torch.ops.nnformer_fast, op) for op in NATIVE_OPS)
+
+
+def schemas_tag(schemas: Iterable[str]) -> str:
+    """``nnformer_fast-<16 hex digits of sha256>`` of the op schemas, in the order given."""
+    return "nnformer_fast-" + hashlib.sha256("\n".join(schemas).encode()).hexdigest()[:16]
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -53,21 +59,27 @@ if _OPS_READY:
     _ops = torch.ops.nnformer_fast
 
     # ------------------------------------------------------------------ fake (meta) kernels
+    def _attn_side_outputs(q, rel_col):
+        """lse (N, H) and the weights p the CPU forward keeps for its backward ((0,) on CUDA)."""
+        n, heads = q.shape[:2]
+        lse = q.new_empty(n, heads, dtype=_acc_dtype(q.dtype))
+        return lse, lse.new_empty(rel_col.shape[0] * (heads // 4) if q.device.type == "cpu" else 0)
+
     @torch.library.register_fake("nnformer_fast::dag_attention_fwd")
     def _attn_fwd_fake(q, k, v, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
-        return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=_acc_dtype(q.dtype))
+        return torch.empty_like(q), *_attn_side_outputs(q, rel_col)
 
     @torch.library.register_fake("nnformer_fast::dag_attention_bwd")
-    def _attn_bwd_fake(dout, q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
+    def _attn_bwd_fake(dout, q, k, v, out, lse, p, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     @torch.library.register_fake("nnformer_fast::dag_attention_qkv_fwd")
     def _attn_qkv_fwd_fake(qkv, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
-        n, _, heads, dh = qkv.shape
-        return qkv.new_empty(n, heads, dh), qkv.new_empty(n, heads, dtype=_acc_dtype(qkv.dtype))
+        q = qkv.select(1, 0)
+        return torch.empty_like(q, memory_format=torch.contiguous_format), *_attn_side_outputs(q, rel_col)
 
     @torch.library.register_fake("nnformer_fast::dag_attention_qkv_bwd")
-    def _attn_qkv_bwd_fake(dout, qkv, out, lse, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
+    def _attn_qkv_bwd_fake(dout, qkv, out, lse, p, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed):
         return torch.empty_like(qkv)
 
     @torch.library.register_fake("nnformer_fast::bigin_fwd")
@@ -108,103 +120,14 @@ if _OPS_READY:
         return (src.new_empty(4 * num_nodes + 1), src.new_empty(r), src.new_empty(r), src.new_empty(r),
                 src.new_empty(5))
 
-    # ------------------------------------------------------------------ autograd
-    def _attn_setup(ctx, inputs, output):
-        q, k, v, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm)
-        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
-        ctx.mark_non_differentiable(lse)
+    # torch.compile's on-disk caches key a graph by its code, which names these ops but not their
+    # schemas: a graph compiled against an earlier build (a forward op that returned fewer
+    # outputs) would be reused and fail. Their tag names the schemas (added to a user's own tag).
+    COMPILE_CACHE_TAG = schemas_tag(str(getattr(_ops, name).default._schema) for name in NATIVE_OPS)
+    if COMPILE_CACHE_TAG not in torch.compiler.config.cache_key_tag.split("+"):
+        torch.compiler.config.cache_key_tag = "+".join(
+            t for t in (torch.compiler.config.cache_key_tag, COMPILE_CACHE_TAG) if t)
 
-    def _attn_backward(ctx, dout, dlse):
-        q, k, v, out, lse, rel_rowptr, rel_col, rel_tperm = ctx.saved_tensors
-        dq, dk, dv = _ops.dag_attention_bwd(dout.contiguous(), q, k, v, out, lse, rel_rowptr, rel_col,
-                                            rel_tperm, ctx.scale, ctx.dropout_p, ctx.seed)
-        return dq, dk, dv, None, None, None, None, None, None
-
-    torch.library.register_autograd("nnformer_fast::dag_attention_fwd", _attn_backward, setup_context=_attn_setup)
-
-    def _attn_qkv_setup(ctx, inputs, output):
-        qkv, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed = inputs
-        out, lse = output
-        ctx.save_for_backward(qkv, out, lse, rel_rowptr, rel_col, rel_tperm)
-        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
-        ctx.mark_non_differentiable(lse)
-
-    def _attn_qkv_backward(ctx, dout, dlse):
-        qkv, out, lse, rel_rowptr, rel_col, rel_tperm = ctx.saved_tensors
-        dqkv = _ops.dag_attention_qkv_bwd(dout.contiguous(), qkv, out, lse, rel_rowptr, rel_col, rel_tperm,
-                                          ctx.scale, ctx.dropout_p, ctx.seed)
-        return dqkv, None, None, None, None, None, None
-
-    torch.library.register_autograd("nnformer_fast::dag_attention_qkv_fwd", _attn_qkv_backward,
-                                    setup_context=_attn_qkv_setup)
-
-    def _bigin_setup(ctx, inputs, output):
-        h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g = inputs
-        # relu / leaky_relu on the CPU: the output's sign is the pre-activation's, so the
-        # backward keeps the output (which fc2 keeps anyway) instead of h and g. Not in fp16:
-        # a positive (fp32) pre-activation below 6e-8 rounds to an output of 0 there, which
-        # would read as the negative side; bf16 has fp32's exponent range.
-        from_out = act in SIGN_ACTIVATIONS and h.device.type == "cpu" and h.dtype != torch.float16
-        saved = (None, None, output) if from_out else (h, g, None)
-        ctx.save_for_backward(*saved, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g)
-        ctx.act = act
-
-    def _bigin_backward(ctx, dy):
-        h, g, out, adj_rowptr, adj_col, adjt_rowptr, adjt_col, bias_h, bias_g = ctx.saved_tensors
-        dh, dg, dbias_h, dbias_g = _ops.bigin_bwd(dy.contiguous(), h, g, adj_rowptr, adj_col, adjt_rowptr,
-                                                  adjt_col, ctx.act, bias_h, bias_g, out)
-        return (dh, dg, None, None, None, None, None, dbias_h if bias_h is not None else None,
-                dbias_g if bias_g is not None else None)
-
-    torch.library.register_autograd("nnformer_fast::bigin_fwd", _bigin_backward, setup_context=_bigin_setup)
-
-    def _add_norm_setup(ctx, inputs, output):
-        x, y, scale, weight, _, _, _ = inputs
-        s, _, mean, rstd = output
-        ctx.save_for_backward(s if y is not None else x, y, scale, weight, mean, rstd)
-        ctx.x_dtype = x.dtype
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.set_materialize_grads(False)  # a gradient that reaches s or out only
-
-    def _add_norm_backward(ctx, ds, dout, _dmean, _drstd):
-        s, y, scale, weight, mean, rstd = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(s)
-        ds = ds.contiguous() if ds is not None and y is not None else None
-        dx, dy, dscale, dweight, dbias = _ops.add_layer_norm_bwd(ds, dout.contiguous(), s, y, scale, weight, mean,
-                                                                  rstd, ctx.x_dtype)
-        if y is None:
-            dy = dscale = None
-        return dx, dy, dscale, dweight, dbias, None, None
-
-    torch.library.register_autograd("nnformer_fast::add_layer_norm_fwd", _add_norm_backward,
-                                    setup_context=_add_norm_setup)
-
-    # The backward ops have no derivative of their own: differentiating through them (a
-    # gradient penalty, create_graph=True) raises here instead of autograd's default for a C++
-    # op without one, a warning and zero second-order terms.
-    def _no_double_backward(op: str):
-        def backward(ctx, *grads):
-            raise RuntimeError(f"nnformer_fast: the native {op} has no second derivative (double backward, e.g. "
-                               "through torch.autograd.grad(..., create_graph=True)); the torch backend has one: "
-                               "NNFORMER_FAST_BACKEND=torch")
-        return backward
-
-    for _op in ("dag_attention", "dag_attention_qkv", "bigin", "add_layer_norm"):
-        torch.library.register_autograd(f"nnformer_fast::{_op}_bwd", _no_double_backward(_op.replace("_qkv", "")),
-                                        setup_context=lambda ctx, inputs, output: None)
-
-
-    # dropout: the backward pass is the same op (same mask, same scale) on the gradient.
-    def _dropout_setup(ctx, inputs, output):
-        _, ctx.p, ctx.seed = inputs
-
-    def _dropout_backward(ctx, dy):
-        return _ops.dropout_fwd(dy.contiguous(), ctx.p, ctx.seed), None, None
-
-    torch.library.register_autograd("nnformer_fast::dropout_fwd", _dropout_backward, setup_context=_dropout_setup)
 
 # ---------------------------------------------------------------------- public-op adapters
 def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
@@ -215,7 +138,7 @@ def dag_attention(q: Tensor, k: Tensor, v: Tensor, graph: GraphBatch, *, dropout
     contiguous here). Returns (N, H, Dh) in q's dtype.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, _ = torch.ops.nnformer_fast.dag_attention_fwd(
+    out, _, _ = torch.ops.nnformer_fast.dag_attention_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), graph.rel_rowptr, graph.rel_col, graph.rel_tperm,
         scale, float(dropout_p), seed)
     return out
@@ -226,7 +149,7 @@ def dag_attention_qkv(qkv: Tensor, graph: GraphBatch, *, dropout_p: float = 0.0,
     """Native ``dag_attention`` on a packed qkv (N, 3, H, Dh) → (N, H, Dh): the kernels read q,
     k, v in place and the backward returns one dqkv."""
     scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
-    out, _ = torch.ops.nnformer_fast.dag_attention_qkv_fwd(qkv.contiguous(), graph.rel_rowptr, graph.rel_col,
+    out, _, _ = torch.ops.nnformer_fast.dag_attention_qkv_fwd(qkv.contiguous(), graph.rel_rowptr, graph.rel_col,
                                                            graph.rel_tperm, scale, float(dropout_p), seed)
     return out
 
