@@ -36,8 +36,9 @@ def _faults_per_step(mode: str) -> float:
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
 def test_freed_blocks_are_reused_without_page_faults():
     default, kept = _faults_per_step("default"), _faults_per_step("keep")
-    # 78 MiB a step is 20,000 pages: glibc's defaults fault most of them in again every step
-    assert default > 5_000 and kept < default / 5, (default, kept)
+    # 78 MiB a step is 20,000 pages, which glibc's defaults hand back and fault in again every
+    # step: 4,900-20,000 faults here (the kernel may map several pages per fault); kept, ~50
+    assert default > 1_000 and kept < default / 5, (default, kept)
 
 
 @pytest.mark.skipif(GLIBC, reason="off glibc only")
