@@ -1,9 +1,10 @@
 // Autograd of the forward ops, registered at the Autograd dispatch key for every device: each
 // forward op runs its kernel below autograd and records a node whose backward calls the
-// matching backward op. In C++ rather than through torch.library.register_autograd: the Python
-// path (its argument filling, autograd.Function and redispatch) cost 40-50 us per op, forward
-// and backward, over a training step's 9 op calls. torch.compile traces these kernels as it
-// traces any op's: the Fake kernels (ops/native.py) stand in for the device ones.
+// matching backward op. In C++ rather than through torch.library.register_autograd, whose
+// Python path (argument filling, an autograd.Function, a redispatch) made a forward+backward on
+// a tiny graph 74 / 67 / 82 us (attention / bigin / add_layer_norm) against 41 / 30 / 50 us here.
+// torch.compile traces these kernels as it traces any op's: the Fake kernels (ops/native.py)
+// stand in for the device ones.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -36,7 +37,8 @@ at::Tensor contiguous(const at::Tensor& t) { return t.defined() ? t.contiguous()
 
 // The backward ops have no derivative of their own. With create_graph=True the gradients they
 // return hang off this node, which raises when a second backward reaches it (a gradient
-// penalty) instead of returning zero second-order terms.
+// penalty) instead of returning zero second-order terms. `sources` (what the backward op read)
+// are only its inputs: they make the returned gradients require grad where they should.
 struct NoDoubleBackward : torch::autograd::Function<NoDoubleBackward> {
   static variable_list forward(AutogradContext* ctx, const std::string& op, const variable_list& grads,
                                at::TensorList sources) {
