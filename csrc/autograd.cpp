@@ -76,11 +76,23 @@ using AttnBwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, c10::SymInt);
 
-void save_attention_scalars(AutogradContext* ctx, double scale, double dropout_p, const c10::SymInt& seed) {
+// Keeps what an attention backward op reads besides dout: `inputs` (q, k, v or qkv), the forward's
+// out, lse and p, the relation CSR and the scalars. Returns the forward's outputs, of which lse
+// and p are not differentiable.
+variable_list save_attention(AutogradContext* ctx, variable_list inputs,
+                             const std::tuple<at::Tensor, at::Tensor, at::Tensor>& outputs,
+                             const at::Tensor& rel_rowptr, const at::Tensor& rel_col, const at::Tensor& rel_tperm,
+                             double scale, double dropout_p, const c10::SymInt& seed) {
+  const auto& [out, lse, p] = outputs;
+  for (const at::Tensor& t : {out, lse, p, rel_rowptr, rel_col, rel_tperm}) inputs.push_back(t);
+  ctx->save_for_backward(inputs);
   ctx->saved_data["scale"] = scale;
   ctx->saved_data["dropout_p"] = dropout_p;
   ctx->saved_data["seed"] = seed;
+  ctx->mark_non_differentiable({lse, p});
+  return {out, lse, p};
 }
+// (scale, dropout_p, seed) as save_attention kept them.
 std::tuple<double, double, c10::SymInt> attention_scalars(AutogradContext* ctx) {
   return {ctx->saved_data["scale"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
           ctx->saved_data["seed"].toSymInt()};
@@ -91,11 +103,9 @@ struct DagAttention : torch::autograd::Function<DagAttention> {
                                const at::Tensor& rel_rowptr, const at::Tensor& rel_col, const at::Tensor& rel_tperm,
                                double scale, double dropout_p, c10::SymInt seed) {
     static const auto op = op_handle<AttnFwd>("nnformer_fast::dag_attention_fwd");
-    auto [out, lse, p] = below_autograd(op, q, k, v, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed);
-    ctx->save_for_backward({q, k, v, out, lse, p, rel_rowptr, rel_col, rel_tperm});
-    save_attention_scalars(ctx, scale, dropout_p, seed);
-    ctx->mark_non_differentiable({lse, p});
-    return {out, lse, p};
+    return save_attention(ctx, {q, k, v},
+                          below_autograd(op, q, k, v, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed),
+                          rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = op_handle<AttnBwd>("nnformer_fast::dag_attention_bwd");
@@ -128,11 +138,8 @@ struct DagAttentionQkv : torch::autograd::Function<DagAttentionQkv> {
                                const at::Tensor& rel_col, const at::Tensor& rel_tperm, double scale, double dropout_p,
                                c10::SymInt seed) {
     static const auto op = op_handle<AttnQkvFwd>("nnformer_fast::dag_attention_qkv_fwd");
-    auto [out, lse, p] = below_autograd(op, qkv, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed);
-    ctx->save_for_backward({qkv, out, lse, p, rel_rowptr, rel_col, rel_tperm});
-    save_attention_scalars(ctx, scale, dropout_p, seed);
-    ctx->mark_non_differentiable({lse, p});
-    return {out, lse, p};
+    return save_attention(ctx, {qkv}, below_autograd(op, qkv, rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed),
+                          rel_rowptr, rel_col, rel_tperm, scale, dropout_p, seed);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = op_handle<AttnQkvBwd>("nnformer_fast::dag_attention_qkv_bwd");

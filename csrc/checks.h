@@ -240,6 +240,17 @@ inline void check_attention_inputs(const char* op, const at::Tensor& q, const at
 // Accumulation dtype of the float32 side outputs (lse, workspaces): float64 for float64 inputs.
 inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// A contiguous (d,) tensor in dtype `want` on `device` (a bias, a LayerNorm weight, row
+// statistics, the attention weights).
+inline void check_vector(const at::Tensor& t, const char* op, const char* name, int64_t d, at::ScalarType want,
+                         const at::Device& device) {
+  TORCH_CHECK(t.defined() && t.scalar_type() == want && t.dim() == 1 && t.size(0) == d && t.is_contiguous() &&
+                  t.device() == device,
+              op, ": ", name, " must be a contiguous (", d, ",) ", want, " tensor on ", device, ", got ",
+              t.defined() ? t.scalar_type() : at::kFloat, " of shape ", t.defined() ? t.sizes() : at::IntArrayRef{},
+              " on ", t.defined() ? t.device() : device);
+}
+
 // The transposed-entry permutation (one index per relation entry) and dropout_p in [0, 1).
 inline void check_tperm_and_dropout(const char* op, const at::Tensor& rel_tperm,
                                     const at::Tensor& rel_col, double dropout_p) {
@@ -321,15 +332,8 @@ inline void check_bigin_graph(const char* op, const at::Tensor& rows, const at::
   check_csr(adj_rowptr, adj_col, n, n, op, "adj", rows.device());
   check_csr(adjt_rowptr, adjt_col, n, n, op, "adjt", rows.device());
   const at::ScalarType acc = acc_dtype(rows.scalar_type());
-  for (const auto* bias : {&bias_h, &bias_g}) {
-    if (!bias->has_value()) continue;
-    const at::Tensor& b = **bias;
-    const char* name = bias == &bias_h ? "bias_h" : "bias_g";
-    TORCH_CHECK(b.scalar_type() == acc && b.dim() == 1 && b.size(0) == rows.size(1) && b.is_contiguous() &&
-                    b.device() == rows.device(),
-                op, ": ", name, " must be a contiguous (", rows.size(1), ",) ", acc, " tensor on ",
-                rows.device(), ", got ", b.scalar_type(), " of shape ", b.sizes(), " on ", b.device());
-  }
+  if (bias_h) check_vector(*bias_h, op, "bias_h", rows.size(1), acc, rows.device());
+  if (bias_g) check_vector(*bias_g, op, "bias_g", rows.size(1), acc, rows.device());
 }
 
 inline void check_bigin_inputs(const char* op, const at::Tensor& h, const at::Tensor& g,

@@ -26,14 +26,6 @@ void check_rows(const at::Tensor& t, const char* op, const char* name, const at:
   TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", want, ", got ", t.scalar_type());
 }
 
-// A contiguous (D,) CPU tensor in the accumulation dtype acc.
-void check_vector(const at::Tensor& t, const char* op, const char* name, int64_t d, at::ScalarType acc) {
-  TORCH_CHECK(t.defined() && t.device().is_cpu() && t.dim() == 1 && t.size(0) == d && t.is_contiguous() &&
-                  t.scalar_type() == acc,
-              op, ": ", name, " must be a contiguous (", d, ",) ", acc, " CPU tensor, got ",
-              t.defined() ? t.scalar_type() : at::kFloat, " of shape ", t.defined() ? t.sizes() : at::IntArrayRef{});
-}
-
 // The low dtype T of a call (y's, else the output's), its accumulation type, and the checks
 // that x and the output are each T or that type (x that type when there is no y).
 struct Dtypes {
@@ -71,10 +63,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_fwd_cp
   const int64_t d = x.size(1);
   if (y) {
     check_rows(*y, kFwd, "y", x, t.low);
-    check_vector(*scale, kFwd, "scale", d, t.acc);
+    check_vector(*scale, kFwd, "scale", d, t.acc, at::kCPU);
   }
-  check_vector(weight, kFwd, "weight", d, t.acc);
-  check_vector(bias, kFwd, "bias", d, t.acc);
+  check_vector(weight, kFwd, "weight", d, t.acc, at::kCPU);
+  check_vector(bias, kFwd, "bias", d, t.acc, at::kCPU);
   TORCH_CHECK(eps >= 0.0, kFwd, ": eps must be >= 0, got ", eps);
   auto s = y ? at::empty_like(x, x.options().dtype(t.acc)) : at::empty({0}, x.options().dtype(t.acc));
   auto out = at::empty_like(x, x.options().dtype(out_dtype));
@@ -108,11 +100,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer
   const int64_t n = s.size(0), d = s.size(1);
   if (y) {
     check_rows(*y, kBwd, "y", s, t.low);
-    check_vector(*scale, kBwd, "scale", d, t.acc);
+    check_vector(*scale, kBwd, "scale", d, t.acc, at::kCPU);
   }
-  check_vector(weight, kBwd, "weight", d, t.acc);
-  check_vector(mean, kBwd, "mean", n, t.acc);
-  check_vector(rstd, kBwd, "rstd", n, t.acc);
+  check_vector(weight, kBwd, "weight", d, t.acc, at::kCPU);
+  check_vector(mean, kBwd, "mean", n, t.acc, at::kCPU);
+  check_vector(rstd, kBwd, "rstd", n, t.acc, at::kCPU);
   auto dx = at::empty_like(s, s.options().dtype(x_dtype));
   auto dy = y ? at::empty_like(*y) : at::empty({0}, s.options().dtype(t.low));
   AddNormArgs a = norm_args(t, x_dtype, dout.scalar_type(), s, 0.0);

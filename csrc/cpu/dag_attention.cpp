@@ -50,9 +50,9 @@ void over_nodes(const AttentionArgs& a, int64_t dh_work, void (*kernel)(const At
 // out (N, H, Dh), lse (N, H) and the weights p (entries * H / 4) of attention over q, k, v
 // (N, H, Dh) whose rows are qs elements apart (separate tensors or thirds of one packed qkv).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                           int64_t qs, const at::Tensor& rel_rowptr,
-                                           const at::Tensor& rel_col, double scale, double dropout_p,
-                                           int64_t seed) {
+                                                       int64_t qs, const at::Tensor& rel_rowptr,
+                                                       const at::Tensor& rel_col, double scale, double dropout_p,
+                                                       int64_t seed) {
   const int64_t n = q.size(0), heads = q.size(1), dh = q.size(2);
   auto out = at::empty({n, heads, dh}, q.options());
   auto lse = at::empty({n, heads}, q.options().dtype(acc_dtype(q.scalar_type())));
@@ -68,11 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_fwd(const at::Tensor& q, cons
 
 // p: the forward's weights, one per relation entry and head group, in lse's dtype.
 void check_weights(const char* op, const at::Tensor& p, const at::Tensor& lse, const at::Tensor& rel_col) {
-  const int64_t entries = rel_col.numel() * (lse.size(1) / 4);
-  TORCH_CHECK(p.scalar_type() == lse.scalar_type() && p.dim() == 1 && p.numel() == entries && p.is_contiguous() &&
-                  p.device() == lse.device(),
-              op, ": p must be the forward's contiguous (", entries, ",) ", lse.scalar_type(), " weights on ",
-              lse.device(), ", got ", p.scalar_type(), " ", p.sizes());
+  check_vector(p, op, "p", rel_col.numel() * (lse.size(1) / 4), lse.scalar_type(), lse.device());
 }
 
 // dq, dk, dv written into rows qs elements apart, like those of q, k, v.
