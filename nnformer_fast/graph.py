@@ -144,18 +144,18 @@ class GraphBatch:
             return self
         n, dev = self.num_nodes, self.device
 
-        def empty_rows(rowptr: Tensor, at: int) -> Tensor:  # k empty rows after row ``at - 1``
-            return torch.cat([rowptr[:at], rowptr[at:at + 1].expand(k), rowptr[at:]])
+        def empty_rows(rowptr: Tensor, blocks: int) -> Tensor:  # k empty rows after each block of n
+            pieces = [rowptr[:n]]
+            for b in range(1, blocks + 1):
+                pieces += [rowptr[b * n:b * n + 1].expand(k), rowptr[b * n:(b + 1) * n if b < blocks else None]]
+            return torch.cat(pieces)
 
-        rel_rowptr = self.rel_rowptr
-        for r in reversed(range(NUM_RELATIONS)):  # after the last row of each relation
-            rel_rowptr = empty_rows(rel_rowptr, (r + 1) * n)
         return dataclasses.replace(
             self,
             ptr=torch.cat([self.ptr, self.ptr.new_full((graphs,), n + k)]),
             batch=torch.cat([self.batch, torch.full((k,), self.num_graphs, device=dev)]),
-            adj_rowptr=empty_rows(self.adj_rowptr, n), adjt_rowptr=empty_rows(self.adjt_rowptr, n),
-            rel_rowptr=rel_rowptr, max_nodes=max(self.max_nodes, k),
+            adj_rowptr=empty_rows(self.adj_rowptr, 1), adjt_rowptr=empty_rows(self.adjt_rowptr, 1),
+            rel_rowptr=empty_rows(self.rel_rowptr, NUM_RELATIONS), max_nodes=max(self.max_nodes, k),
         )
 
     # ------------------------------------------------------------------ builders

