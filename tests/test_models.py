@@ -230,6 +230,20 @@ def test_pre_reduction_drops_before_relu_with_the_references_values():
     assert bool((ours != 0).any()) and torch.equal(ours, reference)
 
 
+def test_pre_reduction_pooled_sums_its_readout():
+    """The latency model pools with ``pooled``, which scales the per-graph sums rather than the
+    node rows: in float64 the sums of ``readout`` (a graph without nodes sums to zeros)."""
+    from nnformer_fast.models.latency import PreReduction
+    from nnformer_fast.models.pooling import graph_sum
+
+    torch.manual_seed(0)
+    pre = PreReduction(32, 0.0).double()
+    y = torch.randn(50, 32, dtype=torch.float64)
+    batch = torch.repeat_interleave(torch.arange(4), torch.tensor([10, 0, 25, 15]))
+    assert_close(pre.pooled(y, batch, 4), graph_sum(pre.readout(y), batch, 4), atol=1e-14, rtol=1e-12,
+                 name="pooled")
+
+
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile does not run here")
 def test_graph_sum_compiles_to_the_eager_bits():
     """Traced by Inductor, ``zeros(B, D).index_add_`` became atomic adds, whose order (so the
