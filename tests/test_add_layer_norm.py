@@ -47,13 +47,12 @@ def _oracle(x, y, scale, weight, bias, eps):
 
 
 def _cases():
-    """(low, x dtype, out dtype, residual): y and out in the low dtype or float32, x too where
-    there is a y."""
+    """(low, x dtype, out dtype, residual): x, y and out each in the low dtype or float32
+    (float64 for float64 low)."""
     for low in (torch.float32, torch.float64, *LOW):
         acc = torch.float64 if low == torch.float64 else torch.float32
         for x_dtype, out_dtype, residual in itertools.product(*[dict.fromkeys((low, acc))] * 2, (True, False)):
-            if residual or x_dtype == acc:
-                yield low, x_dtype, out_dtype, residual
+            yield low, x_dtype, out_dtype, residual
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -123,7 +122,8 @@ def test_native_op_passes_opcheck():
     ops = torch.ops.nnformer_fast
     for args in ((x.requires_grad_(), y.requires_grad_(), scale.requires_grad_(), weight.requires_grad_(),
                   bias.requires_grad_(), 1e-5, torch.bfloat16),
-                 (x, None, None, weight, bias, 1e-5, torch.float32)):
+                 (x, None, None, weight, bias, 1e-5, torch.float32),
+                 (x.detach().bfloat16().requires_grad_(), None, None, weight, bias, 1e-5, torch.bfloat16)):
         torch.library.opcheck(ops.add_layer_norm_fwd, args)
 
 
@@ -152,8 +152,10 @@ def test_native_op_checks_its_dtypes():
         ops.add_layer_norm_fwd(x, y, scale.double(), weight, bias, 1e-5, torch.float32)
     with pytest.raises(RuntimeError, match="x must be BFloat16 or Float, got Half"):
         ops.add_layer_norm_fwd(x.half(), y, scale, weight, bias, 1e-5, torch.float32)
-    with pytest.raises(RuntimeError, match="without y, x must be Float"):
-        ops.add_layer_norm_fwd(x.bfloat16(), None, None, weight, bias, 1e-5, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="x must be BFloat16 or Float, got Half"):
+        ops.add_layer_norm_fwd(x.half(), None, None, weight, bias, 1e-5, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="s must be BFloat16, got Float"):  # without y, s is x
+        ops.add_layer_norm_bwd(None, x.bfloat16(), x.float(), None, None, weight, weight, weight, torch.bfloat16)
     with pytest.raises(RuntimeError, match="y must be a contiguous"):
         ops.add_layer_norm_fwd(x, y.t().contiguous().t(), scale, weight, bias, 1e-5, torch.float32)
 

@@ -27,7 +27,7 @@ void check_rows(const at::Tensor& t, const char* op, const char* name, const at:
 }
 
 // The low dtype T of a call (y's, else the output's), its accumulation type, and the checks
-// that x and the output are each T or that type (x that type when there is no y).
+// that x and the output are each T or that type.
 struct Dtypes {
   at::ScalarType low, acc;
 };
@@ -38,7 +38,6 @@ Dtypes call_dtypes(const char* op, at::ScalarType x, const c10::optional<at::Ten
   const at::ScalarType acc = acc_dtype(low);
   TORCH_CHECK(x == low || x == acc, op, ": x must be ", low, " or ", acc, ", got ", x);
   TORCH_CHECK(out == low || out == acc, op, ": the output dtype must be ", low, " or ", acc, ", got ", out);
-  TORCH_CHECK(y || x == acc, op, ": without y, x must be ", acc, " (it is the normalised s), got ", x);
   return {low, acc};
 }
 
@@ -93,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer
   TORCH_CHECK(s.defined() && s.dim() == 2, kBwd, ": s must be (N, D), got ", s.defined() ? s.sizes() : at::IntArrayRef{});
   TORCH_CHECK(dout.defined(), kBwd, ": dout is undefined");
   const Dtypes t = call_dtypes(kBwd, x_dtype, y, dout.scalar_type());
-  check_rows(s, kBwd, "s", s, t.acc);
+  check_rows(s, kBwd, "s", s, y ? t.acc : x_dtype);  // without y, s is x
   check_rows(dout, kBwd, "dout", s, dout.scalar_type());
   if (ds) check_rows(*ds, kBwd, "ds", s, t.acc);
   TORCH_CHECK(y.has_value() == scale.has_value(), kBwd, ": pass y and scale together");

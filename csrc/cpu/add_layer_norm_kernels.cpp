@@ -31,19 +31,42 @@ template <typename A, typename F> NNFF_INLINE A row_sum(int64_t d, F&& f) {
   return lane_sum<A>(acc);
 }
 
+// Row i of out = layer_norm(si) (si in A, or without y x's own type), its mean and rstd.
+template <typename S, typename O>
+NNFF_INLINE void norm_row(const S* si, const AddNormArgs& a, int64_t i, O* out, acc_t<S>* mean, acc_t<S>* rstd) {
+  using A = acc_t<S>;
+  const A *w = static_cast<const A*>(a.weight), *bias = static_cast<const A*>(a.bias);
+  const int64_t d = a.d;
+  const A mu = row_sum<A>(d, [&](auto b, int64_t e, int64_t len) NNFF_INLINE_LAMBDA {
+                 return load_block<decltype(b)>(si + e, len);
+               }) / A(d);
+  const A var = row_sum<A>(d, [&](auto b, int64_t e, int64_t len) NNFF_INLINE_LAMBDA {
+                  return load_block<decltype(b)>(si + e, len).map([mu](auto z) { return (z - mu) * (z - mu); });
+                }) / A(d);
+  const A r = A(1) / std::sqrt(var + static_cast<A>(a.eps));
+  O* oi = out + i * d;
+  for_blocks(d, [&](auto b, int64_t c, int64_t len) NNFF_INLINE_LAMBDA {
+    using B = decltype(b);
+    for (int j = 0; j < B::vecs; ++j) {
+      const int64_t e = c + j * kLanes;
+      const vec<A> t = load_block<B>(si + e, len).map([mu, r](auto z) { return (z - mu) * r; });
+      store_block<B>(oi + e, fma(t, load_block<B>(w + e, len), load_block<B>(bias + e, len)), len);
+    }
+  });
+  mean[i] = mu;
+  rstd[i] = r;
+}
+
 template <typename T, typename X, typename O>
 void fwd(const AddNormArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const X* x = static_cast<const X*>(a.x);
   const T* y = static_cast<const T*>(a.y);
-  const A *scale = static_cast<const A*>(a.scale), *w = static_cast<const A*>(a.weight),
-          *bias = static_cast<const A*>(a.bias);
+  const A* scale = static_cast<const A*>(a.scale);
   O* out = static_cast<O*>(a.out);
   A *mean = static_cast<A*>(a.mean), *rstd = static_cast<A*>(a.rstd);
   const int64_t d = a.d;
   for (int64_t i = begin; i < end; ++i) {
-    // y null: s is x, which is then in A (the binding checks it)
-    const A* si = y != nullptr ? static_cast<A*>(a.s) + i * d : reinterpret_cast<const A*>(x + i * d);
     if (y != nullptr) {
       A* s = static_cast<A*>(a.s) + i * d;
       const X* xi = x + i * d;
@@ -56,25 +79,10 @@ void fwd(const AddNormArgs& a, int64_t begin, int64_t end) {
                          len);
         }
       });
+      norm_row(static_cast<const A*>(s), a, i, out, mean, rstd);
+    } else {
+      norm_row(x + i * d, a, i, out, mean, rstd);  // s is x itself
     }
-    const A mu = row_sum<A>(d, [&](auto b, int64_t e, int64_t len) NNFF_INLINE_LAMBDA {
-                   return load_block<decltype(b)>(si + e, len);
-                 }) / A(d);
-    const A var = row_sum<A>(d, [&](auto b, int64_t e, int64_t len) NNFF_INLINE_LAMBDA {
-                    return load_block<decltype(b)>(si + e, len).map([mu](auto z) { return (z - mu) * (z - mu); });
-                  }) / A(d);
-    const A r = A(1) / std::sqrt(var + static_cast<A>(a.eps));
-    O* oi = out + i * d;
-    for_blocks(d, [&](auto b, int64_t c, int64_t len) NNFF_INLINE_LAMBDA {
-      using B = decltype(b);
-      for (int j = 0; j < B::vecs; ++j) {
-        const int64_t e = c + j * kLanes;
-        const vec<A> t = load_block<B>(si + e, len).map([mu, r](auto z) { return (z - mu) * r; });
-        store_block<B>(oi + e, fma(t, load_block<B>(w + e, len), load_block<B>(bias + e, len)), len);
-      }
-    });
-    mean[i] = mu;
-    rstd[i] = r;
   }
 }
 
@@ -85,7 +93,7 @@ template <typename T, typename X, typename O>
 void bwd(const AddNormArgs& a, int64_t block_begin, int64_t block_end) {
   using A = acc_t<T>;
   const T* y = static_cast<const T*>(a.y);
-  const A *ds = static_cast<const A*>(a.ds), *s = static_cast<const A*>(a.s);
+  const A* ds = static_cast<const A*>(a.ds);
   const O* dout = static_cast<const O*>(a.dout);
   const A *scale = static_cast<const A*>(a.scale), *w = static_cast<const A*>(a.weight);
   const A *mean = static_cast<const A*>(a.mean), *rstd = static_cast<const A*>(a.rstd);
@@ -96,9 +104,9 @@ void bwd(const AddNormArgs& a, int64_t block_begin, int64_t block_end) {
     A* sums = static_cast<A*>(a.partial) + blk * 3 * d;  // d weight, d bias, d scale
     for (int64_t c = 0; c < 3 * d; ++c) sums[c] = A(0);
     const int64_t stop = (blk + 1) * a.block_rows < a.n ? (blk + 1) * a.block_rows : a.n;
-    for (int64_t i = blk * a.block_rows; i < stop; ++i) {
+    // row i of s: in A, or without y x itself in X
+    const auto row = [&](const auto* si, int64_t i) NNFF_INLINE_LAMBDA {
       const A mu = mean[i], r = rstd[i];
-      const A* si = s + i * d;
       const O* gi = dout + i * d;
       // xhat of elements [e, e + 16)
       auto xhat = [&](auto b, int64_t e, int64_t len) NNFF_INLINE_LAMBDA {
@@ -141,6 +149,12 @@ void bwd(const AddNormArgs& a, int64_t block_begin, int64_t block_end) {
                          len);
         }
       });
+    };
+    for (int64_t i = blk * a.block_rows; i < stop; ++i) {
+      if (y != nullptr)
+        row(static_cast<const A*>(a.s) + i * d, i);
+      else
+        row(static_cast<const X*>(a.s) + i * d, i);
     }
   }
 }

@@ -167,7 +167,9 @@ def run_blocks(blocks: Sequence[_ResidualBlock], x: Tensor, graph: GraphBatch, f
     ``final_norm``) in one :func:`~nnformer_fast.ops.add_layer_norm`, instead of an addcmul, a
     LayerNorm and a cast, each with its backward. Under autocast the blocks' norms hand their
     Linear layers rows in the autocast dtype, which they would cast them to, and final_norm
-    gives float32, as a LayerNorm under autocast does. Blocks without a layer scale or with an
+    gives float32, as a LayerNorm under autocast does. x may come in the autocast dtype (the
+    embedding's output): the first residual add makes the stream float32, as ``x + y * scale``
+    does, and x's gradient goes back in x's dtype. Blocks without a layer scale or with an
     active drop path run one by one, and so do all blocks of a model run in float16 / bfloat16
     without autocast (its residual stream is then in that dtype, which add_layer_norm's kernel
     does not keep).
@@ -179,8 +181,6 @@ def run_blocks(blocks: Sequence[_ResidualBlock], x: Tensor, graph: GraphBatch, f
         for block in blocks:
             x = block(x, graph)
         return final_norm(x)
-    if low is not None:  # what a LayerNorm and the residual add make of x under autocast
-        x = x.to(torch.promote_types(x.dtype, torch.float32))
     norms = [block.norm for block in blocks[1:]] + [final_norm]
     first = blocks[0].norm
     s, h = add_layer_norm(x, None, None, first.weight, first.bias, eps=first.eps, out_dtype=low)

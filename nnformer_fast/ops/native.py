@@ -170,12 +170,13 @@ def bigin(h: Tensor, g: Tensor, graph: GraphBatch, *, act: str = "relu", bias_h:
 
 def add_layer_norm(x: Tensor, y: Optional[Tensor], scale: Optional[Tensor], weight: Tensor, bias: Tensor, *,
                    eps: float, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Native ``add_layer_norm`` (CPU): s in float32 or float64, the dtype ``addcmul`` gives it
-    for the inputs this backend takes (``_unsupported``). The kernel's low dtype is y's (without
+    """Native ``add_layer_norm`` (CPU): with y, s in float32 or float64, the dtype ``addcmul``
+    gives it for the inputs this backend takes (``_unsupported``); without y, s is x itself, of
+    any float dtype, and the kernel only normalises it. The kernel's low dtype is y's (without
     y, out_dtype's) where s is its accumulation type, else s's own; x and the output travel in
     either, y in the low one. Other dtypes are converted on the way in (exactly) or on the way
     out (one rounding of the float32 / float64 result, as the reference's)."""
-    acc = residual_dtype(x, y, scale)
+    acc = _acc_dtype(residual_dtype(x, y, scale))  # s's dtype with y (float32 / float64)
     low = y.dtype if y is not None else out_dtype
     low = low if _acc_dtype(low) == acc else acc
     kernel_out = out_dtype if out_dtype in (low, acc) else acc
@@ -200,8 +201,8 @@ def _unsupported(op: str, *tensors: Tensor) -> list:
     if op == "add_layer_norm":
         if t.device.type != "cpu":
             return [f"no add_layer_norm kernel for {t.device.type} tensors"]
-        s_dtype = residual_dtype(*tensors)  # tensors: (x,) or (x, y, scale)
-        if s_dtype not in (torch.float32, torch.float64):
+        s_dtype = residual_dtype(*tensors)  # tensors: (x,) or (x, y, scale); without y, s is x
+        if len(tensors) > 1 and s_dtype not in (torch.float32, torch.float64):
             reasons.append(f"keeps s in float32 / float64, not {s_dtype}")
     if op == "dag_attention" and t.dim() == 3 and t.shape[-1] > MAX_HEAD_DIM:
         reasons.append(f"head dim {t.shape[-1]} > {MAX_HEAD_DIM}")
