@@ -145,10 +145,10 @@ class GraphBatch:
         n, dev = self.num_nodes, self.device
 
         def empty_rows(rowptr: Tensor, blocks: int) -> Tensor:  # k empty rows after each block of n
-            pieces = [rowptr[:n]]
-            for b in range(1, blocks + 1):
-                pieces += [rowptr[b * n:b * n + 1].expand(k), rowptr[b * n:(b + 1) * n if b < blocks else None]]
-            return torch.cat(pieces)
+            pieces = []
+            for b in range(1, blocks + 1):  # a block's rows, then k copies of the offset it ends at
+                pieces += [rowptr[(b - 1) * n:b * n], rowptr[b * n:b * n + 1].expand(k)]
+            return torch.cat(pieces + [rowptr[blocks * n:]])
 
         return dataclasses.replace(
             self,

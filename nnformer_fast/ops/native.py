@@ -201,9 +201,10 @@ def _unsupported(op: str, *tensors: Tensor) -> list:
     if op == "add_layer_norm":
         if t.device.type != "cpu":
             return [f"no add_layer_norm kernel for {t.device.type} tensors"]
-        s_dtype = residual_dtype(*tensors)  # tensors: (x,) or (x, y, scale); without y, s is x
-        if len(tensors) > 1 and s_dtype not in (torch.float32, torch.float64):
-            reasons.append(f"keeps s in float32 / float64, not {s_dtype}")
+        if len(tensors) > 1:  # (x, y, scale): the kernel keeps s = x + y * scale; without y, s is x
+            s_dtype = residual_dtype(*tensors)
+            if s_dtype not in (torch.float32, torch.float64):
+                reasons.append(f"keeps s in float32 / float64, not {s_dtype}")
     if op == "dag_attention" and t.dim() == 3 and t.shape[-1] > MAX_HEAD_DIM:
         reasons.append(f"head dim {t.shape[-1]} > {MAX_HEAD_DIM}")
     return reasons
