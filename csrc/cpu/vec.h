@@ -21,6 +21,7 @@
 #include <cstring>
 #include <new>
 #include <type_traits>
+#include <utility>
 
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -271,6 +272,14 @@ template <typename B, typename T> NNFF_INLINE void store_block(T* p, const vec<a
   else store_part(p, x, len);
 }
 
+// f(std::integral_constant<int, j>{}) for j = 0, ..., N - 1, expanded at compile time: an array
+// of accumulators indexed by j stays in registers (GCC left the loop over eight AVX-512
+// accumulators rolled, and them in memory: a store and a reload per step).
+template <typename F, int... j> NNFF_INLINE void unroll_each(F&& f, std::integer_sequence<int, j...>) {
+  (f(std::integral_constant<int, j>{}), ...);
+}
+template <int N, typename F> NNFF_INLINE void unroll(F&& f) { unroll_each(f, std::make_integer_sequence<int, N>{}); }
+
 // ------------------------------------------------------------------ rows
 // y[d] = x[d] converted: a row of T into the accumulation type, or back, rounded to T.
 template <typename Y, typename X> NNFF_INLINE void convert_row(Y* __restrict y, const X* __restrict x, int64_t n) {
@@ -367,12 +376,14 @@ NNFF_INLINE void weighted_sum(T* __restrict y, const A* w, const S* const* rows,
     for (int64_t e = 0; e < count; ++e) {
       if (w != nullptr) {
         const A we = w[e];
-        for (int j = 0; j < B::vecs; ++j) acc[j] = fma(we, load_block<B>(rows[e] + d + j * kLanes, len), acc[j]);
+        unroll<B::vecs>([&](auto j) NNFF_INLINE_LAMBDA {
+          acc[j] = fma(we, load_block<B>(rows[e] + d + j * kLanes, len), acc[j]);
+        });
       } else {
-        for (int j = 0; j < B::vecs; ++j) acc[j] += load_block<B>(rows[e] + d + j * kLanes, len);
+        unroll<B::vecs>([&](auto j) NNFF_INLINE_LAMBDA { acc[j] += load_block<B>(rows[e] + d + j * kLanes, len); });
       }
     }
-    for (int j = 0; j < B::vecs; ++j) store_block<B>(y + d + j * kLanes, acc[j], len);
+    unroll<B::vecs>([&](auto j) NNFF_INLINE_LAMBDA { store_block<B>(y + d + j * kLanes, acc[j], len); });
   });
 }
 
