@@ -273,8 +273,9 @@ template <typename B, typename T> NNFF_INLINE void store_block(T* p, const vec<a
 }
 
 // f(std::integral_constant<int, j>{}) for j = 0, ..., N - 1, expanded at compile time: an array
-// of accumulators indexed by j stays in registers (GCC left the loop over eight AVX-512
-// accumulators rolled, and them in memory: a store and a reload per step).
+// of accumulators indexed by j stays in registers (GCC left such loops rolled and the arrays in
+// memory, a store and a reload per step: eight AVX-512 accumulators of a weighted row sum, the
+// R chains of a dot product).
 template <typename F, int... j> NNFF_INLINE void unroll_each(F&& f, std::integer_sequence<int, j...>) {
   (f(std::integral_constant<int, j>{}), ...);
 }
@@ -330,20 +331,13 @@ template <typename A> NNFF_INLINE A lane_sum(const vec<A>& v) {
 }
 
 // out[r] = sum_d a[d] * rows[r][d] for the count rows, R at a time (independent chains; the
-// grouping does not change any row's order of sums).
-// (R is 1, 2 or 4; the accumulators are named variables, not an array: GCC kept an array of
-// them in memory, a store and reload per step of each chain.)
+// grouping does not change any row's order of sums). R is 1, 2 or 4.
 template <int R, typename A, typename T>
 NNFF_INLINE void dot_rows(const A* __restrict a, const T* const* rows, int64_t n, A* __restrict out) {
   static_assert(R == 1 || R == 2 || R == 4, "dot_rows: 1, 2 or 4 rows");
-  vec<A> acc0{}, acc1{}, acc2{}, acc3{};
+  vec<A> acc[R] = {};
   auto step = [&](const vec<A>& x, auto load) NNFF_INLINE_LAMBDA {
-    acc0 = fma(x, load(rows[0]), acc0);
-    if constexpr (R > 1) acc1 = fma(x, load(rows[1]), acc1);
-    if constexpr (R > 2) {
-      acc2 = fma(x, load(rows[2]), acc2);
-      acc3 = fma(x, load(rows[3]), acc3);
-    }
+    unroll<R>([&](auto r) NNFF_INLINE_LAMBDA { acc[r] = fma(x, load(rows[r]), acc[r]); });
   };
   int64_t d = 0;
   for (; d + kLanes <= n; d += kLanes) step(load16(a + d), [d](const T* row) NNFF_INLINE_LAMBDA { return load16(row + d); });
@@ -351,12 +345,7 @@ NNFF_INLINE void dot_rows(const A* __restrict a, const T* const* rows, int64_t n
     const int64_t len = n - d;
     step(load_part(a + d, len), [d, len](const T* row) NNFF_INLINE_LAMBDA { return load_part(row + d, len); });
   }
-  out[0] = lane_sum<A>(acc0);
-  if constexpr (R > 1) out[1] = lane_sum<A>(acc1);
-  if constexpr (R > 2) {
-    out[2] = lane_sum<A>(acc2);
-    out[3] = lane_sum<A>(acc3);
-  }
+  unroll<R>([&](auto r) NNFF_INLINE_LAMBDA { out[r] = lane_sum<A>(acc[r]); });
 }
 template <typename A, typename T>
 NNFF_INLINE void dots(const A* __restrict a, const T* const* rows, int64_t count, int64_t n, A* __restrict out) {
