@@ -11,7 +11,8 @@ from nnformer_fast.dense import dense_nnformer, dense_nnformer_latency_batch
 from nnformer_fast.models.buckets import bucketed
 from nnformer_fast.testing import random_dag_edges
 from nnformer_fast.train.host_memory import keep_freed_memory
-from nnformer_fast.train.loop import compile_model
+from nnformer_fast.train.loop import TrainConfig, compile_model
+from nnformer_fast.train.optim import make_optimizer
 
 from gemm_floor import gemm_floor_step, record_linear_calls  # benchmarks/ is on sys.path under pytest
 
@@ -178,11 +179,11 @@ MODEL_SIZES = {"dim 512": {}, "demo dim 128": dict(dim=128, n_layers=2, n_head=4
 
 
 def _step_model(size):
-    """A latency model of one of ``MODEL_SIZES`` (seed 1, training mode) and the fused AdamW
-    that nnformer_fast.train.fit gives it."""
+    """A latency model of one of ``MODEL_SIZES`` (seed 1, training mode) and the optimizer
+    that nnformer_fast.train.fit gives it (lr 1e-4, fit's weight decay)."""
     torch.manual_seed(1)
     model = NNFormerLatency(**MODEL_SIZES[size]).train()
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    return model, make_optimizer(model, lr=1e-4, weight_decay=TrainConfig.weight_decay)
 
 
 def _compiled(model):

@@ -34,6 +34,7 @@ from .checkpoint import (CheckpointError, claim_checkpoint, gather_rng_states, l
                          save_checkpoint)
 from .host_memory import keep_freed_memory
 from .metrics import divergence_reasons, regression_metrics
+from .optim import make_optimizer
 from .sampler import DistributedTokenBudgetBatchSampler, TokenBudgetBatchSampler
 from .tasks import NB201_ENCODINGS, dataset_fingerprint, get_task, load_dataset, split_dataset
 
@@ -396,12 +397,7 @@ def fit(config: Optional[TrainConfig] = None, *, train_set=None, test_set=None, 
     model = task.build_model().to(device)
     if world > 1:  # the same initial weights everywhere, but each rank its own dropout masks
         torch.manual_seed(cfg.seed + rank)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name.endswith(".scale") or "cls_token" in name else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                                  fused=True)  # one kernel for all parameters (CPU and GPU)
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup * total_steps) if cfg.warmup < 1 else int(cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, max(1, warmup),
                                                                          cfg.min_lr_ratio))
