@@ -12,9 +12,16 @@
 #include <string>
 #include <tuple>
 
+#include "autograd.h"
 #include "checks.h"
 
 namespace nnff {
+
+std::atomic<int64_t>& donated_grads() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -34,6 +41,25 @@ template <typename Sig, typename... Args> auto below_autograd(const c10::TypedOp
 
 OptTensor present(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 at::Tensor contiguous(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
+
+// Whether a backward writes its result over `grad`, an incoming gradient (the "_donated" ops;
+// counted in donated_grads): a contiguous CPU tensor of `dtype` that owns its whole storage
+// and that nothing else holds. torch's CppNode passes backward a copy of the engine's gradient
+// list, so that list and this call's hold the only two references; a hook that keeps the
+// gradient, a tensor the caller passed to backward(), a view, or create_graph (the gradient
+// then belongs to a graph) leave it intact, and so does a torch.compile trace (fake and
+// functional tensors), whose graphs call the plain ops. Saves the first touch of a fresh
+// buffer: about 1.5 % of a demo-size bf16 step (docs/DESIGN.md: Kernels).
+bool donate(const at::Tensor& grad, at::ScalarType dtype) {
+  constexpr c10::DispatchKeySet kTraced({c10::DispatchKey::Python, c10::DispatchKey::Functionalize,
+                                         c10::DispatchKey::PythonTLSSnapshot});
+  const bool ok = grad.defined() && grad.device().is_cpu() && grad.scalar_type() == dtype && grad.is_contiguous() &&
+                  !at::GradMode::is_enabled() && !grad.key_set().has_any(kTraced) && grad.use_count() == 2 &&
+                  grad.storage().use_count() == 1 && grad.storage_offset() == 0 &&
+                  grad.storage().nbytes() == grad.nbytes();
+  if (ok) ++donated_grads();
+  return ok;
+}
 
 // The backward ops have no derivative of their own. With create_graph=True the gradients they
 // return hang off this node, which raises when a second backward reaches it (a gradient
@@ -166,6 +192,10 @@ using BiginBwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const OptTensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, c10::string_view, const OptTensor&, const OptTensor&, const OptTensor&);
 
+using BiginBwdDonated = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    at::Tensor&, const OptTensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, c10::string_view, const OptTensor&, const OptTensor&, const OptTensor&);
+
 struct Bigin : torch::autograd::Function<Bigin> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& g,
                                const at::Tensor& adj_rowptr, const at::Tensor& adj_col,
@@ -188,11 +218,18 @@ struct Bigin : torch::autograd::Function<Bigin> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = op_handle<BiginBwd>("nnformer_fast::bigin_bwd");
+    static const auto over_dy = op_handle<BiginBwdDonated>("nnformer_fast::bigin_bwd_donated");
     const variable_list s = ctx->get_saved_variables();
-    const at::Tensor dy = grads[0].contiguous();
-    auto [dh, dg, dbias_h, dbias_g] = below_autograd(op, dy, present(s[0]), present(s[1]), s[3], s[4], s[5], s[6],
-                                                     ctx->saved_data["act"].toStringRef(), present(s[7]),
-                                                     present(s[8]), present(s[2]));
+    const std::string& act = ctx->saved_data["act"].toStringRef();
+    const bool in_place = donate(grads[0], grads[0].scalar_type());
+    at::Tensor dy = in_place ? grads[0] : grads[0].contiguous();
+    at::Tensor dh = dy, dg, dbias_h, dbias_g;
+    if (in_place)
+      std::tie(dg, dbias_h, dbias_g) = below_autograd(over_dy, dy, present(s[0]), present(s[1]), s[3], s[4], s[5],
+                                                      s[6], act, present(s[7]), present(s[8]), present(s[2]));
+    else
+      std::tie(dh, dg, dbias_h, dbias_g) = below_autograd(op, dy, present(s[0]), present(s[1]), s[3], s[4], s[5],
+                                                          s[6], act, present(s[7]), present(s[8]), present(s[2]));
     if (!s[7].defined()) dbias_h = at::Tensor();
     if (!s[8].defined()) dbias_g = at::Tensor();
     variable_list d = first_order("bigin", {dh, dg, dbias_h, dbias_g}, {dy, s[0], s[1], s[2], s[7], s[8]});
@@ -214,6 +251,10 @@ using AddNormBwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
     const OptTensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, at::ScalarType);
 
+using AddNormBwdDonated = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, at::ScalarType);
+
 struct AddLayerNorm : torch::autograd::Function<AddLayerNorm> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& y, const OptTensor& scale,
                                const at::Tensor& weight, const at::Tensor& bias, double eps, at::ScalarType out_dtype) {
@@ -228,12 +269,20 @@ struct AddLayerNorm : torch::autograd::Function<AddLayerNorm> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = op_handle<AddNormBwd>("nnformer_fast::add_layer_norm_bwd");
+    static const auto over_ds = op_handle<AddNormBwdDonated>("nnformer_fast::add_layer_norm_bwd_donated");
     const variable_list v = ctx->get_saved_variables();
     const at::Tensor &s = v[0], &y = v[1];
-    const at::Tensor ds = y.defined() ? contiguous(grads[0]) : at::Tensor();
+    const at::ScalarType x_dtype = ctx->saved_data["x_dtype"].toScalarType();
+    const bool in_place = y.defined() && donate(grads[0], x_dtype);
+    at::Tensor ds = in_place ? grads[0] : y.defined() ? contiguous(grads[0]) : at::Tensor();
     const at::Tensor dout = grads[1].defined() ? grads[1].contiguous() : at::zeros_like(s);
-    auto [dx, dy, dscale, dweight, dbias] = below_autograd(op, present(ds), dout, s, present(y), present(v[2]), v[3],
-                                                           v[4], v[5], ctx->saved_data["x_dtype"].toScalarType());
+    at::Tensor dx = ds, dy, dscale, dweight, dbias;
+    if (in_place)
+      std::tie(dy, dscale, dweight, dbias) =
+          below_autograd(over_ds, ds, dout, s, present(y), present(v[2]), v[3], v[4], v[5], x_dtype);
+    else
+      std::tie(dx, dy, dscale, dweight, dbias) =
+          below_autograd(op, present(ds), dout, s, present(y), present(v[2]), v[3], v[4], v[5], x_dtype);
     if (!y.defined()) dy = dscale = at::Tensor();
     variable_list d = first_order("add_layer_norm", {dx, dy, dscale, dweight, dbias}, {ds, dout, s, y, v[2], v[3]});
     return {d[0], d[1], d[2], d[3], d[4], {}, {}};

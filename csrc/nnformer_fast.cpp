@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "checks.h"
 #include "cpu/dispatch.h"
 
@@ -45,6 +46,12 @@ TORCH_LIBRARY(nnformer_fast, m) {
   m.def("bigin_bwd(Tensor dy, Tensor? h, Tensor? g, Tensor adj_rowptr, Tensor adj_col, "
         "Tensor adjt_rowptr, Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None, "
         "Tensor? out=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The same with dh written over dy (CPU), returning (dg, dbias_h, dbias_g): the autograd node
+  // calls it when it holds the only reference to its incoming gradient (autograd.cpp), which
+  // saves a fresh (N, M) buffer.
+  m.def("bigin_bwd_donated(Tensor(a!) dy, Tensor? h, Tensor? g, Tensor adj_rowptr, Tensor adj_col, "
+        "Tensor adjt_rowptr, Tensor adjt_col, str act, Tensor? bias_h=None, Tensor? bias_g=None, "
+        "Tensor? out=None) -> (Tensor, Tensor, Tensor)");
   // Counter-based elementwise dropout (specified by ops/reference.py::dropout): element e of the
   // contiguous x is kept when hash32(e ^ hash32(seed)) >> 8 >= int(p * 2^24) and scaled by
   // 1 / (1 - p). Its backward is the same op applied to the gradient.
@@ -60,6 +67,10 @@ TORCH_LIBRARY(nnformer_fast, m) {
         "ScalarType out_dtype) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("add_layer_norm_bwd(Tensor? ds, Tensor dout, Tensor s, Tensor? y, Tensor? scale, Tensor weight, "
         "Tensor mean, Tensor rstd, ScalarType x_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same with dx written over ds, which must then be of x_dtype, returning (dy, dscale,
+  // dweight, dbias) (as bigin_bwd_donated).
+  m.def("add_layer_norm_bwd_donated(Tensor(a!) ds, Tensor dout, Tensor s, Tensor? y, Tensor? scale, Tensor weight, "
+        "Tensor mean, Tensor rstd, ScalarType x_dtype) -> (Tensor, Tensor, Tensor, Tensor)");
   // Relation CSR builder (cpu/relations.cpp): mask edges sorted by (src, dst), deduplicated.
   m.def("build_relations(Tensor src, Tensor dst, int num_nodes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
@@ -93,6 +104,8 @@ PYBIND11_MODULE(_C, mod) {
       },
       "the kernels' check of a CSR (offsets, ids in [0, cols)) on its own, for benchmarks: raises "
       "RuntimeError on a malformed one");
+  mod.def("donated_grads", [] { return nnff::donated_grads().load(); },
+          "gradient buffers that backward ops have written their result over so far (autograd.cpp)");
   mod.def("index_scans", [] { return nnff::index_scans().load(); },
           "value scans of index tensors with a host-side result so far (every CPU check; a CUDA tensor "
           "that passed unchanged is checked on the device instead)");

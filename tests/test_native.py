@@ -277,6 +277,107 @@ def test_double_backward_raises(op):
         penalty.backward()
 
 
+# ---------------------------------------------------------------------- gradients written over
+def _norm_inputs(n: int, d: int, seed: int = 0):
+    """x, y (N, D) and scale, weight, bias (D,), float32 leaves that require grad."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g).requires_grad_() for shape in ((n, d), (n, d), (d,), (d,), (d,))]
+
+
+def test_opcheck_donated_overloads():
+    """The "_donated" ops write dh over dy (bigin) and dx over ds (add_layer_norm), as
+    their schemas declare, and return the other gradients, as the plain ops compute them."""
+    graph = graph_of("odd_sizes")
+    n = graph.num_nodes
+    h, g = hg(n, 6)
+    out = ops.bigin_fwd(h, g, *bigin_csr(graph), "relu")
+    for args in ((h, g, *bigin_csr(graph), "gelu"), (None, None, *bigin_csr(graph), "relu", None, None, out)):
+        torch.library.opcheck(ops.bigin_bwd_donated, (torch.randn(n, 6), *args))
+        dy = torch.randn(n, 6)
+        expected = ops.bigin_bwd(dy, *args)
+        got = ops.bigin_bwd_donated(dy, *args)
+        assert all(torch.equal(a, b) for a, b in zip(expected, (dy, *got)))
+    x, y, scale, weight, bias = (t.detach() for t in _norm_inputs(n, 8))
+    s, _, mean, rstd = ops.add_layer_norm_fwd(x, y, scale, weight, bias, 1e-5, torch.float32)
+    args = (torch.randn(n, 8), s, y, scale, weight, mean, rstd, torch.float32)
+    torch.library.opcheck(ops.add_layer_norm_bwd_donated, (torch.randn(n, 8), *args))
+    ds = torch.randn(n, 8)
+    expected = ops.add_layer_norm_bwd(ds, *args)
+    got = ops.add_layer_norm_bwd_donated(ds, *args)
+    assert all(torch.equal(a, b) for a, b in zip(expected, (ds, *got)))
+    with pytest.raises(RuntimeError, match="must have x's dtype"):
+        ops.add_layer_norm_bwd_donated(torch.randn(n, 8), *args[:-1], torch.bfloat16)
+
+
+def _bigin_then_linear(keep=None):
+    """Gradients of h and g through bigin and a Linear; ``keep(y)`` may hold y's gradient."""
+    graph = graph_of("odd_sizes")
+    h, g = hg(graph.num_nodes, 8, seed=3, requires_grad=True)
+    y = native.bigin(h, g, graph, act="relu")
+    if keep is not None:
+        keep(y)
+    torch.nn.functional.linear(y, torch.ones(3, 8)).square().sum().backward()
+    return h.grad, g.grad
+
+
+def _two_norms(keep=None):
+    """Gradients through two add_layer_norms, the second's x the first's s: s1's gradient is
+    the second's dx, which nothing but the autograd engine holds unless ``keep(s1)``."""
+    x, y1, scale, weight, bias = _norm_inputs(graph_of("odd_sizes").num_nodes, 8, seed=1)
+    y2 = _norm_inputs(graph_of("odd_sizes").num_nodes, 8, seed=2)[1]
+    s1, h1 = native.add_layer_norm(x, y1, scale, weight, bias, eps=1e-5, out_dtype=torch.float32)
+    if keep is not None:
+        keep(s1)
+    _, h2 = native.add_layer_norm(s1, y2, scale, weight, bias, eps=1e-5, out_dtype=torch.float32)
+    (h1.square().sum() + (h2 * torch.arange(8.0)).sum()).backward()
+    return x.grad, y1.grad, y2.grad, scale.grad, weight.grad, bias.grad
+
+
+@pytest.mark.parametrize("run", [_bigin_then_linear, _two_norms])
+def test_backward_writes_over_a_gradient_only_when_nothing_else_holds_it(run):
+    """A gradient that only the autograd engine holds takes the backward's result (one
+    donation); one that a hook keeps stays intact (no donation), as does the copy retain_grad
+    stores. Every gradient is the same bit for bit either way."""
+    before = _C.donated_grads()
+    plain = run()
+    assert _C.donated_grads() == before + 1
+    kept = []
+    held = run(lambda t: t.register_hook(lambda grad: kept.append((grad, grad.clone()))))
+    assert _C.donated_grads() == before + 1
+    retained = run(lambda t: t.retain_grad() or kept.append(t))
+    (grad, copy), tensor = kept
+    assert torch.equal(grad, copy) and torch.equal(tensor.grad, copy)
+    for a, b, c in zip(plain, held, retained):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_no_donation_under_create_graph():
+    graph = graph_of("odd_sizes")
+    h, g = hg(graph.num_nodes, 8, requires_grad=True)
+    y = native.bigin(h, g, graph, act="relu")
+    before = _C.donated_grads()
+    torch.autograd.grad(y.square().sum(), (h, g), create_graph=True)
+    assert _C.donated_grads() == before
+
+
+def test_demo_step_donates_its_gradient_buffers():
+    """The bf16 latency-model step (2 layers): both bigin backwards and the two norms whose x is
+    the float32 stream write over their incoming gradients (the first norm's x is the
+    embedding's bf16 output, whose gradient is bf16, and the last norm's s has none)."""
+    from nnformer_fast import NNFormerLatency
+
+    graph = graph_of("odd_sizes")
+    torch.manual_seed(0)
+    model = NNFormerLatency(dim=32, n_layers=2, n_head=4, dropout=0.0).train()
+    x = torch.randn(graph.num_nodes, 192)
+    static = torch.randn(graph.num_graphs, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = model(x, graph, static)
+    before = _C.donated_grads()
+    pred.float().sum().backward()
+    assert _C.donated_grads() == before + 4
+
+
 # ---------------------------------------------------------------------- dispatch, compile
 # (the relation builder is compared with the torch builder in tests/test_graph.py)
 def test_public_ops_dispatch_to_native(monkeypatch):

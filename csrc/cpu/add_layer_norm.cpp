@@ -85,8 +85,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_fwd_cp
   return {s, out, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_bwd_cpu(
-    const c10::optional<at::Tensor>& ds, const at::Tensor& dout, const at::Tensor& s,
+// The backward into dx: a fresh buffer, or ds itself (add_layer_norm_bwd_donated). Each element
+// of ds is read before its dx is written.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_bwd_into(
+    at::Tensor dx, const c10::optional<at::Tensor>& ds, const at::Tensor& dout, const at::Tensor& s,
     const c10::optional<at::Tensor>& y, const c10::optional<at::Tensor>& scale, const at::Tensor& weight,
     const at::Tensor& mean, const at::Tensor& rstd, at::ScalarType x_dtype) {
   TORCH_CHECK(s.defined() && s.dim() == 2, kBwd, ": s must be (N, D), got ", s.defined() ? s.sizes() : at::IntArrayRef{});
@@ -104,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer
   check_vector(weight, kBwd, "weight", d, t.acc, at::kCPU);
   check_vector(mean, kBwd, "mean", n, t.acc, at::kCPU);
   check_vector(rstd, kBwd, "rstd", n, t.acc, at::kCPU);
-  auto dx = at::empty_like(s, s.options().dtype(x_dtype));
+  if (!dx.defined()) dx = at::empty_like(s, s.options().dtype(x_dtype));
   auto dy = y ? at::empty_like(*y) : at::empty({0}, s.options().dtype(t.low));
   AddNormArgs a = norm_args(t, x_dtype, dout.scalar_type(), s, 0.0);
   a.block_rows = sum_block_rows(n);
@@ -129,6 +131,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer
   return {dx, dy, dscale, total[0].clone(), total[1].clone()};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_bwd_cpu(
+    const c10::optional<at::Tensor>& ds, const at::Tensor& dout, const at::Tensor& s,
+    const c10::optional<at::Tensor>& y, const c10::optional<at::Tensor>& scale, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& rstd, at::ScalarType x_dtype) {
+  return add_layer_norm_bwd_into(at::Tensor(), ds, dout, s, y, scale, weight, mean, rstd, x_dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_bwd_donated_cpu(
+    at::Tensor& ds, const at::Tensor& dout, const at::Tensor& s, const c10::optional<at::Tensor>& y,
+    const c10::optional<at::Tensor>& scale, const at::Tensor& weight, const at::Tensor& mean,
+    const at::Tensor& rstd, at::ScalarType x_dtype) {
+  TORCH_CHECK(ds.scalar_type() == x_dtype, "nnformer_fast::add_layer_norm_bwd_donated: ds (", ds.scalar_type(),
+              ") must have x's dtype, ", x_dtype, ", to take dx");
+  auto [dx, dy, dscale, dweight, dbias] = add_layer_norm_bwd_into(ds, ds, dout, s, y, scale, weight, mean, rstd, x_dtype);
+  return {dy, dscale, dweight, dbias};
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace nnff
@@ -136,4 +155,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer
 TORCH_LIBRARY_IMPL(nnformer_fast, CPU, m) {
   m.impl("add_layer_norm_fwd", &nnff::cpu::add_layer_norm_fwd_cpu);
   m.impl("add_layer_norm_bwd", &nnff::cpu::add_layer_norm_bwd_cpu);
+  m.impl("add_layer_norm_bwd_donated", &nnff::cpu::add_layer_norm_bwd_donated_cpu);
 }

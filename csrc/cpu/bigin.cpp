@@ -52,8 +52,10 @@ at::Tensor bigin_fwd_cpu(const at::Tensor& h, const at::Tensor& g, const at::Ten
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
-    const at::Tensor& dy, const c10::optional<at::Tensor>& h, const c10::optional<at::Tensor>& g,
+// The backward into dh: a fresh (N, M) buffer, or dy itself (bigin_bwd_donated). Each element
+// of dy is read before its dh is written, and the second pass reads only dh.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_into(
+    at::Tensor dh, const at::Tensor& dy, const c10::optional<at::Tensor>& h, const c10::optional<at::Tensor>& g,
     const at::Tensor& adj_rowptr, const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
     const at::Tensor& adjt_col, c10::string_view act, const c10::optional<at::Tensor>& bias_h,
     const c10::optional<at::Tensor>& bias_g, const c10::optional<at::Tensor>& out) {
@@ -73,7 +75,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
     check_float(dy, op, "dy", 2, *h);
   }
   const CpuKernels& kernels = cpu_kernels();
-  auto dh = at::empty_like(dy), dg = at::empty_like(dy);
+  if (!dh.defined()) dh = at::empty_like(dy);
+  auto dg = at::empty_like(dy);
   auto dbias_h = bias_grad_like(bias_h, dy), dbias_g = bias_grad_like(bias_g, dy);
   BiginArgs b = bigin_args(dy, adj_rowptr, adj_col, adjt_rowptr, adjt_col, a, bias_h, bias_g);
   const int64_t n = b.n, m = b.m;
@@ -99,6 +102,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
   return {dh, dg, dbias_h, dbias_g};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
+    const at::Tensor& dy, const c10::optional<at::Tensor>& h, const c10::optional<at::Tensor>& g,
+    const at::Tensor& adj_rowptr, const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
+    const at::Tensor& adjt_col, c10::string_view act, const c10::optional<at::Tensor>& bias_h,
+    const c10::optional<at::Tensor>& bias_g, const c10::optional<at::Tensor>& out) {
+  return bigin_bwd_into(at::Tensor(), dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g, out);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bigin_bwd_donated_cpu(
+    at::Tensor& dy, const c10::optional<at::Tensor>& h, const c10::optional<at::Tensor>& g,
+    const at::Tensor& adj_rowptr, const at::Tensor& adj_col, const at::Tensor& adjt_rowptr,
+    const at::Tensor& adjt_col, c10::string_view act, const c10::optional<at::Tensor>& bias_h,
+    const c10::optional<at::Tensor>& bias_g, const c10::optional<at::Tensor>& out) {
+  auto [dh, dg, dbias_h, dbias_g] =
+      bigin_bwd_into(dy, dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g, out);
+  return {dg, dbias_h, dbias_g};
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace nnff
@@ -106,4 +127,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bigin_bwd_cpu(
 TORCH_LIBRARY_IMPL(nnformer_fast, CPU, m) {
   m.impl("bigin_fwd", &nnff::cpu::bigin_fwd_cpu);
   m.impl("bigin_bwd", &nnff::cpu::bigin_bwd_cpu);
+  m.impl("bigin_bwd_donated", &nnff::cpu::bigin_bwd_donated_cpu);
 }

@@ -40,7 +40,8 @@ if LOAD_ERROR is not None:
 
 #: the extension's ops (schemas in csrc/nnformer_fast.cpp)
 NATIVE_OPS = ("dag_attention_fwd", "dag_attention_bwd", "dag_attention_qkv_fwd", "dag_attention_qkv_bwd", "bigin_fwd",
-              "bigin_bwd", "add_layer_norm_fwd", "add_layer_norm_bwd", "dropout_fwd", "build_relations")
+              "bigin_bwd", "bigin_bwd_donated", "add_layer_norm_fwd", "add_layer_norm_bwd", "add_layer_norm_bwd_donated",
+              "dropout_fwd", "build_relations")
 _OPS_READY = LOAD_ERROR is None and hasattr(torch.ops, "nnformer_fast") \
     and all(hasattr(torch.ops.nnformer_fast, op) for op in NATIVE_OPS)
 
@@ -94,6 +95,11 @@ if _OPS_READY:
 
         return torch.empty_like(dy), torch.empty_like(dy), bias_grad(bias_h), bias_grad(bias_g)
 
+    @torch.library.register_fake("nnformer_fast::bigin_bwd_donated")
+    def _bigin_bwd_donated_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h=None, bias_g=None,
+                                out=None):
+        return _bigin_bwd_fake(dy, h, g, adj_rowptr, adj_col, adjt_rowptr, adjt_col, act, bias_h, bias_g, out)[1:]
+
     @torch.library.register_fake("nnformer_fast::add_layer_norm_fwd")
     def _add_norm_fwd_fake(x, y, scale, weight, bias, eps, out_dtype):
         acc = weight.dtype
@@ -108,6 +114,10 @@ if _OPS_READY:
 
         dy = torch.empty_like(y) if y is not None else s.new_empty(0, dtype=dout.dtype)
         return (torch.empty_like(s, dtype=x_dtype), dy, vector(y is not None), vector(True), vector(True))
+
+    @torch.library.register_fake("nnformer_fast::add_layer_norm_bwd_donated")
+    def _add_norm_bwd_donated_fake(ds, dout, s, y, scale, weight, mean, rstd, x_dtype):
+        return _add_norm_bwd_fake(ds, dout, s, y, scale, weight, mean, rstd, x_dtype)[1:]
 
     @torch.library.register_fake("nnformer_fast::dropout_fwd")
     def _dropout_fake(x, p, seed):
