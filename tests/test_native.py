@@ -351,6 +351,19 @@ def test_backward_writes_over_a_gradient_only_when_nothing_else_holds_it(run):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def test_a_gradient_asked_for_stays_intact():
+    """torch.autograd.grad returns the gradient of bigin's output that the engine captured: the
+    backward must not write dh over it."""
+    graph = graph_of("odd_sizes")
+    h, g = hg(graph.num_nodes, 8, seed=3, requires_grad=True)
+    y = native.bigin(h, g, graph, act="relu")
+    loss = torch.nn.functional.linear(y, torch.ones(3, 8)).square().sum()
+    before = _C.donated_grads()
+    dy, _ = torch.autograd.grad(loss, (y, h), retain_graph=True)
+    assert _C.donated_grads() == before
+    assert torch.equal(dy, torch.autograd.grad(loss, y)[0])
+
+
 def test_no_donation_under_create_graph():
     graph = graph_of("odd_sizes")
     h, g = hg(graph.num_nodes, 8, requires_grad=True)
